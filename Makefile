@@ -1,0 +1,24 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# eventlet and setuptools warn on import about their own futures
+export PYTHONWARNINGS := ignore::DeprecationWarning,ignore:pkg_resources is deprecated:UserWarning
+
+.PHONY: run test bench servers venv
+
+# the venv is rebuilt only when missing or older than requirements.txt
+$(VENV)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+servers: venv
+	$(BIN)/python scripts/servers.py
+
+run: servers
+	$(BIN)/nameko run --config config.yml services.votes.service services.gateway.service
+
+test: servers
+	$(BIN)/python -m pytest tests

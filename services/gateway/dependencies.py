@@ -1,0 +1,289 @@
+"""The gateway's links to RabbitMQ: vote publishing and counts reads.
+
+Both keep one long-lived connection per process (never one per request),
+group concurrent callers into one round trip, fail within a fixed time when
+the broker or the votes service does not answer, and reconnect by
+themselves.
+"""
+import itertools
+import logging
+import socket
+import time
+import uuid
+
+import eventlet
+from kombu import Connection, Consumer, Producer, Queue
+from kombu.exceptions import ChannelError
+from nameko.constants import AMQP_URI_CONFIG_KEY, DEFAULT_HEARTBEAT, HEARTBEAT_CONFIG_KEY
+from nameko.extensions import DependencyProvider
+from nameko.rpc import get_rpc_exchange
+from nameko.standalone.events import get_event_exchange
+
+from services.gateway.batching import Expired, GroupCommit
+from services.gateway.exceptions import BrokerUnavailable, ServiceUnavailable
+
+_log = logging.getLogger(__name__)
+
+EVENT_TYPE = "vote_cast"
+# the queue nameko's event_handler declares for votes.handle_vote_cast;
+# declared here too so that no vote is dropped before the votes service
+# has ever run
+VOTES_QUEUE = "evt-gateway-vote_cast--votes.handle_vote_cast"
+
+PUBLISH_TIMEOUT_CONFIG_KEY = "PUBLISH_TIMEOUT"
+READ_TIMEOUT_CONFIG_KEY = "READ_TIMEOUT"
+DEFAULT_PUBLISH_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 2.0
+MAX_GROUP_VOTES = 1000
+MAX_GROUP_READS = 500
+RECONNECT_PAUSE = 0.5  # after a failed connect, fail fast for this long
+
+
+class _Link:
+    """One AMQP connection used by one thread at a time, made on demand."""
+
+    def __init__(self, amqp_uri, declare=(), confirms=False, heartbeat=0):
+        self.amqp_uri = amqp_uri
+        self.declare = declare
+        self.confirms = confirms
+        self.heartbeat = heartbeat
+        self.connection = None
+        self.producer = None
+        self._failed_at = 0.0
+
+    def get_producer(self):
+        """The producer, connecting first if needed; raises on failure."""
+        if self.producer is not None:
+            return self.producer
+        if time.monotonic() - self._failed_at < RECONNECT_PAUSE:
+            raise ConnectionError("broker unreachable a moment ago")
+        connection = Connection(
+            self.amqp_uri, connect_timeout=2, heartbeat=self.heartbeat,
+            transport_options={"confirm_publish": self.confirms},
+        )
+        try:
+            connection.connect()
+            channel = connection.channel()
+            for entity in self.declare:
+                entity.bind(channel).declare()
+        except BaseException:
+            self._failed_at = time.monotonic()
+            _close(connection)
+            raise
+        self.connection = connection
+        self.producer = Producer(channel)
+        return self.producer
+
+    def reset(self):
+        _close(self.connection)
+        self.connection = self.producer = None
+
+
+def _close(connection):
+    if connection is not None:
+        try:
+            connection.close()
+        except Exception:  # already broken: nothing to release
+            pass
+
+
+class VotePublisher(DependencyProvider):
+    """Injects ``cast(votes)``: returns once the votes are in RabbitMQ (one
+    confirmed, persistent, mandatory ``vote_cast`` event per group), or
+    raises BrokerUnavailable within PUBLISH_TIMEOUT seconds."""
+
+    def setup(self):
+        config = self.container.config
+        self.timeout = float(config.get(
+            PUBLISH_TIMEOUT_CONFIG_KEY, DEFAULT_PUBLISH_TIMEOUT))
+        self.exchange = get_event_exchange("gateway", config)
+        queue = Queue(
+            VOTES_QUEUE, exchange=self.exchange, routing_key=EVENT_TYPE,
+            durable=True, auto_delete=False, exclusive=False,
+        )
+        self.link = _Link(
+            config[AMQP_URI_CONFIG_KEY], declare=(self.exchange, queue),
+            confirms=True,
+        )
+        # a vote waits in the group queue at most 40% of the bound, and a
+        # publish takes at most the rest: 202 or 503 within the bound
+        self.publish_time = self.timeout * 0.6
+        self.group = GroupCommit(
+            self._publish, max_weight=MAX_GROUP_VOTES,
+            max_wait=self.timeout * 0.4, weigh=len,
+        )
+
+    def start(self):
+        self.container.spawn_managed_thread(self.group.run)
+
+    def stop(self):
+        self.link.reset()
+
+    kill = stop
+
+    def get_dependency(self, worker_ctx):
+        return self.cast
+
+    def cast(self, votes):
+        try:
+            self.group.submit(votes)
+        except Expired:
+            raise BrokerUnavailable("RabbitMQ did not take the vote in time")
+
+    def _publish(self, groups):
+        body = {
+            "id": uuid.uuid4().hex,
+            "votes": list(itertools.chain.from_iterable(groups)),
+        }
+        deadline = time.monotonic() + self.publish_time
+        # a connection that was already open may have died while idle:
+        # then reconnect once; the event id makes a double publish harmless
+        for attempt in (1, 2):
+            was_open = self.link.producer is not None
+            left = deadline - time.monotonic()
+            try:
+                with eventlet.Timeout(left):
+                    self.link.get_producer().publish(
+                        body, exchange=self.exchange, routing_key=EVENT_TYPE,
+                        serializer="json", delivery_mode=2, mandatory=True,
+                        retry=False, confirm_timeout=left,
+                    )
+                return [None] * len(groups)
+            except ChannelError as exc:
+                self.link.reset()
+                _log.error("vote_cast publish refused: %s", exc)
+                raise BrokerUnavailable("RabbitMQ refused the vote") from exc
+            except (Exception, eventlet.Timeout) as exc:
+                self.link.reset()
+                if not was_open or attempt == 2 or time.monotonic() >= deadline:
+                    _log.warning("vote_cast publish failed: %r", exc)
+                    raise BrokerUnavailable(
+                        "RabbitMQ is unavailable") from None
+
+
+class VotesReader(DependencyProvider):
+    """Injects a client of the votes service's RPC methods. Concurrent
+    counts reads go out as one ``get_counts_many`` call; every call fails
+    with ServiceUnavailable after READ_TIMEOUT seconds."""
+
+    def setup(self):
+        config = self.container.config
+        self.amqp_uri = config[AMQP_URI_CONFIG_KEY]
+        self.heartbeat = config.get(HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT)
+        self.timeout = float(config.get(
+            READ_TIMEOUT_CONFIG_KEY, DEFAULT_READ_TIMEOUT))
+        self.exchange = get_rpc_exchange(config)
+        self.reply_queue_name = "rpc.reply-gateway-{}".format(uuid.uuid4())
+        self.link = _Link(self.amqp_uri, declare=(self.exchange,))
+        self.replies = {}
+        self.listening = False
+        self._running = True
+        # as for publishing: queued at most 40% of the bound, in flight
+        # at most the rest
+        self.group = GroupCommit(
+            self._read_group, max_weight=MAX_GROUP_READS,
+            max_wait=self.timeout * 0.4,
+        )
+
+    def start(self):
+        self._running = True
+        self.container.spawn_managed_thread(self._listen)
+        self.container.spawn_managed_thread(self.group.run)
+
+    def stop(self):
+        self._running = False
+        self.link.reset()
+
+    kill = stop
+
+    def get_dependency(self, worker_ctx):
+        return self
+
+    # the interface the service uses
+
+    def counts(self, post_id, voter_id=None):
+        """Counts of one post, or None when it has no votes."""
+        try:
+            return self.group.submit((post_id, voter_id))
+        except Expired:
+            raise ServiceUnavailable("the votes service did not answer in time")
+
+    def top(self, limit):
+        return self.call("top", limit)
+
+    # RPC over nameko's wire protocol
+
+    def _read_group(self, queries):
+        return self.call(
+            "get_counts_many", [list(query) for query in queries],
+            timeout=self.timeout * 0.6)
+
+    def call(self, method, *args, timeout=None):
+        timeout = timeout or self.timeout
+        if not self.listening:
+            raise ServiceUnavailable("no connection to RabbitMQ")
+        correlation_id = uuid.uuid4().hex
+        reply = self.replies[correlation_id] = eventlet.event.Event()
+        try:
+            with eventlet.Timeout(timeout, False):
+                self._request(method, args, correlation_id, timeout)
+                body = reply.wait()
+                error = body.get("error")
+                if error:
+                    _log.warning("votes.%s failed: %s", method, error)
+                    raise ServiceUnavailable(
+                        "the votes service could not answer")
+                return body["result"]
+            raise ServiceUnavailable("the votes service did not answer in time")
+        finally:
+            self.replies.pop(correlation_id, None)
+
+    def _request(self, method, args, correlation_id, timeout):
+        try:
+            self.link.get_producer().publish(
+                {"args": args, "kwargs": {}},
+                exchange=self.exchange,
+                routing_key="votes.{}".format(method),
+                serializer="json", delivery_mode=1, retry=False,
+                reply_to=self.reply_queue_name, correlation_id=correlation_id,
+                # a request nobody took in time is dropped by the broker
+                expiration=timeout,
+            )
+        except Exception as exc:
+            self.link.reset()
+            raise ServiceUnavailable("no connection to RabbitMQ") from exc
+
+    def _on_reply(self, body, message):
+        reply = self.replies.get(message.properties.get("correlation_id"))
+        if reply is not None and not reply.ready():
+            reply.send(body)
+
+    def _listen(self):
+        """Consume replies for as long as the service runs, reconnecting."""
+        while self._running:
+            queue = Queue(
+                self.reply_queue_name, exchange=self.exchange,
+                routing_key=self.reply_queue_name, exclusive=True,
+                auto_delete=True,
+            )
+            connection = Connection(
+                self.amqp_uri, connect_timeout=2, heartbeat=self.heartbeat)
+            try:
+                connection.connect()
+                with Consumer(connection.channel(), queues=[queue],
+                              callbacks=[self._on_reply], accept=["json"],
+                              no_ack=True):
+                    self.listening = True
+                    while self._running:
+                        try:
+                            connection.drain_events(timeout=1)
+                        except socket.timeout:
+                            pass
+                        connection.heartbeat_check()
+            except Exception as exc:
+                if self.listening:
+                    _log.warning("lost the RPC reply connection: %r", exc)
+                eventlet.sleep(1)
+            finally:
+                self.listening = False
+                _close(connection)

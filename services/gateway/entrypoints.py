@@ -1,0 +1,109 @@
+"""``http``: nameko's HTTP entrypoint with JSON everywhere.
+
+Every response, errors included, is JSON with ``Cache-Control: no-store``:
+unknown routes (404), wrong methods (405), oversized bodies (413), and any
+unexpected error, which is logged with its traceback and answered with a
+generic 500 that reveals nothing.
+"""
+import json
+import logging
+
+from nameko.web.handlers import HttpRequestHandler
+from nameko.web.server import WebServer, WsgiApp
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Request, Response
+
+from services.gateway.exceptions import (
+    BrokerUnavailable, PostNotFound, ServiceUnavailable, ValidationError,
+)
+
+_log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+RETRY_AFTER_SECONDS = "1"
+
+# exception class -> (status, error code); matched with isinstance, in order
+ERRORS = (
+    (ValidationError, 400, "VALIDATION_ERROR"),
+    (PostNotFound, 404, "POST_NOT_FOUND"),
+    (BrokerUnavailable, 503, "BROKER_UNAVAILABLE"),
+    (ServiceUnavailable, 503, "SERVICE_UNAVAILABLE"),
+)
+HTTP_ERROR_CODES = {
+    400: "BAD_REQUEST",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+}
+
+
+def json_response(status, body, headers=None):
+    response = Response(
+        json.dumps(body, separators=(",", ":")),
+        status=status, mimetype="application/json", headers=headers,
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def error_response(status, code, message, headers=None):
+    return json_response(status, {"error": code, "message": message}, headers)
+
+
+def response_for_http_exception(exc):
+    code = HTTP_ERROR_CODES.get(exc.code, "HTTP_{}".format(exc.code))
+    headers = {}
+    if exc.code == 405 and getattr(exc, "valid_methods", None):
+        headers["Allow"] = ", ".join(exc.valid_methods)
+    message = {
+        404: "no such resource",
+        405: "method not allowed",
+        413: "request body is larger than {} bytes".format(MAX_BODY_BYTES),
+    }.get(exc.code, exc.description or exc.name)
+    return error_response(exc.code, code, message, headers)
+
+
+def response_for_exception(exc):
+    for exc_type, status, code in ERRORS:
+        if isinstance(exc, exc_type):
+            headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+            return error_response(status, code, str(exc), headers)
+    if isinstance(exc, HTTPException) and exc.code and exc.code < 500:
+        return response_for_http_exception(exc)
+    _log.error("unexpected error", exc_info=(type(exc), exc, exc.__traceback__))
+    return error_response(500, "INTERNAL_ERROR", "unexpected error")
+
+
+class JsonWsgiApp(WsgiApp):
+
+    def __call__(self, environ, start_response):
+        try:
+            request = Request(environ, shallow=True)
+            request.max_content_length = MAX_BODY_BYTES
+            adapter = self.url_map.bind_to_environ(environ)
+            provider, values = adapter.match()
+            request.path_values = values
+            response = provider.handle_request(request)
+        except HTTPException as exc:
+            response = (response_for_http_exception(exc) if exc.code >= 400
+                        else exc.get_response(environ))
+        except Exception as exc:
+            response = response_for_exception(exc)
+        return response(environ, start_response)
+
+
+class JsonWebServer(WebServer):
+
+    def get_wsgi_app(self):
+        return JsonWsgiApp(self)
+
+
+class HttpEntrypoint(HttpRequestHandler):
+
+    server = JsonWebServer()
+
+    def response_from_exception(self, exc):
+        return response_for_exception(exc)
+
+
+http = HttpEntrypoint.decorator

@@ -1,0 +1,146 @@
+"""Validation of HTTP input.
+
+Query and form fields arrive as strings, JSON bodies as typed values: both are
+checked against the same strict models, so ``"1.0"``, ``"+1"``, ``true`` and
+``"1"`` in JSON are all refused.
+"""
+import json
+from typing import Annotated, List, Optional
+
+from pydantic import (
+    BaseModel, ConfigDict, Field, ValidationError,
+    model_validator,
+)
+
+from services.rules import Identifier, Score
+from services.gateway.exceptions import ValidationError as InvalidRequest
+
+MAX_BATCH = 1000
+MAX_TOP = 100
+
+
+ID_RULE = "must be 1-64 characters of A-Z a-z 0-9 _ -"
+MESSAGES = {
+    "postId": ID_RULE,
+    "voterId": ID_RULE,
+    "score": "must be 1 or -1 (or 0, with a voterId, to retract)",
+    "limit": "must be an integer from 1 to 100",
+    "votes": "must be a list of 1 to 1000 votes",
+}
+RETRACT_RULE = "0 retracts a vote and needs a voterId"
+SCORES = {"1": 1, "-1": -1, "0": 0}
+
+
+class Vote(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    postId: Identifier
+    score: Score
+    voterId: Optional[Identifier] = None
+
+    @model_validator(mode="after")
+    def _retraction_needs_voter(self):
+        if self.score == 0 and self.voterId is None:
+            raise ValueError(RETRACT_RULE)
+        return self
+
+
+class VoteBatch(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    votes: Annotated[List[Vote], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+class CountsQuery(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    postId: Identifier
+    voterId: Optional[Identifier] = None
+
+
+class TopQuery(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    limit: Annotated[int, Field(ge=1, le=MAX_TOP)] = 10
+
+
+def _describe(exc):
+    """One clear sentence for the first fault: '<field>: <rule>'."""
+    error = exc.errors(include_url=False, include_input=False)[0]
+    loc = [part for part in error["loc"]]
+    if error["type"] == "value_error":  # from a model validator
+        loc.append("score")
+    field = next((p for p in reversed(loc) if isinstance(p, str)), "body")
+    where = "".join(
+        "[{}]".format(p) if isinstance(p, int) else ("." + p if i else p)
+        for i, p in enumerate(loc)
+    ) or "body"
+    if error["type"] == "missing":
+        rule = "is required"
+    elif error["type"] == "value_error":
+        rule = RETRACT_RULE
+    else:
+        rule = MESSAGES.get(field, error["msg"])
+    return "{}: {}".format(where, rule)
+
+
+def _validate(model, data):
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(_describe(exc)) from None
+
+
+def _single_values(multidict, fields):
+    values = {}
+    for field in fields:
+        given = multidict.getlist(field)
+        if len(given) > 1:
+            raise InvalidRequest("{}: given more than once".format(field))
+        if given:
+            values[field] = given[0]
+    return values
+
+
+def _vote_strings(values):
+    if "score" in values:
+        values["score"] = SCORES.get(values["score"], values["score"])
+    return values
+
+
+def vote_from_query(multidict):
+    """A vote from query or form fields (all strings)."""
+    return _validate(Vote, _vote_strings(
+        _single_values(multidict, ("postId", "score", "voterId"))))
+
+
+def parse_json(data):
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise InvalidRequest("body: is not valid JSON") from None
+
+
+def vote_from_json(document):
+    if not isinstance(document, dict):
+        raise InvalidRequest("body: must be a JSON object")
+    return _validate(Vote, document)
+
+
+def batch_from_json(document):
+    if not isinstance(document, dict):
+        raise InvalidRequest("body: must be a JSON object")
+    return _validate(VoteBatch, document).votes
+
+
+def counts_query(multidict):
+    return _validate(CountsQuery, _single_values(multidict, ("postId", "voterId")))
+
+
+def top_query(multidict):
+    values = _single_values(multidict, ("limit",))
+    if "limit" in values:
+        text = values["limit"]
+        # plain decimal digits only: no sign, spaces or '1e2'
+        values["limit"] = int(text) if text.isascii() and text.isdigit() and len(text) < 5 else text
+    return _validate(TopQuery, values).limit

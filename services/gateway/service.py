@@ -1,0 +1,86 @@
+import time
+import uuid
+
+from services.gateway import schemas
+from services.gateway.dependencies import VotePublisher, VotesReader
+from services.gateway.entrypoints import http, json_response
+from services.gateway.exceptions import (
+    BrokerUnavailable, PostNotFound, ServiceUnavailable, ValidationError,
+)
+
+
+class AcceptClock:
+    """Microseconds since the epoch, strictly increasing in this process, so
+    that a voter's later vote always carries the later time."""
+
+    def __init__(self):
+        self.last = 0
+
+    def __call__(self):
+        self.last = max(time.time_ns() // 1000, self.last + 1)
+        return self.last
+
+
+def _vote_fields(request):
+    if request.method == "POST" and request.mimetype == "application/json":
+        return schemas.vote_from_json(schemas.parse_json(request.get_data()))
+    return schemas.vote_from_query(
+        request.values if request.method == "POST" else request.args)
+
+
+class GatewayService:
+    """HTTP front door: validates, queues votes as events, answers reads."""
+
+    name = "gateway"
+
+    cast_votes = VotePublisher()
+    votes_rpc = VotesReader()
+
+    clock = AcceptClock()
+
+    def _accept(self, votes):
+        """Stamp votes with an id and the accept time, then queue them."""
+        stamped = []
+        for vote in votes:
+            entry = {
+                "voteId": uuid.uuid4().hex,
+                "postId": vote.postId,
+                "score": vote.score,
+                "ts": self.clock(),
+            }
+            if vote.voterId is not None:
+                entry["voterId"] = vote.voterId
+            stamped.append(entry)
+        self.cast_votes(stamped)
+        return stamped
+
+    @http("GET,POST", "/vote",
+          expected_exceptions=(ValidationError, BrokerUnavailable))
+    def vote(self, request):
+        (entry,) = self._accept([_vote_fields(request)])
+        body = {"success": True}
+        body.update(entry)
+        del body["ts"]
+        return json_response(202, body)
+
+    @http("POST", "/votes",
+          expected_exceptions=(ValidationError, BrokerUnavailable))
+    def votes(self, request):
+        votes = schemas.batch_from_json(schemas.parse_json(request.get_data()))
+        self._accept(votes)
+        return json_response(202, {"success": True, "accepted": len(votes)})
+
+    @http("GET", "/vote-counts",
+          expected_exceptions=(ValidationError, PostNotFound, ServiceUnavailable))
+    def vote_counts(self, request):
+        query = schemas.counts_query(request.args)
+        counts = self.votes_rpc.counts(query.postId, query.voterId)
+        if counts is None:
+            raise PostNotFound("post {} has no votes".format(query.postId))
+        return json_response(200, counts)
+
+    @http("GET", "/posts/top",
+          expected_exceptions=(ValidationError, ServiceUnavailable))
+    def top(self, request):
+        limit = schemas.top_query(request.args)
+        return json_response(200, {"posts": self.votes_rpc.top(limit)})

@@ -1,0 +1,194 @@
+"""Redis storage for vote counts, owned by the votes service alone.
+
+Redis layout (every key starts with ``votes:``):
+
+    votes:post:<postId>      hash    upvote, downvote (HINCRBY only)
+    votes:voters:<postId>    hash    voterId -> "<ts>:<voteId>:<score>"
+    votes:top                zset    postId scored by downvote - upvote
+    votes:applied:<eventId>  string  exactly-once mark, expires after
+                                     APPLIED_MARK_TTL seconds
+"""
+import redis
+from nameko_redis import Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from services.votes.exceptions import NotFound, StoreUnavailable
+
+REDIS_KEY = "votes"  # the entry of REDIS_URIS this service uses
+MARK_TTL_CONFIG_KEY = "APPLIED_MARK_TTL"
+DEFAULT_MARK_TTL = 24 * 60 * 60
+
+KEY_POST = "votes:post:{}"
+KEY_VOTERS = "votes:voters:{}"
+KEY_TOP = "votes:top"
+KEY_APPLIED = "votes:applied:{}"
+
+# One atomic step per event: the mark, every vote and the leaderboard.
+# A redelivered event finds its mark and changes nothing.  Per voter the
+# vote with the latest (ts, voteId) wins, whatever order events arrive in.
+APPLY_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local n = (#KEYS - 2) / 2
+for i = 1, n do
+  local post_key, voters_key = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local a = 1 + 5 * (i - 1)
+  local post_id, score, voter = ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
+  local up, down = 0, 0
+  if voter == '' then
+    if score == 1 then up = 1 else down = 1 end
+  else
+    local ts, vote_id = ARGV[a + 4], ARGV[a + 5]
+    local newer, prev_score = true, 0
+    local prev = redis.call('HGET', voters_key, voter)
+    if prev then
+      local pts, pid, ps = string.match(prev, '^(%d+):([^:]+):(-?%d)$')
+      pts = tonumber(pts)
+      local t = tonumber(ts)
+      if pts > t or (pts == t and pid >= vote_id) then newer = false end
+      prev_score = tonumber(ps)
+    end
+    if newer then
+      redis.call('HSET', voters_key, voter, ts .. ':' .. vote_id .. ':' .. score)
+      if prev_score == 1 then up = -1 elseif prev_score == -1 then down = -1 end
+      if score == 1 then up = up + 1 elseif score == -1 then down = down + 1 end
+    end
+  end
+  local u = redis.call('HINCRBY', post_key, 'upvote', up)
+  local d = redis.call('HINCRBY', post_key, 'downvote', down)
+  redis.call('ZADD', KEYS[2], d - u, post_id)
+end
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return n
+"""
+
+# ZRANGE and the counts in one step, so the list is never torn.
+TOP_SCRIPT = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local out = {}
+for _, id in ipairs(ids) do
+  local c = redis.call('HMGET', ARGV[2] .. id, 'upvote', 'downvote')
+  table.insert(out, id)
+  table.insert(out, c[1])
+  table.insert(out, c[2])
+end
+return out
+"""
+
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
+
+
+def counts_dict(post_id, upvote, downvote, my_vote=None):
+    upvote, downvote = int(upvote or 0), int(downvote or 0)
+    counts = {
+        "postId": post_id,
+        "upvote": upvote,
+        "downvote": downvote,
+        "score": upvote - downvote,
+    }
+    if my_vote is not None:
+        counts["myVote"] = my_vote
+    return counts
+
+
+def _voter_score(entry):
+    return int(entry.rsplit(":", 1)[1]) if entry else 0
+
+
+class VoteStorage:
+    """The domain verbs over one Redis client; safe to share among workers."""
+
+    def __init__(self, client, mark_ttl):
+        self.client = client
+        self.mark_ttl = mark_ttl
+        self._apply = client.register_script(APPLY_SCRIPT)
+        self._top = client.register_script(TOP_SCRIPT)
+
+    def apply(self, event_id, votes):
+        """Apply the votes of one event, once. Returns how many were applied
+        (0 when the event had been applied before)."""
+        keys = [KEY_APPLIED.format(event_id), KEY_TOP]
+        args = [self.mark_ttl]
+        for vote in votes:
+            keys += [KEY_POST.format(vote.postId), KEY_VOTERS.format(vote.postId)]
+            args += [vote.postId, vote.score, vote.voterId or "", vote.ts,
+                     vote.voteId]
+        try:
+            applied = self._apply(keys=keys, args=args)
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return max(applied, 0)
+
+    def counts_many(self, queries):
+        """[(post_id, voter_id or None), ...] -> [counts or None, ...]"""
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                for post_id, voter_id in queries:
+                    pipe.hmget(KEY_POST.format(post_id), "upvote", "downvote")
+                    if voter_id is not None:
+                        pipe.hget(KEY_VOTERS.format(post_id), voter_id)
+                replies = iter(pipe.execute())
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        results = []
+        for post_id, voter_id in queries:
+            upvote, downvote = next(replies)
+            my_vote = None
+            if voter_id is not None:
+                my_vote = _voter_score(next(replies))
+            if upvote is None and downvote is None:
+                results.append(None)
+            else:
+                results.append(counts_dict(post_id, upvote, downvote, my_vote))
+        return results
+
+    def counts(self, post_id, voter_id=None):
+        (result,) = self.counts_many([(post_id, voter_id)])
+        if result is None:
+            raise NotFound("post {} has no votes".format(post_id))
+        return result
+
+    def top(self, limit):
+        try:
+            flat = self._top(keys=[KEY_TOP], args=[limit, KEY_POST.format("")])
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return [
+            counts_dict(flat[i], flat[i + 1], flat[i + 2])
+            for i in range(0, len(flat), 3)
+        ]
+
+
+class VoteStore(Redis):
+    """nameko-redis provider that injects VoteStorage and closes its pool."""
+
+    def __init__(self):
+        super().__init__(
+            REDIS_KEY,
+            socket_connect_timeout=1,
+            socket_timeout=2,
+            # one quick retry covers a pooled connection Redis has closed;
+            # longer outages are retried by the consumer, with back-off
+            retry=Retry(NoBackoff(), 1),
+        )
+        self.storage = None
+
+    def setup(self):
+        super().setup()
+        self.mark_ttl = int(
+            self.container.config.get(MARK_TTL_CONFIG_KEY, DEFAULT_MARK_TTL))
+
+    def start(self):
+        super().start()
+        self.storage = VoteStorage(self.client, self.mark_ttl)
+
+    def stop(self):
+        self.client.close()
+        super().stop()
+
+    def kill(self):
+        self.client.close()
+        super().kill()
+
+    def get_dependency(self, worker_ctx):
+        return self.storage

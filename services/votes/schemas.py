@@ -1,0 +1,88 @@
+"""Validation of what reaches the votes service.
+
+Anyone on the broker can publish a ``vote_cast`` event, so the payload is
+checked again here, whatever the gateway already checked.
+"""
+from typing import Annotated, List, Optional, Tuple
+
+from pydantic import (
+    BaseModel, ConfigDict, Field, TypeAdapter,
+    ValidationError, model_validator,
+)
+
+from services.rules import Identifier, Score
+from services.votes.exceptions import InvalidVote
+
+MAX_EVENT_VOTES = 2000
+
+_identifier = TypeAdapter(Identifier)
+
+
+class Vote(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    voteId: Identifier
+    postId: Identifier
+    score: Score
+    voterId: Optional[Identifier] = None
+    # microseconds since the epoch at which the vote was accepted
+    ts: Annotated[int, Field(gt=0, lt=2 ** 53)]
+
+    @model_validator(mode="after")
+    def _retraction_needs_voter(self):
+        if self.score == 0 and self.voterId is None:
+            raise ValueError("score 0 (retraction) needs a voterId")
+        return self
+
+
+class VoteCast(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    id: Identifier
+    votes: Annotated[List[Vote], Field(min_length=1, max_length=MAX_EVENT_VOTES)]
+
+
+def _describe(exc):
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "payload"
+    return "{}: {}".format(where, first["msg"])
+
+
+def parse_event(payload):
+    """Return a VoteCast, or raise InvalidVote naming the first fault."""
+    try:
+        return VoteCast.model_validate(payload)
+    except ValidationError as exc:
+        raise InvalidVote(_describe(exc)) from None
+
+
+def parse_vote(fields):
+    try:
+        return Vote.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidVote(_describe(exc)) from None
+
+
+def parse_identifier(value, field):
+    try:
+        _identifier.validate_python(value, strict=True)
+    except ValidationError:
+        raise InvalidVote(
+            "{}: must be 1-64 characters of A-Z a-z 0-9 _ -".format(field)
+        ) from None
+    return value
+
+
+MAX_QUERIES = 1000
+_queries = TypeAdapter(Annotated[
+    List[Tuple[Identifier, Optional[Identifier]]],
+    Field(max_length=MAX_QUERIES),
+])
+
+
+def parse_queries(queries):
+    """[[post_id, voter_id or None], ...] as a list of tuples."""
+    try:
+        return _queries.validate_python(queries, strict=False)
+    except ValidationError as exc:
+        raise InvalidVote(_describe(exc)) from None

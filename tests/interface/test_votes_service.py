@@ -1,0 +1,179 @@
+"""The votes service alone in a container, on real RabbitMQ and Redis."""
+import json
+import time
+
+import pytest
+from amqp.exceptions import ChannelError
+from kombu import Connection, Exchange, Producer
+from nameko.standalone.events import event_dispatcher
+from nameko.standalone.rpc import ServiceRpcProxy
+from nameko.testing.services import entrypoint_waiter
+
+from services.votes.service import VotesService
+from tests.conftest import make_event, make_vote
+
+DEAD_LETTER_QUEUE = "votes.dead-letter"
+VOTES_QUEUE = "evt-gateway-vote_cast--votes.handle_vote_cast"
+
+
+@pytest.fixture
+def votes(container_factory, config):
+    container = container_factory(VotesService, config)
+    container.start()
+    return container
+
+
+@pytest.fixture
+def dispatch(config):
+    return event_dispatcher(config)
+
+
+@pytest.fixture
+def rpc(config):
+    with ServiceRpcProxy("votes", config, timeout=10) as proxy:
+        yield proxy
+
+
+def cast(container, dispatch, event):
+    with entrypoint_waiter(container, "handle_vote_cast") as result:
+        dispatch("gateway", "vote_cast", event)
+    result.get()
+
+
+def dead_letters(amqp_uri, expected, timeout=10):
+    """Take `expected` raw messages off the dead-letter queue."""
+    taken = []
+    deadline = time.monotonic() + timeout
+    with Connection(amqp_uri) as connection:
+        channel = connection.default_channel
+        while len(taken) < expected and time.monotonic() < deadline:
+            try:
+                message = channel.basic_get(DEAD_LETTER_QUEUE, no_ack=True)
+            except ChannelError:  # not declared yet
+                message = None
+                channel = connection.channel()
+            if message is None:
+                time.sleep(0.05)
+            else:
+                taken.append(message)
+    assert len(taken) == expected
+    return taken
+
+
+def queue_depth(amqp_uri, name):
+    with Connection(amqp_uri) as connection:
+        _, count, _ = connection.default_channel.queue_declare(name, passive=True)
+    return count
+
+
+def test_event_creates_and_updates_a_post(votes, dispatch, rpc, redis_client):
+    cast(votes, dispatch, make_event(make_vote(score=1), make_vote(score=1)))
+    cast(votes, dispatch, make_event(make_vote(score=-1)))
+
+    assert rpc.get_counts("348") == {
+        "postId": "348", "upvote": 2, "downvote": 1, "score": 1}
+    assert redis_client.hgetall("votes:post:348") == {
+        "upvote": "2", "downvote": "1"}
+    assert redis_client.zscore("votes:top", "348") == -1
+
+
+def test_redelivered_event_counts_once(votes, dispatch, rpc, redis_client):
+    event = make_event(make_vote(score=1), make_vote(score=-1, postId="9"))
+    cast(votes, dispatch, event)
+    cast(votes, dispatch, event)
+
+    assert rpc.get_counts("348")["upvote"] == 1
+    assert rpc.get_counts("9")["downvote"] == 1
+    mark_ttl = redis_client.ttl("votes:applied:" + event["id"])
+    assert 86390 < mark_ttl <= 86400
+
+
+@pytest.mark.parametrize("payload, reason", [
+    ({"votes": [make_vote()]}, "invalid payload: id: Field required"),
+    (make_event(make_vote(score=2)),
+     "invalid payload: votes.0.score: Input should be 1, -1 or 0"),
+    (make_event(make_vote(postId="3 48")),
+     "invalid payload: votes.0.postId: String should match pattern "
+     "'^[A-Za-z0-9_-]{1,64}$'"),
+    (make_event(make_vote(score=0)),
+     "invalid payload: votes.0: Value error, score 0 (retraction) needs a voterId"),
+    ({"id": "x", "votes": []},
+     "invalid payload: votes: List should have at least 1 item after validation, not 0"),
+    ("just a string",
+     "invalid payload: payload: Input should be a valid dictionary or instance of VoteCast"),
+])
+def test_invalid_event_is_dead_lettered(votes, dispatch, rpc, config, payload,
+                                        reason, redis_client):
+    dispatch("gateway", "vote_cast", payload)
+    (message,) = dead_letters(config["AMQP_URI"], 1)
+
+    assert message.headers["x-dead-letter-reason"] == reason
+    assert message.headers["x-original-routing-key"] == "vote_cast"
+    assert message.headers["x-original-exchange"] == "gateway.events"
+    assert json.loads(message.body) == payload
+    # nothing changed, and the service goes on
+    assert redis_client.keys("votes:post:*") == []
+    cast(votes, dispatch, make_event(make_vote()))
+    assert rpc.get_counts("348")["upvote"] == 1
+    assert queue_depth(config["AMQP_URI"], VOTES_QUEUE) == 0
+
+
+@pytest.mark.parametrize("body, content_type, reason", [
+    (b"{not json", "application/json",
+     "undecodable body: DecodeError: Expecting property name enclosed in "
+     "double quotes: line 1 column 2 (char 1)"),
+    (b"\x80\x81", "application/octet-stream",
+     "undecodable body: ContentDisallowed: Refusing to deserialize untrusted "
+     "content of type application/octet-stream (application/octet-stream)"),
+])
+def test_undecodable_message_is_dead_lettered(votes, dispatch, rpc, config, body,
+                                              content_type, reason):
+    with Connection(config["AMQP_URI"]) as connection:
+        Producer(connection.channel()).publish(
+            body, exchange=Exchange("gateway.events", type="topic", durable=True),
+            routing_key="vote_cast", content_type=content_type,
+            content_encoding="binary")
+    (message,) = dead_letters(config["AMQP_URI"], 1)
+
+    assert message.headers["x-dead-letter-reason"] == reason
+    assert message.body == body
+    cast(votes, dispatch, make_event(make_vote()))
+    assert rpc.get_counts("348")["upvote"] == 1
+
+
+def test_rpc_vote_and_reads(votes, rpc):
+    assert rpc.vote("348", 1) == {
+        "postId": "348", "upvote": 1, "downvote": 0, "score": 1}
+    assert rpc.vote("348", -1) == {
+        "postId": "348", "upvote": 1, "downvote": 1, "score": 0}
+    assert rpc.vote("0348", -1) == {
+        "postId": "0348", "upvote": 0, "downvote": 1, "score": -1}
+    assert rpc.get_counts_many([["348", None], ["nope", None], ["0348", "v"]]) == [
+        {"postId": "348", "upvote": 1, "downvote": 1, "score": 0},
+        None,
+        {"postId": "0348", "upvote": 0, "downvote": 1, "score": -1, "myVote": 0},
+    ]
+    assert rpc.top(2) == [
+        {"postId": "348", "upvote": 1, "downvote": 1, "score": 0},
+        {"postId": "0348", "upvote": 0, "downvote": 1, "score": -1},
+    ]
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda rpc: rpc.get_counts("nope"), "NotFound post nope has no votes"),
+    (lambda rpc: rpc.vote("348", 2),
+     "InvalidVote score: Input should be 1, -1 or 0"),
+    (lambda rpc: rpc.vote("348", True),
+     "InvalidVote score: Input should be 1, -1 or 0"),
+    (lambda rpc: rpc.vote("", 1),
+     "InvalidVote postId: String should match pattern '^[A-Za-z0-9_-]{1,64}$'"),
+    (lambda rpc: rpc.get_counts("a b"),
+     "InvalidVote post_id: must be 1-64 characters of A-Z a-z 0-9 _ -"),
+    (lambda rpc: rpc.top(0), "InvalidVote limit: must be an integer from 1 to 100"),
+    (lambda rpc: rpc.top(101), "InvalidVote limit: must be an integer from 1 to 100"),
+])
+def test_rpc_errors(votes, rpc, call, error, redis_client):
+    with pytest.raises(Exception) as raised:
+        call(rpc)
+    assert "{} {}".format(raised.value.exc_type, raised.value.value) == error
+    assert redis_client.keys("votes:*") == []
