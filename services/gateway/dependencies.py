@@ -220,12 +220,12 @@ class VotesReader(DependencyProvider):
 
     def call(self, method, *args, timeout=None):
         timeout = timeout or self.timeout
-        if not self.listening:
-            raise ServiceUnavailable("no connection to RabbitMQ")
         correlation_id = uuid.uuid4().hex
         reply = self.replies[correlation_id] = eventlet.event.Event()
         try:
             with eventlet.Timeout(timeout, False):
+                while not self.listening:  # (re)connecting: a reply needs it
+                    eventlet.sleep(0.05)
                 self._request(method, args, correlation_id, timeout)
                 body = reply.wait()
                 error = body.get("error")

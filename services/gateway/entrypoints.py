@@ -9,7 +9,7 @@ import json
 import logging
 
 from nameko.web.handlers import HttpRequestHandler
-from nameko.web.server import WebServer, WsgiApp
+from nameko.web.server import HttpOnlyProtocol, WebServer, WsgiApp
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
@@ -34,6 +34,7 @@ HTTP_ERROR_CODES = {
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     413: "PAYLOAD_TOO_LARGE",
+    414: "URI_TOO_LONG",
 }
 
 
@@ -54,7 +55,7 @@ def response_for_http_exception(exc):
     code = HTTP_ERROR_CODES.get(exc.code, "HTTP_{}".format(exc.code))
     headers = {}
     if exc.code == 405 and getattr(exc, "valid_methods", None):
-        headers["Allow"] = ", ".join(exc.valid_methods)
+        headers["Allow"] = ", ".join(sorted(exc.valid_methods))
     message = {
         404: "no such resource",
         405: "method not allowed",
@@ -92,10 +93,54 @@ class JsonWsgiApp(WsgiApp):
         return response(environ, start_response)
 
 
+class JsonErrorsProtocol(HttpOnlyProtocol):
+    """eventlet answers a request it cannot parse before any WSGI code runs:
+    give those answers JSON bodies too."""
+
+    def _read_request_line(self):
+        line = super()._read_request_line()
+        if len(line) >= self.server.url_length_limit:
+            # read the rest of the line (bounded) so the client, still
+            # sending, is not reset before it reads the answer
+            for _ in range(128):
+                if self.rfile.readline(self.server.url_length_limit).endswith(b"\n"):
+                    break
+            self.send_error(414, "request line is longer than {} bytes".format(
+                self.server.url_length_limit))
+            return b""  # eventlet then closes the connection
+        return line
+
+    def send_error(self, code, message=None, explain=None):
+        if code >= 500:  # 505 for an unknown HTTP version: bad input all the same
+            code = 400
+        body = json.dumps({
+            "error": HTTP_ERROR_CODES.get(code, "HTTP_{}".format(code)),
+            "message": message or self.responses.get(code, ("error",))[0],
+        }).encode()
+        self.close_connection = True
+        # the request line may not have been parsed (yet); answer as HTTP/1.0,
+        # since an HTTP/0.9 answer would carry no status line
+        self.requestline = getattr(self, "requestline", "")[:200]
+        self.request_version = "HTTP/1.0"
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if getattr(self, "command", None) != "HEAD":
+            self.wfile.write(body)
+        self.wfile.flush()
+
+
 class JsonWebServer(WebServer):
 
     def get_wsgi_app(self):
         return JsonWsgiApp(self)
+
+    def get_wsgi_server(self, sock, wsgi_app, protocol=JsonErrorsProtocol,
+                        debug=False):
+        return super().get_wsgi_server(sock, wsgi_app, protocol, debug)
 
 
 class HttpEntrypoint(HttpRequestHandler):

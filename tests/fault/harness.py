@@ -1,0 +1,579 @@
+"""Real processes against real servers, for the fault tests.
+
+Each test gets a RabbitMQ vhost and a private redis-server of its own; the
+services run as ``nameko run`` subprocesses (one process per service, logs
+in files under tmp_path); a load generator votes through the gateway from
+concurrent green threads and records every answer with its latency; the
+checks wait for the votes queue to drain, then compare what Redis counted,
+post by post and upvote/downvote apart, with what the gateway answered 202.
+"""
+import collections
+import itertools
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import eventlet
+import redis
+import requests
+import yaml
+from kombu import Connection
+from nameko.cli.main import setup_yaml_parser
+from nameko.testing.utils import find_free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMEKO = str(Path(sys.executable).parent / "nameko")
+GATEWAY = "services.gateway.service"
+VOTES = "services.votes.service"
+VOTES_QUEUE = "evt-gateway-vote_cast--votes.handle_vote_cast"
+RPC_QUEUE = "rpc-votes"
+DEAD_LETTER_QUEUE = "votes.dead-letter"
+
+START_TIMEOUT = 30      # a service process up and consuming / listening
+DRAIN_TIMEOUT = 60      # every accepted vote counted
+RECOVERY_TIMEOUT = 10   # service answers again after a server came back
+REFUSAL_BOUND = 5.0     # a 503 comes within this
+HANG_BOUND = 5.5        # no answer at all takes longer than this
+REQUEST_TIMEOUT = 15    # client side: a hang shows as a slow error, not a stuck test
+REFUSED_PAUSE = 0.2     # a client pauses after a 503, as Retry-After asks
+MAX_VOTES = 20000       # hard cap of one load run
+SAMPLE_READS = 5        # posts also read back through GET /vote-counts
+
+
+def wait_until(predicate, timeout, what, interval=0.2):
+    """Poll ``predicate`` until it returns something true; return that."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after {}s waiting for {}".format(
+                timeout, what))
+        time.sleep(interval)
+
+
+def rabbitmqctl(*args, timeout=60):
+    return subprocess.run(
+        ["rabbitmqctl", "-q", *args], check=True, capture_output=True,
+        text=True, timeout=timeout).stdout
+
+
+def write_config(path, amqp_uri, redis_uri, web_port):
+    """config.yml as the project has it, on the test's vhost, Redis and port."""
+    setup_yaml_parser()
+    with open(ROOT / "config.yml") as handle:
+        config = yaml.safe_load(handle)
+    config.update({
+        "AMQP_URI": amqp_uri,
+        "WEB_SERVER_ADDRESS": "127.0.0.1:{}".format(web_port),
+        "REDIS_URIS": {"votes": redis_uri},
+    })
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class Process:
+    """One server process, its output in a log file."""
+
+    def __init__(self, label, argv, log_path):
+        self.label = label
+        self.argv = argv
+        self.log_path = log_path
+        self.proc = None
+
+    def start(self):
+        with open(self.log_path, "ab") as log:
+            log.write("--- start {}\n".format(" ".join(self.argv)).encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    @property
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, signum):
+        self.proc.send_signal(signum)
+
+    def wait_exit(self, timeout):
+        """The exit code, or None if still running after ``timeout``."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self):
+        if self.alive:
+            self.proc.kill()
+            self.proc.wait()
+
+    def tail(self, lines=60):
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class RedisServer:
+    """A private redis-server on a free port; stopping it saves its data
+    (SHUTDOWN SAVE) and starting it again loads it back."""
+
+    def __init__(self, tmp_path):
+        self.port = find_free_port()
+        self.dir = tmp_path / "redis"
+        self.dir.mkdir(exist_ok=True)
+        self.uri = "redis://127.0.0.1:{}/0".format(self.port)
+        self.process = Process("redis", [
+            "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
+            "--save", "", "--appendonly", "no", "--dir", str(self.dir),
+            "--dbfilename", "dump.rdb",
+        ], tmp_path / "redis.log")
+
+    def client(self):
+        return redis.Redis.from_url(
+            self.uri, decode_responses=True, socket_timeout=5)
+
+    def answers(self):
+        try:
+            with self.client() as client:
+                return client.ping()
+        except redis.RedisError:
+            return False
+
+    def start(self):
+        self.process.start()
+        wait_until(self.answers, START_TIMEOUT, "redis-server to answer")
+
+    def stop(self):
+        with self.client() as client:
+            try:
+                client.shutdown(save=True)
+            except redis.ConnectionError:  # the server closes on us
+                pass
+        assert self.process.wait_exit(10) is not None, "redis-server did not stop"
+
+    def kill(self):
+        self.process.kill()
+
+
+class Cluster:
+    """The services of one test, on its own vhost and its own Redis."""
+
+    def __init__(self, tmp_path, amqp_uri, vhost, redis_server):
+        self.tmp_path = tmp_path
+        self.amqp_uri = amqp_uri
+        self.vhost = vhost
+        self.redis_server = redis_server
+        self.redis = redis_server.client()
+        self.web_port = find_free_port()
+        self.base_url = "http://127.0.0.1:{}".format(self.web_port)
+        self.config_path = write_config(
+            tmp_path / "config.yml", amqp_uri, redis_server.uri, self.web_port)
+        self.processes = []
+        self._serial = itertools.count(1)
+
+    def _run(self, module, label):
+        process = Process(label, [
+            NAMEKO, "run", "--config", str(self.config_path), module,
+        ], self.tmp_path / "{}-{}.log".format(label, next(self._serial)))
+        self.processes.append(process)
+        return process.start()
+
+    def start_gateway(self):
+        gateway = self._run(GATEWAY, "gateway")
+
+        def listening():
+            assert gateway.alive, "gateway exited:\n" + gateway.tail()
+            try:
+                return requests.get(self.base_url + "/ready", timeout=2).ok or True
+            except requests.ConnectionError:
+                return False
+        wait_until(listening, START_TIMEOUT, "the gateway to listen")
+        return gateway
+
+    def start_votes(self, consumers=1):
+        """Start one votes process; wait until ``consumers`` consume."""
+        votes = self._run(VOTES, "votes")
+
+        def consuming():
+            assert votes.alive, "votes exited:\n" + votes.tail()
+            return (self.queue_state(VOTES_QUEUE)[1] >= consumers
+                    and self.queue_state(RPC_QUEUE)[1] >= consumers)
+        wait_until(consuming, START_TIMEOUT, "the votes service to consume")
+        return votes
+
+    def queue_state(self, name):
+        """(ready messages, consumers); (0, 0) when it does not exist yet."""
+        try:
+            with Connection(self.amqp_uri, connect_timeout=2) as connection:
+                _, ready, consumers = connection.default_channel.queue_declare(
+                    name, passive=True)
+            return ready, consumers
+        except Exception:  # not declared yet, or the broker is away
+            return 0, 0
+
+    def queue_messages(self, name):
+        """Ready plus unacknowledged messages, which AMQP cannot tell."""
+        out = rabbitmqctl("list_queues", "-p", self.vhost, "name", "messages",
+                          "--no-table-headers")
+        for line in out.splitlines():
+            fields = line.split()
+            if fields and fields[0] == name:
+                return int(fields[1])
+        return 0
+
+    def broker_answers(self):
+        try:
+            with Connection(self.amqp_uri, connect_timeout=2) as connection:
+                connection.connect()
+            return True
+        except Exception:
+            return False
+
+    def load(self, **options):
+        return Load(self.base_url, **options)
+
+    def counted(self):
+        """postId -> Counter(upvote=, downvote=) of every post in Redis."""
+        counts = {}
+        for key in self.redis.scan_iter("votes:post:*", count=1000):
+            fields = self.redis.hgetall(key)
+            counts[key.split(":", 2)[2]] = collections.Counter({
+                name: int(value) for name, value in fields.items()
+                if int(value)})
+        return counts
+
+    def read_through_gateway(self, post_id):
+        """(status, JSON body) of GET /vote-counts, or (None, error)."""
+        try:
+            response = requests.get(self.base_url + "/vote-counts",
+                                    params={"postId": post_id}, timeout=10)
+            return response.status_code, response.json()
+        except (requests.RequestException, ValueError) as exc:
+            return None, repr(exc)
+
+    # predicates of recovery, for within_recovery()
+
+    def consuming(self, consumers=1):
+        return lambda: self.queue_state(VOTES_QUEUE)[1] >= consumers
+
+    def reading(self, load):
+        return lambda: self.read_through_gateway(load.accepted()[0].post)[0] == 200
+
+    def counting_beyond(self, votes):
+        return lambda: total(self.counted()) > votes
+
+    def close(self, show_logs=False):
+        for process in self.processes:
+            process.kill()
+        self.redis.close()
+        if show_logs:
+            for process in self.processes + [self.redis_server.process]:
+                print("\n----- {} ({}) last lines -----\n{}".format(
+                    process.label, process.log_path, process.tail()))
+
+
+Answer = collections.namedtuple(
+    "Answer", "post score status error started latency")
+
+
+class Load:
+    """Concurrent clients voting through the gateway until stopped, every
+    answer recorded. Vote i goes to post ``<prefix><i % posts>`` (or to a
+    post of its own with ``unique=True``); every third vote is a downvote."""
+
+    def __init__(self, base_url, clients=8, posts=8, prefix="p", unique=False,
+                 limit=MAX_VOTES):
+        self.url = base_url + "/vote"
+        self.clients = clients
+        self.posts = posts
+        self.prefix = prefix
+        self.unique = unique
+        self.limit = limit
+        self.answers = []
+        self._next = itertools.count()
+        self._stopping = False
+        self._threads = []
+
+    def __enter__(self):
+        self._threads = [eventlet.spawn(self._client)
+                         for _ in range(self.clients)]
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def stop(self):
+        self._stopping = True
+        for thread in self._threads:
+            thread.wait()
+
+    def _client(self):
+        with requests.Session() as session:
+            for i in self._next:
+                if self._stopping or i >= self.limit:
+                    return
+                self._vote(session, i)
+
+    def _vote(self, session, i):
+        post = "{}{}".format(self.prefix, i if self.unique else i % self.posts)
+        score = -1 if i % 3 == 0 else 1
+        status = error = None
+        started = time.monotonic()
+        try:
+            response = session.get(self.url, params={"postId": post, "score": score},
+                                   timeout=REQUEST_TIMEOUT)
+            status = response.status_code
+            if status != 202:
+                error = "{} Retry-After={}".format(
+                    response.text[:200], response.headers.get("Retry-After"))
+        except requests.RequestException as exc:
+            error = repr(exc)
+        self.answers.append(Answer(post, score, status, error, started,
+                                   time.monotonic() - started))
+        if status != 202:
+            time.sleep(REFUSED_PAUSE)
+
+    def wait_sent(self, n, timeout=120):
+        """Block until ``n`` more votes have been answered."""
+        target = len(self.answers) + n
+        wait_until(lambda: len(self.answers) >= target, timeout,
+                   "{} votes answered (have {})".format(target, len(self.answers)))
+
+    def accepted(self):
+        return [a for a in self.answers if a.status == 202]
+
+    def refused(self):
+        return [a for a in self.answers if a.status == 503]
+
+    def accepting_since(self, since):
+        return lambda: any(a.status == 202 and a.started >= since
+                           for a in self.answers[-100:])
+
+    def refused_in_flight(self, start, end):
+        """Refused votes whose request was open at some moment of
+        [start, end]: the gateway may have published them just before the
+        broker went away, without getting the confirm."""
+        return [a for a in self.refused()
+                if a.started <= end and a.started + a.latency >= start]
+
+
+def tally(answers):
+    counts = collections.defaultdict(collections.Counter)
+    for answer in answers:
+        counts[answer.post]["upvote" if answer.score == 1 else "downvote"] += 1
+    return dict(counts)
+
+
+def total(counts):
+    return sum(sum(counter.values()) for counter in counts.values())
+
+
+def _covered(counted, expected):
+    return all(counted.get(post, collections.Counter()) >= counter
+               for post, counter in expected.items())
+
+
+def settle(cluster, expected):
+    """Wait until every expected vote is counted and the votes queue holds
+    nothing, ready or unacked; then the final counts."""
+    wait_until(lambda: cluster.queue_state(VOTES_QUEUE)[0] == 0
+               and _covered(cluster.counted(), expected),
+               DRAIN_TIMEOUT, "every accepted vote to be counted", interval=0.5)
+    wait_until(lambda: cluster.queue_messages(VOTES_QUEUE) == 0,
+               DRAIN_TIMEOUT, "the votes queue to be empty", interval=1)
+    return cluster.counted()
+
+
+def summary(label, load, counted):
+    latencies = [a.latency for a in load.answers] or [0]
+    return ("[{}] sent={} accepted={} refused={} other={} counted={} "
+            "(expected {}) posts={} max_latency={:.2f}s".format(
+                label, len(load.answers), len(load.accepted()),
+                len(load.refused()),
+                len(load.answers) - len(load.accepted()) - len(load.refused()),
+                total(counted), len(load.accepted()), len(counted),
+                max(latencies)))
+
+
+def within_recovery(since, checks):
+    """Problems for each of ``checks`` ({what: predicate}) not true within
+    RECOVERY_TIMEOUT seconds of ``since`` (when a server came back)."""
+    problems = []
+    for what, predicate in checks.items():
+        try:
+            wait_until(predicate, since + RECOVERY_TIMEOUT - time.monotonic(),
+                       what + " within {}s".format(RECOVERY_TIMEOUT))
+        except AssertionError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def verify(label, cluster, load, problems=(), in_doubt=(), refusals=False,
+           after=None):
+    """The outcome assertions every fault test shares; prints the figures
+    and puts them in the assertion message.
+
+    Every 202 vote counted exactly once, nothing else counted except votes
+    in ``in_doubt`` (refused, but perhaps published); every answer a 202 or
+    (only if ``refusals``) a 503 BROKER_UNAVAILABLE with Retry-After within
+    the bound; no answer hangs; the gateway's read path agrees with Redis.
+    ``problems`` are the test's own findings; ``after()`` returns more,
+    found once the votes queue has drained."""
+    failures = list(problems)
+    expected = tally(load.accepted())
+    try:
+        counted = settle(cluster, expected)
+    except AssertionError as exc:
+        failures.append(str(exc))
+        counted = cluster.counted()
+    line = summary(label, load, counted)
+    print("\n" + line)
+    failures += _answer_problems(load, refusals)
+    failures += _count_problems(counted, expected, tally(in_doubt))
+    if in_doubt:
+        print("[{}] {} refused votes were in flight when the broker went away; "
+              "{} votes more than accepted were counted".format(
+                  label, len(in_doubt), total(counted) - total(expected)))
+    failures += _read_problems(cluster, counted)
+    if after is not None:
+        failures += after()
+    assert not failures, line + "\n" + "\n".join(failures)
+    return counted
+
+
+def _answer_problems(load, refusals):
+    problems = []
+    others = [a for a in load.answers if a.status not in (202, 503)]
+    if others:
+        problems.append("{} answers neither 202 nor 503, e.g. {}".format(
+            len(others), others[:3]))
+    bad = [a for a in load.refused() if not refusals
+           or a.latency > REFUSAL_BOUND
+           or '"BROKER_UNAVAILABLE"' not in a.error
+           or "Retry-After=None" in a.error]
+    if bad:
+        problems.append("{} unexpected 503s (503s allowed: {}), e.g. {}".format(
+            len(bad), refusals, bad[:3]))
+    slow = [a for a in load.answers if a.latency > HANG_BOUND]
+    if slow:
+        problems.append("{} answers took over {}s, e.g. {}".format(
+            len(slow), HANG_BOUND, slow[:3]))
+    return problems
+
+
+def _count_problems(counted, expected, doubt):
+    wrong = {}
+    for post in set(counted) | set(expected):
+        got = counted.get(post, collections.Counter())
+        low = expected.get(post, collections.Counter())
+        if not low <= got <= low + doubt.get(post, collections.Counter()):
+            wrong[post] = (dict(got), dict(low))
+    if not wrong:
+        return []
+    return ["{} posts counted wrong; post: (counted, accepted): {}".format(
+        len(wrong), dict(sorted(wrong.items())[:10]))]
+
+
+def _read_problems(cluster, counted):
+    """A few posts read back through GET /vote-counts must match Redis."""
+    for post in sorted(counted)[:SAMPLE_READS]:
+        want = {"postId": post, "upvote": counted[post]["upvote"],
+                "downvote": counted[post]["downvote"]}
+        want["score"] = want["upvote"] - want["downvote"]
+        got = cluster.read_through_gateway(post)
+        if got != (200, want):
+            return ["GET /vote-counts?postId={} gave {}, Redis has {}".format(
+                post, got, want)]
+    return []
+
+
+# malformed vote_cast bodies: (content type, content encoding, body of n),
+# the body raw bytes or a value to send as JSON
+_VOTE = {"voteId": "v{n}", "postId": "bad", "score": 1, "ts": 1}
+
+
+def _event(**changes):
+    event = {"id": "bad-{n}", "votes": [dict(_VOTE)]}
+    event.update(changes)
+    return event
+
+
+def _vote_event(**changes):
+    return _event(votes=[dict(_VOTE, **changes)])
+
+
+MALFORMED = [
+    # invalid JSON
+    ("application/json", "utf-8", lambda n: '{{"id": "bad-{}", "votes": ['.format(n).encode()),
+    ("application/json", "utf-8", lambda n: "bad-{} not json".format(n).encode()),
+    # wrong content types: refused by the decoder, or decoded to raw text
+    ("text/plain", "utf-8", lambda n: "id=bad-{}&score=1".format(n).encode()),
+    ("application/x-python-serialize", "binary",
+     lambda n: b"\x80\x04bad-" + str(n).encode()),
+    ("application/data", "binary", lambda n: b"\x00bad-" + str(n).encode()),
+    # missing fields
+    ("application/json", "utf-8", lambda n: {"id": "bad-{}".format(n)}),
+    ("application/json", "utf-8",
+     lambda n: _event(votes=[{"voteId": "v{}".format(n), "score": 1, "ts": 1}])),
+    # bad scores
+    ("application/json", "utf-8", lambda n: _vote_event(score=2)),
+    ("application/json", "utf-8", lambda n: _vote_event(score=0)),
+    ("application/json", "utf-8", lambda n: _vote_event(score="1")),
+    ("application/json", "utf-8", lambda n: _vote_event(score=1.5)),
+    ("application/json", "utf-8", lambda n: _vote_event(score=True)),
+    # wrong types
+    ("application/json", "utf-8", lambda n: _event(id=n)),
+    ("application/json", "utf-8", lambda n: _event(votes={"postId": "bad"})),
+    ("application/json", "utf-8", lambda n: _vote_event(ts="1")),
+    ("application/json", "utf-8", lambda n: [n, "bad"]),
+    ("application/json", "utf-8", lambda n: "bad-{}".format(n)),
+]
+
+
+def malformed_body(n):
+    """The n-th malformed message: (body bytes, content type, encoding)."""
+    content_type, encoding, make = MALFORMED[n % len(MALFORMED)]
+    body = make(n)
+    if not isinstance(body, bytes):
+        # unique per n, so that every dead letter can be matched
+        body = json.dumps(body).replace("{n}", str(n)).encode()
+    return body, content_type, encoding
+
+
+def publish_malformed(amqp_uri, count, pause=0.005):
+    """Publish ``count`` malformed vote_cast events straight to the
+    gateway's event exchange; return their bodies."""
+    from kombu import Producer
+    from nameko.standalone.events import get_event_exchange
+
+    exchange = get_event_exchange("gateway", {})
+    bodies = []
+    with Connection(amqp_uri) as connection:
+        producer = Producer(connection.channel())
+        for n in range(count):
+            body, content_type, encoding = malformed_body(n)
+            producer.publish(body, exchange=exchange, routing_key="vote_cast",
+                             content_type=content_type, content_encoding=encoding,
+                             delivery_mode=2, declare=[exchange])
+            bodies.append(body)
+            time.sleep(pause)  # interleave with the HTTP votes
+    return bodies
+
+
+def take_dead_letters(amqp_uri):
+    """Take every message off the dead-letter queue: [(body, reason)]."""
+    taken = []
+    with Connection(amqp_uri) as connection:
+        channel = connection.channel()
+        while True:
+            message = channel.basic_get(DEAD_LETTER_QUEUE, no_ack=True)
+            if message is None:
+                return taken
+            taken.append((message.body,
+                          message.headers.get("x-dead-letter-reason")))

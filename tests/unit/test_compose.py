@@ -1,0 +1,353 @@
+"""Checks of docker-compose.yml, the Dockerfile and services.healthcheck that
+need no Docker engine.
+
+tests/data/compose_spec.json is the Compose Specification JSON schema, taken
+unchanged from the PyPI package docker-compose==1.29.2 (file
+compose/config/compose_spec.json of docker_compose-1.29.2-py2.py3-none-any.whl,
+sha256 0dc04bd346dcfee1b1419628fff79937bbf076925f298f272a2b490e2b112bac),
+licensed Apache-2.0. It is vendored because that package pins PyYAML<6.
+"""
+import copy
+import importlib.util
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+SCHEMA_FILE = ROOT / "tests" / "data" / "compose_spec.json"
+DOCKERFILE = ROOT / "Dockerfile"
+CONFIG_FILE = ROOT / "config.yml"
+
+APPS = {
+    "gateway": "services.gateway.service",
+    "votes": "services.votes.service",
+}
+BACKING = ("rabbitmq", "redis")
+ALL_SERVICES = set(APPS) | set(BACKING)
+# an exact release: x.y.z, optionally followed by a variant (-management, -alpine)
+EXACT_TAG = re.compile(r"^\d+\.\d+\.\d+(-[a-z0-9.-]+)?$")
+
+
+def load_compose():
+    with open(COMPOSE_FILE) as f:
+        return yaml.safe_load(f)
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return load_compose()
+
+
+@pytest.fixture(scope="module")
+def schema():
+    with open(SCHEMA_FILE) as f:
+        return json.load(f)
+
+
+def env_of(service):
+    """A service's environment as a dict, whichever form it is written in."""
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        return dict(item.split("=", 1) for item in env)
+    return env
+
+
+def command_argv(service):
+    command = service["command"]
+    return shlex.split(command) if isinstance(command, str) else list(command)
+
+
+def healthcheck_argv(service):
+    test = service["healthcheck"]["test"]
+    assert isinstance(test, list) and test[0] in ("CMD", "CMD-SHELL"), test
+    return test
+
+
+# --- the compose file -----------------------------------------------------
+
+def test_compose_file_is_valid_against_compose_spec(compose, schema):
+    # The schema declares draft 2019-09 (as "...2019-09/schema#", a spelling
+    # jsonschema does not map, so the draft is named here). Formats such as
+    # "duration" are annotations only: no format_checker.
+    assert schema["$schema"].startswith("http://json-schema.org/draft/2019-09/")
+    jsonschema.Draft201909Validator.check_schema(schema)
+    validator = jsonschema.Draft201909Validator(schema)
+    errors = sorted(validator.iter_errors(compose), key=str)
+    assert errors == [], "\n".join(e.message for e in errors)
+
+
+def test_compose_schema_rejects_a_broken_file(compose, schema):
+    """The validation above is not vacuous: the same schema rejects mistakes."""
+    validator = jsonschema.Draft201909Validator(schema)
+    for mutate in (
+        lambda doc: doc["services"]["gateway"].update(helthcheck={}),
+        lambda doc: doc["services"]["votes"]["depends_on"]["redis"].update(
+            condition="service_ready"),
+        lambda doc: doc["services"]["redis"]["healthcheck"].update(retry=3),
+        lambda doc: doc.update(volume={}),
+    ):
+        broken = copy.deepcopy(compose)
+        mutate(broken)
+        assert not validator.is_valid(broken)
+
+
+def test_no_version_key_and_exactly_the_expected_services(compose):
+    assert "version" not in compose
+    assert set(compose["services"]) == ALL_SERVICES
+
+
+def test_every_service_has_a_healthcheck_and_restart_policy(compose):
+    for name, service in compose["services"].items():
+        healthcheck = service["healthcheck"]
+        assert healthcheck.get("disable") is not True, name
+        assert healthcheck["test"][0] in ("CMD", "CMD-SHELL"), name
+        assert healthcheck["interval"] and healthcheck["timeout"], name
+        assert healthcheck["retries"] >= 1, name
+        assert service["restart"] == "unless-stopped", name
+
+
+def test_no_container_name_anywhere(compose):
+    for name, service in compose["services"].items():
+        assert "container_name" not in service, name
+
+
+def test_only_the_gateway_publishes_a_port(compose):
+    published = {name: service["ports"]
+                 for name, service in compose["services"].items()
+                 if service.get("ports")}
+    assert published == {"gateway": ["5000:5000"]}
+    assert "ports" not in compose["services"]["votes"]
+
+
+def test_apps_wait_for_healthy_backing_services(compose):
+    for name in APPS:
+        assert compose["services"][name]["depends_on"] == {
+            "rabbitmq": {"condition": "service_healthy"},
+            "redis": {"condition": "service_healthy"},
+        }, name
+
+
+def test_backing_images_are_pinned_to_exact_versions(compose):
+    services = compose["services"]
+    for name in BACKING:
+        repository, _, tag = services[name]["image"].partition(":")
+        assert repository == name
+        assert "latest" not in tag, name
+        assert EXACT_TAG.match(tag), (name, tag)
+    assert services["rabbitmq"]["image"].endswith("-management")
+
+
+def test_apps_share_one_image_built_from_this_repo(compose):
+    gateway, votes = compose["services"]["gateway"], compose["services"]["votes"]
+    assert gateway["build"] == votes["build"] == "."
+    assert gateway["image"] == votes["image"]
+    assert "gateway" not in gateway["image"] and "votes-app" in gateway["image"]
+
+
+def test_apps_stop_gracefully(compose):
+    for name in APPS:
+        assert compose["services"][name]["stop_grace_period"] == "15s", name
+
+
+def test_redis_persists_with_aof_on_a_named_volume(compose):
+    redis = compose["services"]["redis"]
+    command = " ".join(command_argv(redis))
+    assert "--appendonly yes" in command
+    assert "--appendfsync everysec" in command
+    assert redis["volumes"] == ["redis-data:/data"]
+    assert "redis-data" in compose["volumes"]
+    assert "redis-cli ping" in " ".join(healthcheck_argv(redis))
+
+
+def test_rabbitmq_persists_on_a_named_volume_with_a_fixed_node_name(compose):
+    rabbitmq = compose["services"]["rabbitmq"]
+    assert rabbitmq["volumes"] == ["rabbitmq-data:/var/lib/rabbitmq"]
+    assert "rabbitmq-data" in compose["volumes"]
+    assert rabbitmq["hostname"] == "rabbitmq"
+    test = healthcheck_argv(rabbitmq)
+    assert test[1:3] == ["rabbitmq-diagnostics", "-q"]
+    assert test[3] in ("ping", "check_port_connectivity", "check_running")
+
+
+@pytest.mark.parametrize("name, module", sorted(APPS.items()))
+def test_app_command_runs_an_importable_service_module(compose, name, module):
+    argv = command_argv(compose["services"][name])
+    assert argv == ["nameko", "run", "--config", "config.yml", module]
+    assert "--backdoor" not in " ".join(argv)
+    assert importlib.util.find_spec(module) is not None
+
+
+def test_app_environment(compose):
+    gateway = env_of(compose["services"]["gateway"])
+    votes = env_of(compose["services"]["votes"])
+    for env in (gateway, votes):
+        assert env["AMQP_URI"] == "amqp://guest:guest@rabbitmq:5672/"
+        assert env["REDIS_URI"] == "redis://redis:6379/0"
+    assert gateway["WEB_SERVER_ADDRESS"] == "0.0.0.0:5000"
+    assert votes["METRICS_ADDRESS"] == "0.0.0.0:9100"
+    assert "WEB_SERVER_ADDRESS" not in votes
+
+
+def test_every_app_environment_variable_is_read_by_config_yml(compose):
+    config_text = CONFIG_FILE.read_text()
+    for name in APPS:
+        env = env_of(compose["services"][name])
+        assert env, name
+        unread = sorted(var for var in env if "${" + var not in config_text)
+        assert unread == [], "{}: config.yml does not read {}".format(name, unread)
+
+
+@pytest.mark.parametrize("name, url", [
+    ("gateway", "http://127.0.0.1:5000/health"),
+    ("votes", "http://127.0.0.1:9100/health"),
+])
+def test_app_healthchecks_use_the_healthcheck_module(compose, name, url):
+    assert healthcheck_argv(compose["services"][name]) == [
+        "CMD", "python", "-m", "services.healthcheck", url]
+
+
+# --- the Dockerfile and .dockerignore --------------------------------------
+
+def dockerfile_instructions():
+    """(INSTRUCTION, arguments) pairs, with continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    instructions = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            instructions.append((keyword.upper(), rest.strip()))
+    return instructions
+
+
+def test_dockerfile_bases_are_pinned_slim_python():
+    froms = [args for keyword, args in dockerfile_instructions() if keyword == "FROM"]
+    assert len(froms) == 2  # builder + runtime
+    images = {args.split()[0] for args in froms}
+    assert len(images) == 1, images
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm", images.pop())
+
+
+def test_dockerfile_runtime_stage():
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (k, _) in enumerate(instructions) if k == "FROM")
+    runtime = instructions[last_from:]
+    users = [args for keyword, args in runtime if keyword == "USER"]
+    assert len(users) == 1
+    user = users[0].split(":")[0]
+    assert user not in ("root", "0") and int(user) >= 1000
+    assert ("WORKDIR", "/app") in runtime
+    envs = " ".join(args for keyword, args in runtime if keyword == "ENV")
+    assert "PYTHONUNBUFFERED=1" in envs
+    assert "PATH=/opt/venv/bin:$PATH" in envs
+    copies = [args for keyword, args in runtime if keyword == "COPY"]
+    assert copies == [
+        "--from=builder /opt/venv /opt/venv",
+        "services/ ./services/",
+        "config.yml ./",
+    ]
+    assert "--backdoor" not in DOCKERFILE.read_text()
+
+
+def test_dockerignore_keeps_the_context_small():
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = {line.strip() for line in lines
+                if line.strip() and not line.startswith("#")}
+    for pattern in (".git", ".venv", "**/__pycache__", "tests", "bench",
+                    ".pytest_cache", ".env"):
+        assert pattern in patterns, pattern
+    for needed in ("services", "config.yml", "requirements.txt"):
+        assert needed not in patterns
+
+
+# --- services.healthcheck ------------------------------------------------
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_healthcheck(*args, timeout=15):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "services.healthcheck", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return result, time.monotonic() - started
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """`python -m http.server` serving a directory with a file `ready`."""
+    (tmp_path / "ready").write_text("ok\n")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port),
+         "--bind", "127.0.0.1", "--directory", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None, "http.server exited"
+                assert time.monotonic() < deadline, "http.server did not start"
+                time.sleep(0.05)
+        yield "http://127.0.0.1:{}".format(port)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_healthcheck_exits_0_on_a_2xx(http_server):
+    result, _ = run_healthcheck(http_server + "/ready")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == "healthy: GET {}/ready answered 200\n".format(http_server)
+
+
+def test_healthcheck_exits_1_on_a_non_2xx(http_server):
+    result, _ = run_healthcheck(http_server + "/missing")
+    assert result.returncode == 1
+    assert result.stdout == "unhealthy: GET {}/missing answered 404\n".format(http_server)
+
+
+def test_healthcheck_exits_1_on_a_closed_port():
+    url = "http://127.0.0.1:{}/ready".format(free_port())
+    result, _ = run_healthcheck(url)
+    assert result.returncode == 1
+    assert result.stdout.startswith("unhealthy: GET {} failed: ".format(url))
+    assert "refused" in result.stdout.lower()
+    assert result.stdout.count("\n") == 1
+
+
+def test_healthcheck_gives_up_after_3_seconds():
+    # accepts connections (the kernel does, into the backlog) but never answers
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        url = "http://127.0.0.1:{}/ready".format(listener.getsockname()[1])
+        result, elapsed = run_healthcheck(url)
+    assert result.returncode == 1
+    assert result.stdout == "unhealthy: GET {} failed: timed out\n".format(url)
+    assert 2.5 <= elapsed < 8
+
+
+@pytest.mark.parametrize("args", [(), ("ftp://127.0.0.1/",), ("a", "b")])
+def test_healthcheck_exits_1_on_bad_usage(args):
+    result, _ = run_healthcheck(*args)
+    assert result.returncode == 1
+    assert result.stdout.count("\n") == 1
