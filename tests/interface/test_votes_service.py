@@ -177,3 +177,30 @@ def test_rpc_errors(votes, rpc, call, error, redis_client):
         call(rpc)
     assert "{} {}".format(raised.value.exc_type, raised.value.value) == error
     assert redis_client.keys("votes:*") == []
+
+
+def test_latest_vote_wins_out_of_order_and_redelivered(votes, dispatch, rpc):
+    """ann's votes, accepted at ts 10..13, arrive shuffled and twice."""
+    accepted = [make_vote(voterId="ann", score=s, ts=t)
+                for s, t in ((1, 10), (-1, 11), (0, 12), (-1, 13))]
+    events = [make_event(vote) for vote in accepted]
+    for index in (3, 0, 2, 3, 1, 0, 2):
+        cast(votes, dispatch, events[index])
+
+    assert rpc.get_counts("348", "ann") == {
+        "postId": "348", "upvote": 0, "downvote": 1, "score": -1, "myVote": -1}
+    assert rpc.get_counts("348", "bob")["myVote"] == 0
+
+
+def test_retraction_that_arrives_first_still_wins(votes, dispatch, rpc):
+    cast(votes, dispatch, make_event(make_vote(voterId="ann", score=0, ts=20)))
+    cast(votes, dispatch, make_event(make_vote(voterId="ann", score=1, ts=19)))
+    assert rpc.get_counts("348", "ann") == {
+        "postId": "348", "upvote": 0, "downvote": 0, "score": 0, "myVote": 0}
+
+
+def test_voter_storage_layout(votes, dispatch, redis_client):
+    vote = make_vote(voterId="ann", score=-1, ts=42)
+    cast(votes, dispatch, make_event(vote))
+    assert redis_client.hgetall("votes:voters:348") == {
+        "ann": "42:{}:-1".format(vote["voteId"])}
