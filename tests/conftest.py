@@ -7,6 +7,7 @@ touches Redis gets a database of its own, flushed before and after.
 import itertools
 import os
 import subprocess
+import time
 import uuid
 from urllib.parse import urljoin
 
@@ -21,9 +22,10 @@ REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1:6379")
 _redis_dbs = itertools.cycle(range(1, 16))
 
 
-def rabbitmqctl(*args):
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True,
-                   stdout=subprocess.DEVNULL, timeout=60)
+def rabbitmqctl(*args, check=True):
+    return subprocess.run(["rabbitmqctl", "-q", *args], check=check,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          timeout=60).returncode
 
 
 @pytest.fixture
@@ -36,7 +38,11 @@ def rabbit_config():
         "AMQP_URI": "amqp://guest:guest@{}/{}".format(AMQP_HOST, vhost),
         "vhost": vhost,
     }
-    rabbitmqctl("delete_vhost", vhost)
+    # clean-up only: a broker restarted by a fault test may refuse for a while
+    for _ in range(10):
+        if rabbitmqctl("delete_vhost", vhost, check=False) == 0:
+            break
+        time.sleep(1)
 
 
 @pytest.fixture
@@ -68,6 +74,7 @@ def config(rabbit_config, redis_uri, web_port):
         "AMQP_URI": rabbit_config["AMQP_URI"],
         "REDIS_URIS": {"votes": redis_uri},
         "WEB_SERVER_ADDRESS": "127.0.0.1:{}".format(web_port),
+        "METRICS_ADDRESS": "127.0.0.1:{}".format(find_free_port()),
         "HEARTBEAT": 10,
         "max_workers": 50,
     }

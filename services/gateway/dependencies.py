@@ -12,6 +12,7 @@ import time
 import uuid
 
 import eventlet
+from eventlet.semaphore import Semaphore
 from kombu import Connection, Consumer, Producer, Queue
 from kombu.exceptions import ChannelError
 from nameko.constants import AMQP_URI_CONFIG_KEY, DEFAULT_HEARTBEAT, HEARTBEAT_CONFIG_KEY
@@ -19,6 +20,7 @@ from nameko.extensions import DependencyProvider
 from nameko.rpc import get_rpc_exchange
 from nameko.standalone.events import get_event_exchange
 
+from services.gateway import metrics
 from services.gateway.batching import Expired, GroupCommit
 from services.gateway.exceptions import BrokerUnavailable, ServiceUnavailable
 
@@ -40,9 +42,11 @@ RECONNECT_PAUSE = 0.5  # after a failed connect, fail fast for this long
 
 
 class _Link:
-    """One AMQP connection used by one thread at a time, made on demand."""
+    """One AMQP connection, made on demand; hold ``lock`` to use it, since
+    frames of two threads must not interleave on one socket."""
 
     def __init__(self, amqp_uri, declare=(), confirms=False, heartbeat=0):
+        self.lock = Semaphore()
         self.amqp_uri = amqp_uri
         self.declare = declare
         self.confirms = confirms
@@ -135,6 +139,15 @@ class VotePublisher(DependencyProvider):
             "id": uuid.uuid4().hex,
             "votes": list(itertools.chain.from_iterable(groups)),
         }
+        metrics.publish_group_votes.observe(len(body["votes"]))
+        try:
+            with self.link.lock:
+                return self._publish_event(body, len(groups))
+        except BrokerUnavailable:
+            metrics.publish_failures.inc()
+            raise
+
+    def _publish_event(self, body, groups):
         deadline = time.monotonic() + self.publish_time
         # a connection that was already open may have died while idle:
         # then reconnect once; the event id makes a double publish harmless
@@ -148,7 +161,7 @@ class VotePublisher(DependencyProvider):
                         serializer="json", delivery_mode=2, mandatory=True,
                         retry=False, confirm_timeout=left,
                     )
-                return [None] * len(groups)
+                return [None] * groups
             except ChannelError as exc:
                 self.link.reset()
                 _log.error("vote_cast publish refused: %s", exc)
@@ -211,6 +224,26 @@ class VotesReader(DependencyProvider):
     def top(self, limit):
         return self.call("top", limit)
 
+    def readiness(self):
+        """(ready, checks): the broker, the votes service and its Redis, and
+        how many votes wait in the queue."""
+        checks = {"broker": "ok", "votes": "ok", "redis": "unknown"}
+        try:
+            with self.link.lock:
+                channel = self.link.get_producer().channel
+                _, waiting, consumers = channel.queue_declare(VOTES_QUEUE, passive=True)
+            checks["queue"] = {"waiting": waiting, "consumers": consumers}
+        except Exception as exc:
+            self.link.reset()
+            if "NOT_FOUND" not in str(exc):  # no vote was ever sent: still ok
+                checks["broker"] = "unavailable"
+        try:
+            checks["redis"] = self.call("health")["redis"]
+        except ServiceUnavailable:
+            checks["votes"] = "unavailable"
+        ready = all(checks[name] == "ok" for name in ("broker", "votes", "redis"))
+        return ready, checks
+
     # RPC over nameko's wire protocol
 
     def _read_group(self, queries):
@@ -240,15 +273,17 @@ class VotesReader(DependencyProvider):
 
     def _request(self, method, args, correlation_id, timeout):
         try:
-            self.link.get_producer().publish(
-                {"args": args, "kwargs": {}},
-                exchange=self.exchange,
-                routing_key="votes.{}".format(method),
-                serializer="json", delivery_mode=1, retry=False,
-                reply_to=self.reply_queue_name, correlation_id=correlation_id,
-                # a request nobody took in time is dropped by the broker
-                expiration=timeout,
-            )
+            with self.link.lock:
+                self.link.get_producer().publish(
+                    {"args": args, "kwargs": {}},
+                    exchange=self.exchange,
+                    routing_key="votes.{}".format(method),
+                    serializer="json", delivery_mode=1, retry=False,
+                    reply_to=self.reply_queue_name,
+                    correlation_id=correlation_id,
+                    # a request nobody took in time is dropped by the broker
+                    expiration=timeout,
+                )
         except Exception as exc:
             self.link.reset()
             raise ServiceUnavailable("no connection to RabbitMQ") from exc

@@ -7,12 +7,14 @@ generic 500 that reveals nothing.
 """
 import json
 import logging
+import time
 
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import HttpOnlyProtocol, WebServer, WsgiApp
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
+from services.gateway import metrics
 from services.gateway.exceptions import (
     BrokerUnavailable, PostNotFound, ServiceUnavailable, ValidationError,
 )
@@ -48,7 +50,9 @@ def json_response(status, body, headers=None):
 
 
 def error_response(status, code, message, headers=None):
-    return json_response(status, {"error": code, "message": message}, headers)
+    response = json_response(status, {"error": code, "message": message}, headers)
+    response.error_code = code  # for the metrics
+    return response
 
 
 def response_for_http_exception(exc):
@@ -146,6 +150,12 @@ class JsonWebServer(WebServer):
 class HttpEntrypoint(HttpRequestHandler):
 
     server = JsonWebServer()
+
+    def handle_request(self, request):
+        started = time.perf_counter()
+        response = super().handle_request(request)
+        metrics.observe_request(self.url, response, time.perf_counter() - started)
+        return response
 
     def response_from_exception(self, exc):
         return response_for_exception(exc)

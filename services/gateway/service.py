@@ -1,7 +1,10 @@
 import time
 import uuid
 
-from services.gateway import schemas
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.wrappers import Response
+
+from services.gateway import metrics, schemas
 from services.gateway.dependencies import VotePublisher, VotesReader
 from services.gateway.entrypoints import http, json_response
 from services.gateway.exceptions import (
@@ -52,6 +55,7 @@ class GatewayService:
                 entry["voterId"] = vote.voterId
             stamped.append(entry)
         self.cast_votes(stamped)
+        metrics.votes_accepted.inc(len(stamped))
         return stamped
 
     @http("GET,POST", "/vote",
@@ -84,3 +88,26 @@ class GatewayService:
     def top(self, request):
         limit = schemas.top_query(request.args)
         return json_response(200, {"posts": self.votes_rpc.top(limit)})
+
+    @http("GET", "/health")
+    def health(self, request):
+        """Liveness: the process answers."""
+        return json_response(200, {"status": "ok"})
+
+    @http("GET", "/ready")
+    def ready(self, request):
+        """Readiness: RabbitMQ, the votes service and its Redis answer."""
+        ready, checks = self.votes_rpc.readiness()
+        if ready:
+            return json_response(200, {"status": "ready", "checks": checks})
+        failing = [name for name in ("broker", "votes", "redis")
+                   if checks[name] == "unavailable"]
+        return json_response(503, {
+            "error": "NOT_READY",
+            "message": "failing: " + ", ".join(failing),
+            "checks": checks,
+        }, headers={"Retry-After": "1"})
+
+    @http("GET", "/metrics")
+    def prometheus_metrics(self, request):
+        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)

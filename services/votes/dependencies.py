@@ -148,6 +148,12 @@ class VoteStorage:
             raise NotFound("post {} has no votes".format(post_id))
         return result
 
+    def ping(self):
+        try:
+            return self.client.ping()
+        except REDIS_ERRORS:
+            return False
+
     def top(self, limit):
         try:
             flat = self._top(keys=[KEY_TOP], args=[limit, KEY_POST.format("")])

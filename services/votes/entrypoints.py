@@ -11,18 +11,30 @@ This one:
   capped exponential back-off, keeping the message unacked meanwhile, so a
   crash during the wait redelivers it; on shutdown it requeues instead;
 * dead-letters a message whose worker kept failing with anything else.
+
+Its queue consumer (and the one of ``rpc`` here) also survives the broker
+going away: see ResilientQueueConsumer.
 """
 import logging
 import random
 import time
+from contextlib import contextmanager
 from functools import partial
 
+import amqp
 import eventlet
+import nameko.rpc
+from eventlet.event import Event
 from kombu import Exchange, Queue
+from kombu.exceptions import OperationalError
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import EventHandler
 from nameko.messaging import QueueConsumer
+from nameko.web.handlers import HttpRequestHandler
+from nameko.web.server import WebServer, parse_address
+
+from services.votes import metrics
 
 _log = logging.getLogger(__name__)
 
@@ -31,9 +43,13 @@ DEAD_LETTER_QUEUE = Queue(
     "votes.dead-letter", exchange=DEAD_LETTER_EXCHANGE,
     routing_key="votes.dead-letter", durable=True, auto_delete=False,
 )
+METRICS_ADDRESS_CONFIG_KEY = "METRICS_ADDRESS"
+DEFAULT_METRICS_ADDRESS = "0.0.0.0:9100"
 RETRY_BASE_DELAY = 0.1
 RETRY_MAX_DELAY = 5.0
 MAX_UNEXPECTED_FAILURES = 5
+RECONNECT_INTERVAL = 1.0  # seconds between attempts to reach the broker
+LOST_CONNECTION = amqp.Connection.connection_errors + amqp.Connection.channel_errors
 
 
 def backoff(attempt):
@@ -43,7 +59,72 @@ def backoff(attempt):
     return delay * random.uniform(0.5, 1.0)
 
 
-class DeadLetteringQueueConsumer(QueueConsumer):
+class ResilientQueueConsumer(QueueConsumer):
+    """nameko's QueueConsumer, fixed for a broker that goes away:
+
+    * an ack or requeue on a connection that just died is dropped (the
+      broker redelivers the message); nameko catches only amqp's
+      ConnectionError there, so a socket error killed the container;
+    * it retries every RECONNECT_INTERVAL seconds: kombu backs off up to
+      30 s, past the 10 s recovery bound;
+    * it can stop while the broker is away: nameko waits for the broker
+      to come back to cancel its consumers, so SIGTERM hung.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._broker_away = False
+
+    def ack_message(self, message):
+        try:
+            super().ack_message(message)
+        except LOST_CONNECTION as exc:
+            _log.warning("could not ack, the broker will redeliver: %r", exc)
+
+    def requeue_message(self, message):
+        try:
+            super().requeue_message(message)
+        except LOST_CONNECTION as exc:
+            _log.warning("could not requeue, the broker will redeliver: %r", exc)
+
+    @contextmanager
+    def establish_connection(self):
+        with self.create_connection() as connection:
+            while True:
+                try:
+                    connection.ensure_connection(
+                        max_retries=0, reraise_as_library_errors=False)
+                    break
+                except connection.recoverable_connection_errors as exc:
+                    self._broker_away = True
+                    if self.should_stop:
+                        raise  # the consume loop then ends
+                    self.on_connection_error(exc, RECONNECT_INTERVAL)
+                    eventlet.sleep(RECONNECT_INTERVAL)
+            self._broker_away = False
+            yield connection
+
+    def unregister_provider(self, provider):
+        if not self._consumers_ready.ready():
+            super().unregister_provider(provider)
+            return
+        # as nameko does, but a consumer of a lost connection needs no cancel
+        removed = Event()
+        self._pending_remove_providers[provider] = removed
+        while not removed.ready() and not self._broker_away:
+            eventlet.sleep(0.1)
+        if not removed.ready():
+            self._pending_remove_providers.pop(provider, None)
+            self._consumers.pop(provider, None)
+        super(QueueConsumer, self).unregister_provider(provider)
+
+    def stop(self):
+        if self._broker_away:
+            self.should_stop = True
+        super().stop()
+
+
+class DeadLetteringQueueConsumer(ResilientQueueConsumer):
     """Hands a message kombu cannot decode to its provider, instead of
     letting the decode error escape into the consume loop."""
 
@@ -115,6 +196,7 @@ class ReliableEventHandler(EventHandler):
             self.dead_letter(message, "handler failed {} times: {}: {}".format(
                 attempt, type(exc).__name__, exc))
         else:
+            metrics.retries.inc()
             self.container.spawn_managed_thread(
                 partial(self._retry, worker_ctx.args[0], message, attempt + 1))
         return result, exc_info
@@ -149,9 +231,62 @@ class ReliableEventHandler(EventHandler):
             eventlet.sleep(1)
             self.queue_consumer.requeue_message(message)
             return
+        metrics.dead_lettered.inc()
         _log.warning("dead-lettered a %s message: %s",
                      delivery.get("routing_key"), reason)
         self.queue_consumer.ack_message(message)
 
 
 event_handler = ReliableEventHandler.decorator
+
+
+class ResilientRpcConsumer(nameko.rpc.RpcConsumer):
+
+    queue_consumer = ResilientQueueConsumer()
+
+    def handle_result(self, message, result, exc_info):
+        # no reply while the broker is away; the request stays unacked and
+        # is redelivered, or expires. Raising here killed the container.
+        try:
+            return super().handle_result(message, result, exc_info)
+        except (OperationalError,) + LOST_CONNECTION as exc:
+            _log.warning("could not send an RPC reply: %r", exc)
+            return result, exc_info
+
+
+class Rpc(nameko.rpc.Rpc):
+    """nameko's ``rpc`` on a ResilientQueueConsumer."""
+
+    rpc_consumer = ResilientRpcConsumer()
+
+
+rpc = Rpc.decorator
+
+
+class MetricsServer(WebServer):
+    """A web server of the votes service's own, on METRICS_ADDRESS, apart
+    from the gateway's WEB_SERVER_ADDRESS (both may run in one process)."""
+
+    @property
+    def bind_addr(self):
+        return parse_address(self.container.config.get(
+            METRICS_ADDRESS_CONFIG_KEY, DEFAULT_METRICS_ADDRESS))
+
+    def start(self):
+        try:
+            super().start()
+        except OSError as exc:
+            # counting votes matters more than being watched
+            _log.error("metrics server not started on %s: %s",
+                       "{}:{}".format(*self.bind_addr), exc)
+
+    def stop(self):
+        if self._gt is not None:
+            super().stop()
+
+
+class MetricsHttp(HttpRequestHandler):
+    server = MetricsServer()
+
+
+metrics_http = MetricsHttp.decorator

@@ -1,11 +1,14 @@
+import json
 import time
 import uuid
 
 from nameko.rpc import rpc
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.wrappers import Response
 
-from services.votes import schemas
+from services.votes import metrics, schemas
 from services.votes.dependencies import VoteStore
-from services.votes.entrypoints import event_handler
+from services.votes.entrypoints import event_handler, metrics_http
 from services.votes.exceptions import InvalidVote, NotFound, StoreUnavailable
 
 MAX_TOP = 100
@@ -29,7 +32,13 @@ class VotesService:
         expected_exceptions=(StoreUnavailable,),
     )
     def handle_vote_cast(self, event):
-        self.store.apply(event.id, event.votes)
+        metrics.event_votes.observe(len(event.votes))
+        with metrics.apply_latency.time():
+            applied = self.store.apply(event.id, event.votes)
+        if applied:
+            metrics.votes_applied.inc(applied)
+        else:
+            metrics.events_duplicate.inc()
 
     @rpc(expected_exceptions=(InvalidVote, StoreUnavailable))
     def vote(self, post_id, score, voter_id=None):
@@ -41,7 +50,7 @@ class VotesService:
             "voterId": voter_id,
             "ts": time.time_ns() // 1000,
         })
-        self.store.apply(vote.voteId, [vote])
+        metrics.votes_applied.inc(self.store.apply(vote.voteId, [vote]))
         return self.store.counts(post_id, voter_id)
 
     @rpc(expected_exceptions=(InvalidVote, NotFound, StoreUnavailable))
@@ -62,3 +71,17 @@ class VotesService:
         if type(limit) is not int or not 1 <= limit <= MAX_TOP:
             raise InvalidVote("limit: must be an integer from 1 to 100")
         return self.store.top(limit)
+
+    @rpc
+    def health(self):
+        """What the gateway's /ready reports for this service."""
+        return {"redis": "ok" if self.store.ping() else "unavailable"}
+
+    @metrics_http("GET", "/health")
+    def liveness(self, request):
+        return Response(json.dumps({"status": "ok"}, separators=(",", ":")),
+                        mimetype="application/json")
+
+    @metrics_http("GET", "/metrics")
+    def prometheus_metrics(self, request):
+        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,22 @@
+"""Prometheus metrics of the votes service, served on METRICS_ADDRESS."""
+from prometheus_client import Counter, Histogram, disable_created_metrics
+
+# the *_created series only add noise to every scrape
+disable_created_metrics()
+
+votes_applied = Counter(
+    "votes_applied_total", "Votes applied to the counts.")
+events_duplicate = Counter(
+    "votes_events_duplicate_total",
+    "vote_cast events skipped because they had been applied before.")
+retries = Counter(
+    "votes_handler_retries_total",
+    "Handler runs retried after a failure (Redis unavailable, mostly).")
+dead_lettered = Counter(
+    "votes_dead_lettered_total", "Messages moved to the dead-letter queue.")
+apply_latency = Histogram(
+    "votes_apply_duration_seconds", "Time to apply one vote_cast event.",
+    buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+event_votes = Histogram(
+    "votes_event_votes", "Votes per vote_cast event.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000))
