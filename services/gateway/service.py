@@ -1,3 +1,4 @@
+import os
 import time
 import uuid
 
@@ -10,6 +11,11 @@ from services.gateway.entrypoints import http, json_response
 from services.gateway.exceptions import (
     BrokerUnavailable, PostNotFound, ServiceUnavailable, ValidationError,
 )
+
+
+OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
+with open(OPENAPI_PATH, "rb") as _spec:
+    OPENAPI_DOCUMENT = _spec.read()
 
 
 class AcceptClock:
@@ -107,6 +113,12 @@ class GatewayService:
             "message": "failing: " + ", ".join(failing),
             "checks": checks,
         }, headers={"Retry-After": "1"})
+
+    @http("GET", "/openapi.json")
+    def openapi(self, request):
+        response = Response(OPENAPI_DOCUMENT, mimetype="application/json")
+        response.headers["Cache-Control"] = "no-store"
+        return response
 
     @http("GET", "/metrics")
     def prometheus_metrics(self, request):

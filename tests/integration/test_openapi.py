@@ -1,0 +1,47 @@
+"""The gateway checked against its own OpenAPI document by schemathesis:
+no 5xx, every response matching the document."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from services.gateway.service import OPENAPI_PATH, GatewayService
+from services.votes.service import VotesService
+
+ST = os.path.join(os.path.dirname(sys.executable), "st")
+
+
+@pytest.fixture
+def services(runner_factory, config):
+    runner = runner_factory(config, GatewayService, VotesService)
+    runner.start()
+    return runner
+
+
+def test_document_is_served(services, web_session):
+    response = web_session.get("/openapi.json")
+    assert response.status_code == 200
+    with open(OPENAPI_PATH) as spec:
+        assert response.json() == json.load(spec)
+
+
+def test_gateway_matches_its_openapi_document(services, web_session, tmp_path):
+    # a post with votes, so /vote-counts answers 200 as well as 404
+    assert web_session.get("/vote?postId=0&score=1").status_code == 202
+    report = tmp_path / "report"
+    done = subprocess.run(
+        [ST, "run", web_session.base_url + "openapi.json",
+         "--url", web_session.base_url.rstrip("/"),
+         "--checks", "all",
+         # "score 0 needs a voterId" spans two query parameters, which
+         # OpenAPI cannot express: schema-valid GET /vote?score=0 gets a 400
+         "--exclude-checks", "positive_data_acceptance",
+         "--max-examples", "60",
+         "--seed", "348",
+         "--request-timeout", "10",
+         "--no-color"],
+        capture_output=True, text=True, timeout=420,
+    )
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
