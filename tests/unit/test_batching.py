@@ -1,0 +1,88 @@
+"""Group commit, with a fake flush (no broker)."""
+import eventlet
+import pytest
+
+from services.gateway.batching import Expired, GroupCommit
+
+
+@pytest.fixture
+def flushed():
+    return []
+
+
+def make(flushed, max_weight=10, max_wait=5.0, weigh=lambda item: 1, fail=None):
+    def flush(items):
+        flushed.append(list(items))
+        eventlet.sleep(0.01)  # a round trip, while the next group gathers
+        if fail:
+            raise fail
+        return ["done-{}".format(item) for item in items]
+    group = GroupCommit(flush, max_weight=max_weight, max_wait=max_wait, weigh=weigh)
+    runner = eventlet.spawn(group.run)
+    return group, runner
+
+
+def test_concurrent_callers_share_round_trips(flushed):
+    group, runner = make(flushed)
+    pool = eventlet.GreenPool()
+    results = list(pool.imap(group.submit, range(25)))
+    runner.kill()
+
+    assert results == ["done-{}".format(i) for i in range(25)]
+    assert sorted(sum(flushed, [])) == list(range(25))
+    assert len(flushed) < 25 and max(len(g) for g in flushed) == 10
+
+
+def test_a_lone_caller_goes_at_once(flushed):
+    group, runner = make(flushed)
+    with eventlet.Timeout(1):
+        assert group.submit("x") == "done-x"
+    runner.kill()
+    assert flushed == [["x"]]
+
+
+def test_weight_caps_a_group(flushed):
+    group, runner = make(flushed, max_weight=5, weigh=len)
+    pool = eventlet.GreenPool()
+    list(pool.imap(group.submit, [[1, 2, 3], [4, 5, 6], [7], [8, 9]]))
+    runner.kill()
+    assert all(sum(len(item) for item in g) <= 5 for g in flushed)
+    assert sorted(v for g in flushed for item in g for v in item) == list(range(1, 10))
+
+
+def test_a_failed_flush_fails_its_whole_group(flushed):
+    group, runner = make(flushed, fail=ConnectionError("down"))
+    pool = eventlet.GreenPool()
+
+    def submit(item):
+        try:
+            return group.submit(item)
+        except ConnectionError as exc:
+            return str(exc)
+
+    assert list(pool.imap(submit, range(3))) == ["down"] * 3
+    runner.kill()
+
+
+def test_items_that_waited_too_long_expire_unsent(flushed):
+    calls = []
+
+    def slow_flush(items):
+        calls.append(list(items))
+        eventlet.sleep(0.3)
+        return [None] * len(items)
+
+    group = GroupCommit(slow_flush, max_weight=1, max_wait=0.1)
+    runner = eventlet.spawn(group.run)
+    pool = eventlet.GreenPool()
+
+    def submit(item):
+        try:
+            group.submit(item)
+            return "sent"
+        except Expired:
+            return "expired"
+
+    assert list(pool.imap(submit, range(3))) == ["sent", "expired", "expired"]
+    assert calls == [[0]]
+    runner.kill()

@@ -1,0 +1,124 @@
+"""The votes service and its event entrypoint, with fakes (no broker, no Redis)."""
+from unittest import mock
+
+import pytest
+from nameko.testing.services import worker_factory
+
+from services.votes import entrypoints, schemas
+from services.votes.entrypoints import ReliableEventHandler, backoff
+from services.votes.exceptions import InvalidVote, StoreUnavailable
+from services.votes.service import VotesService
+from tests.conftest import make_event, make_vote
+
+
+def test_handler_applies_the_event_once():
+    service = worker_factory(VotesService)
+    event = schemas.parse_event(make_event(make_vote(), make_vote(score=-1)))
+    service.store.apply.return_value = 2
+
+    service.handle_vote_cast(event)
+
+    service.store.apply.assert_called_once_with(event.id, event.votes)
+
+
+def test_rpc_vote_goes_through_apply_and_returns_counts():
+    service = worker_factory(VotesService)
+    service.store.apply.return_value = 1
+    service.store.counts.return_value = {"postId": "348"}
+
+    assert service.vote("348", -1, voter_id="ann") == {"postId": "348"}
+    ((vote_id, (vote,)), _) = service.store.apply.call_args
+    assert (vote.voteId, vote.postId, vote.score, vote.voterId) == (
+        vote_id, "348", -1, "ann")
+    service.store.counts.assert_called_once_with("348", "ann")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda s: s.vote("348", 2), "score: Input should be 1, -1 or 0"),
+    (lambda s: s.vote("348", 0), "Value error, score 0 (retraction) needs a voterId"),
+    (lambda s: s.get_counts("3 4"), "post_id: must be 1-64 characters of A-Z a-z 0-9 _ -"),
+    (lambda s: s.get_counts("1", voter_id=""),
+     "voter_id: must be 1-64 characters of A-Z a-z 0-9 _ -"),
+    (lambda s: s.top(True), "limit: must be an integer from 1 to 100"),
+    (lambda s: s.get_counts_many([["1", None]] * 1001),
+     "List should have at most 1000 items after validation, not 1001"),
+])
+def test_rpc_refuses_bad_arguments(call, message):
+    service = worker_factory(VotesService)
+    with pytest.raises(InvalidVote) as error:
+        call(service)
+    assert message in str(error.value)
+    service.store.apply.assert_not_called()
+
+
+@pytest.mark.parametrize("attempt, low, high", [
+    (1, 0.05, 0.1), (2, 0.1, 0.2), (5, 0.8, 1.6), (7, 2.5, 5.0), (40, 2.5, 5.0),
+])
+def test_backoff_grows_and_is_capped(attempt, low, high):
+    for _ in range(50):
+        assert low <= backoff(attempt) <= high
+
+
+@pytest.fixture
+def handler(mock_container):
+    mock_container.config["AMQP_URI"] = "memory://"
+    mock_container.shared_extensions = {}
+    mock_container.service_name = "votes"
+    handler = ReliableEventHandler(
+        "gateway", "vote_cast", schema=schemas.parse_event,
+        retry_on=(StoreUnavailable,)).bind(mock_container, "handle_vote_cast")
+    handler.queue_consumer = mock.Mock()
+    handler.dead_letter_publisher = mock.Mock()
+    return handler
+
+
+def test_invalid_payload_never_reaches_a_worker(handler, mock_container):
+    message = mock.Mock(headers={}, delivery_info={"routing_key": "vote_cast"})
+    handler.handle_message({"votes": []}, message)
+
+    mock_container.spawn_worker.assert_not_called()
+    (body,), kwargs = handler.dead_letter_publisher.publish.call_args
+    assert body is message.body
+    assert kwargs["headers"]["x-dead-letter-reason"].startswith(
+        "invalid payload: id: Field required")
+    handler.queue_consumer.ack_message.assert_called_once_with(message)
+
+
+def test_transient_failure_is_retried_not_acked(handler, mock_container):
+    message = mock.Mock()
+    worker_ctx = mock.Mock(args=("payload",))
+    handler._handle_result(message, 1, worker_ctx,
+                           exc_info=(StoreUnavailable, StoreUnavailable("down"), None))
+
+    handler.queue_consumer.ack_message.assert_not_called()
+    handler.dead_letter_publisher.publish.assert_not_called()
+    mock_container.spawn_managed_thread.assert_called_once()
+
+
+def test_repeated_unexpected_failure_is_dead_lettered(handler):
+    message = mock.Mock(headers={}, delivery_info={"routing_key": "vote_cast"})
+    handler._handle_result(
+        message, entrypoints.MAX_UNEXPECTED_FAILURES, mock.Mock(args=("p",)),
+        exc_info=(KeyError, KeyError("bug"), None))
+
+    _, kwargs = handler.dead_letter_publisher.publish.call_args
+    assert kwargs["headers"]["x-dead-letter-reason"] == (
+        "handler failed 5 times: KeyError: 'bug'")
+    handler.queue_consumer.ack_message.assert_called_once_with(message)
+
+
+def test_retry_after_stop_requeues(handler, mock_container):
+    handler._stopping = True
+    message = mock.Mock()
+    handler._spawn("payload", message, attempt=2)
+    mock_container.spawn_worker.assert_not_called()
+    handler.queue_consumer.requeue_message.assert_called_once_with(message)
+
+
+def test_failed_dead_letter_copy_requeues(handler, monkeypatch):
+    monkeypatch.setattr(entrypoints.eventlet, "sleep", lambda seconds: None)
+    handler.dead_letter_publisher.publish.side_effect = ConnectionError("down")
+    message = mock.Mock(headers={}, delivery_info={})
+    handler.dead_letter(message, "why")
+    handler.queue_consumer.ack_message.assert_not_called()
+    handler.queue_consumer.requeue_message.assert_called_once_with(message)
