@@ -22,3 +22,6 @@ run: servers
 
 test: servers
 	$(BIN)/python -m pytest tests
+
+bench: servers
+	$(BIN)/python -m bench

@@ -77,9 +77,12 @@ class GroupCommit:
             return
         try:
             results = self.flush([pending.item for pending in fresh])
+            if len(results) != len(fresh):
+                raise RuntimeError("{} results for {} items".format(
+                    len(results), len(fresh)))
         except Exception as exc:
             for pending in fresh:
                 pending.event.send_exception(exc)
         else:
-            for pending, result in zip(fresh, results):
+            for pending, result in zip(fresh, results, strict=False):
                 pending.event.send(result)

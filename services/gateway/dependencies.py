@@ -132,7 +132,7 @@ class VotePublisher(DependencyProvider):
         try:
             self.group.submit(votes)
         except Expired:
-            raise BrokerUnavailable("RabbitMQ did not take the vote in time")
+            raise BrokerUnavailable("RabbitMQ did not take the vote in time") from None
 
     def _publish(self, groups):
         body = {
@@ -219,7 +219,7 @@ class VotesReader(DependencyProvider):
         try:
             return self.group.submit((post_id, voter_id))
         except Expired:
-            raise ServiceUnavailable("the votes service did not answer in time")
+            raise ServiceUnavailable("the votes service did not answer in time") from None
 
     def top(self, limit):
         return self.call("top", limit)
@@ -267,7 +267,7 @@ class VotesReader(DependencyProvider):
                     raise ServiceUnavailable(
                         "the votes service could not answer")
                 return body["result"]
-            raise ServiceUnavailable("the votes service did not answer in time")
+            raise ServiceUnavailable("the votes service did not answer in time") from None
         finally:
             self.replies.pop(correlation_id, None)
 

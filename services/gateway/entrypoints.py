@@ -16,7 +16,10 @@ from werkzeug.wrappers import Request, Response
 
 from services.gateway import metrics
 from services.gateway.exceptions import (
-    BrokerUnavailable, PostNotFound, ServiceUnavailable, ValidationError,
+    BrokerUnavailable,
+    PostNotFound,
+    ServiceUnavailable,
+    ValidationError,
 )
 
 _log = logging.getLogger(__name__)

@@ -8,12 +8,15 @@ import json
 from typing import Annotated, List, Optional
 
 from pydantic import (
-    BaseModel, ConfigDict, Field, ValidationError,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
     model_validator,
 )
 
-from services.rules import Identifier, Score
 from services.gateway.exceptions import ValidationError as InvalidRequest
+from services.rules import Identifier, Score
 
 MAX_BATCH = 1000
 MAX_TOP = 100

@@ -9,9 +9,11 @@ from services.gateway import metrics, schemas
 from services.gateway.dependencies import VotePublisher, VotesReader
 from services.gateway.entrypoints import http, json_response
 from services.gateway.exceptions import (
-    BrokerUnavailable, PostNotFound, ServiceUnavailable, ValidationError,
+    BrokerUnavailable,
+    PostNotFound,
+    ServiceUnavailable,
+    ValidationError,
 )
-
 
 OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
 with open(OPENAPI_PATH, "rb") as _spec:

@@ -6,8 +6,12 @@ checked again here, whatever the gateway already checked.
 from typing import Annotated, List, Optional, Tuple
 
 from pydantic import (
-    BaseModel, ConfigDict, Field, TypeAdapter,
-    ValidationError, model_validator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
 )
 
 from services.rules import Identifier, Score

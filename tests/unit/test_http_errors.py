@@ -6,7 +6,10 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound, RequestEntityTooLarg
 
 from services.gateway.entrypoints import response_for_exception
 from services.gateway.exceptions import (
-    BrokerUnavailable, PostNotFound, ServiceUnavailable, ValidationError,
+    BrokerUnavailable,
+    PostNotFound,
+    ServiceUnavailable,
+    ValidationError,
 )
 
 
