@@ -21,6 +21,7 @@ from services.gateway.exceptions import (
     ServiceUnavailable,
     ValidationError,
 )
+from services.shutdown import arm_stop_deadline
 
 _log = logging.getLogger(__name__)
 
@@ -153,6 +154,10 @@ class JsonWebServer(WebServer):
 class HttpEntrypoint(HttpRequestHandler):
 
     server = JsonWebServer()
+
+    def stop(self):
+        arm_stop_deadline(self.container)
+        super().stop()
 
     def handle_request(self, request):
         started = time.perf_counter()

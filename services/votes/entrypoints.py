@@ -34,6 +34,7 @@ from nameko.messaging import QueueConsumer
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WebServer, parse_address
 
+from services.shutdown import arm_stop_deadline
 from services.votes import metrics
 
 _log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ class ReliableEventHandler(EventHandler):
 
     def stop(self):
         self._stopping = True
+        arm_stop_deadline(self.container)
         super().stop()
 
     def handle_message(self, body, message):
