@@ -44,10 +44,14 @@ class GroupCommit:
         self.queue.put(pending)
         return pending.event.wait()
 
-    def run(self):
-        """The flusher loop; run it in a managed thread."""
+    def run(self, flush=None):
+        """A flusher loop; run it in a managed thread. Several loops may
+        share one GroupCommit, each with a ``flush`` of its own (its own
+        connection, say), so that one group gathers while others are in
+        flight."""
+        flush = flush or self.flush
         while True:
-            self.flush_once(self._take())
+            self.flush_once(self._take(), flush)
 
     def _take(self):
         first = self._carry or self.queue.get()
@@ -65,7 +69,7 @@ class GroupCommit:
             weight += pending.weight
         return group
 
-    def flush_once(self, group):
+    def flush_once(self, group, flush=None):
         now = time.monotonic()
         fresh = []
         for pending in group:
@@ -76,7 +80,7 @@ class GroupCommit:
         if not fresh:
             return
         try:
-            results = self.flush([pending.item for pending in fresh])
+            results = (flush or self.flush)([pending.item for pending in fresh])
             if len(results) != len(fresh):
                 raise RuntimeError("{} results for {} items".format(
                     len(results), len(fresh)))

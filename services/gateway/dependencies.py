@@ -10,6 +10,7 @@ import logging
 import socket
 import time
 import uuid
+from functools import partial
 
 import eventlet
 from eventlet.semaphore import Semaphore
@@ -39,6 +40,10 @@ DEFAULT_READ_TIMEOUT = 2.0
 MAX_GROUP_VOTES = 1000
 MAX_GROUP_READS = 500
 RECONNECT_PAUSE = 0.5  # after a failed connect, fail fast for this long
+# round trips in flight at once: while one group waits for RabbitMQ, the
+# next is already on its way
+PUBLISHERS = 2
+READERS = 2
 
 
 class _Link:
@@ -105,10 +110,11 @@ class VotePublisher(DependencyProvider):
             VOTES_QUEUE, exchange=self.exchange, routing_key=EVENT_TYPE,
             durable=True, auto_delete=False, exclusive=False,
         )
-        self.link = _Link(
-            config[AMQP_URI_CONFIG_KEY], declare=(self.exchange, queue),
-            confirms=True,
-        )
+        self.links = [
+            _Link(config[AMQP_URI_CONFIG_KEY], declare=(self.exchange, queue),
+                  confirms=True)
+            for _ in range(PUBLISHERS)
+        ]
         # a vote waits in the group queue at most 40% of the bound, and a
         # publish takes at most the rest: 202 or 503 within the bound
         self.publish_time = self.timeout * 0.6
@@ -118,10 +124,13 @@ class VotePublisher(DependencyProvider):
         )
 
     def start(self):
-        self.container.spawn_managed_thread(self.group.run)
+        for link in self.links:
+            self.container.spawn_managed_thread(
+                partial(self.group.run, partial(self._publish, link)))
 
     def stop(self):
-        self.link.reset()
+        for link in self.links:
+            link.reset()
 
     kill = stop
 
@@ -134,40 +143,40 @@ class VotePublisher(DependencyProvider):
         except Expired:
             raise BrokerUnavailable("RabbitMQ did not take the vote in time") from None
 
-    def _publish(self, groups):
+    def _publish(self, link, groups):
         body = {
             "id": uuid.uuid4().hex,
             "votes": list(itertools.chain.from_iterable(groups)),
         }
         metrics.publish_group_votes.observe(len(body["votes"]))
         try:
-            with self.link.lock:
-                return self._publish_event(body, len(groups))
+            with link.lock:
+                return self._publish_event(link, body, len(groups))
         except BrokerUnavailable:
             metrics.publish_failures.inc()
             raise
 
-    def _publish_event(self, body, groups):
+    def _publish_event(self, link, body, groups):
         deadline = time.monotonic() + self.publish_time
         # a connection that was already open may have died while idle:
         # then reconnect once; the event id makes a double publish harmless
         for attempt in (1, 2):
-            was_open = self.link.producer is not None
+            was_open = link.producer is not None
             left = deadline - time.monotonic()
             try:
                 with eventlet.Timeout(left):
-                    self.link.get_producer().publish(
+                    link.get_producer().publish(
                         body, exchange=self.exchange, routing_key=EVENT_TYPE,
                         serializer="json", delivery_mode=2, mandatory=True,
                         retry=False, confirm_timeout=left,
                     )
                 return [None] * groups
             except ChannelError as exc:
-                self.link.reset()
+                link.reset()
                 _log.error("vote_cast publish refused: %s", exc)
                 raise BrokerUnavailable("RabbitMQ refused the vote") from exc
             except (Exception, eventlet.Timeout) as exc:
-                self.link.reset()
+                link.reset()
                 if not was_open or attempt == 2 or time.monotonic() >= deadline:
                     _log.warning("vote_cast publish failed: %r", exc)
                     raise BrokerUnavailable(
@@ -201,7 +210,8 @@ class VotesReader(DependencyProvider):
     def start(self):
         self._running = True
         self.container.spawn_managed_thread(self._listen)
-        self.container.spawn_managed_thread(self.group.run)
+        for _ in range(READERS):
+            self.container.spawn_managed_thread(self.group.run)
 
     def stop(self):
         self._running = False
