@@ -2,13 +2,12 @@ import json
 import time
 import uuid
 
-from nameko.rpc import rpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Response
 
 from services.votes import metrics, schemas
 from services.votes.dependencies import VoteStore
-from services.votes.entrypoints import event_handler, metrics_http
+from services.votes.entrypoints import event_handler, metrics_http, rpc
 from services.votes.exceptions import InvalidVote, NotFound, StoreUnavailable
 
 MAX_TOP = 100

@@ -8,20 +8,29 @@ checks wait for the votes queue to drain, then compare what Redis counted,
 post by post and upvote/downvote apart, with what the gateway answered 202.
 """
 import collections
+import contextlib
 import itertools
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import eventlet
 import redis
 import requests
 import yaml
-from kombu import Connection
-from nameko.cli.main import setup_yaml_parser
+from kombu import Connection, Producer
+from nameko.standalone.events import get_event_exchange
 from nameko.testing.utils import find_free_port
+
+with warnings.catch_warnings():  # it imports pkg_resources, deprecated
+    warnings.simplefilter("ignore")
+    from nameko.cli.main import setup_yaml_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMEKO = str(Path(sys.executable).parent / "nameko")
@@ -35,11 +44,16 @@ START_TIMEOUT = 30      # a service process up and consuming / listening
 DRAIN_TIMEOUT = 60      # every accepted vote counted
 RECOVERY_TIMEOUT = 10   # service answers again after a server came back
 REFUSAL_BOUND = 5.0     # a 503 comes within this
+SIGTERM_BOUND = 10      # a process exits within this of SIGTERM
 HANG_BOUND = 5.5        # no answer at all takes longer than this
 REQUEST_TIMEOUT = 15    # client side: a hang shows as a slow error, not a stuck test
 REFUSED_PAUSE = 0.2     # a client pauses after a 503, as Retry-After asks
 MAX_VOTES = 20000       # hard cap of one load run
+RATE = 400              # votes per second of one load run, at most
 SAMPLE_READS = 5        # posts also read back through GET /vote-counts
+# as the Makefile has it: eventlet and setuptools warn about their futures
+QUIET_WARNINGS = ("ignore::DeprecationWarning,"
+                  "ignore:pkg_resources is deprecated:UserWarning")
 
 
 def wait_until(predicate, timeout, what, interval=0.2):
@@ -62,13 +76,15 @@ def rabbitmqctl(*args, timeout=60):
 
 
 def write_config(path, amqp_uri, redis_uri, web_port):
-    """config.yml as the project has it, on the test's vhost, Redis and port."""
+    """config.yml as the project has it, on the test's vhost, Redis and
+    port; a metrics port of its own, so that processes do not collide."""
     setup_yaml_parser()
     with open(ROOT / "config.yml") as handle:
         config = yaml.safe_load(handle)
     config.update({
         "AMQP_URI": amqp_uri,
         "WEB_SERVER_ADDRESS": "127.0.0.1:{}".format(web_port),
+        "METRICS_ADDRESS": "127.0.0.1:{}".format(find_free_port()),
         "REDIS_URIS": {"votes": redis_uri},
     })
     path.write_text(yaml.safe_dump(config))
@@ -89,7 +105,8 @@ class Process:
             log.write("--- start {}\n".format(" ".join(self.argv)).encode())
             log.flush()
             self.proc = subprocess.Popen(
-                self.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                self.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                env=dict(os.environ, PYTHONWARNINGS=QUIET_WARNINGS))
         return self
 
     @property
@@ -112,16 +129,51 @@ class Process:
             self.proc.wait()
 
     def tail(self, lines=60):
+        """The last lines of the log, without the access lines of 202s."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+        kept = [line for line in text.splitlines()
+                if not ("nameko.web.server" in line and '" 202 ' in line)]
+        return "\n".join(kept[-lines:])
+
+
+def terminate(process, label):
+    """SIGTERM, then problems if it did not exit cleanly within
+    SIGTERM_BOUND seconds (it is killed then)."""
+    signalled = time.monotonic()
+    process.signal(signal.SIGTERM)
+    code = process.wait_exit(SIGTERM_BOUND)
+    took = time.monotonic() - signalled
+    process.kill()
+    print("\n[{}] exit code {} {:.2f}s after SIGTERM".format(label, code, took))
+    if code == 0:
+        return []
+    return ["{} did not exit cleanly within {}s of SIGTERM: exit code {}".format(
+        process.label, SIGTERM_BOUND, code)]
+
+
+@contextlib.contextmanager
+def rabbitmq_stopped(cluster):
+    """The machine's RabbitMQ app stopped for the block, started again
+    (whatever happens) and answering after it. Yields the outage's times:
+    going (stop asked), gone (stopped), back (answering again)."""
+    outage = SimpleNamespace(going=time.monotonic(), gone=None, back=None)
+    try:
+        rabbitmqctl("stop_app")
+        outage.gone = time.monotonic()
+        yield outage
+    finally:
+        rabbitmqctl("start_app")
+        wait_until(cluster.broker_answers, 60, "RabbitMQ to answer again")
+        outage.back = time.monotonic()
 
 
 class RedisServer:
     """A private redis-server on a free port; stopping it saves its data
-    (SHUTDOWN SAVE) and starting it again loads it back."""
+    (SHUTDOWN SAVE) and starting it again loads it back. DEBUG is on, for
+    freeze()."""
 
     def __init__(self, tmp_path):
         self.port = find_free_port()
@@ -131,7 +183,7 @@ class RedisServer:
         self.process = Process("redis", [
             "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
             "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-            "--dbfilename", "dump.rdb",
+            "--dbfilename", "dump.rdb", "--enable-debug-command", "yes",
         ], tmp_path / "redis.log")
 
     def client(self):
@@ -148,6 +200,15 @@ class RedisServer:
     def start(self):
         self.process.start()
         wait_until(self.answers, START_TIMEOUT, "redis-server to answer")
+
+    def freeze(self, seconds, lead=0.3):
+        """Block the server for ``seconds`` (DEBUG SLEEP); return after
+        ``lead`` seconds, its clients' commands queued up behind it."""
+        def sleep():
+            with self.client() as client:
+                client.execute_command("DEBUG", "SLEEP", seconds)
+        eventlet.spawn(sleep)
+        time.sleep(lead)
 
     def stop(self):
         with self.client() as client:
@@ -172,15 +233,15 @@ class Cluster:
         self.redis = redis_server.client()
         self.web_port = find_free_port()
         self.base_url = "http://127.0.0.1:{}".format(self.web_port)
-        self.config_path = write_config(
-            tmp_path / "config.yml", amqp_uri, redis_server.uri, self.web_port)
         self.processes = []
         self._serial = itertools.count(1)
 
     def _run(self, module, label):
-        process = Process(label, [
-            NAMEKO, "run", "--config", str(self.config_path), module,
-        ], self.tmp_path / "{}-{}.log".format(label, next(self._serial)))
+        name = "{}-{}".format(label, next(self._serial))
+        config = write_config(self.tmp_path / (name + ".yml"), self.amqp_uri,
+                              self.redis_server.uri, self.web_port)
+        process = Process(label, [NAMEKO, "run", "--config", str(config), module],
+                          self.tmp_path / (name + ".log"))
         self.processes.append(process)
         return process.start()
 
@@ -189,9 +250,10 @@ class Cluster:
 
         def listening():
             assert gateway.alive, "gateway exited:\n" + gateway.tail()
-            try:
-                return requests.get(self.base_url + "/ready", timeout=2).ok or True
-            except requests.ConnectionError:
+            try:  # any answer will do, a 404 comes quickest
+                requests.get(self.base_url + "/no-such-page", timeout=2)
+                return True
+            except requests.RequestException:
                 return False
         wait_until(listening, START_TIMEOUT, "the gateway to listen")
         return gateway
@@ -284,17 +346,19 @@ Answer = collections.namedtuple(
 
 class Load:
     """Concurrent clients voting through the gateway until stopped, every
-    answer recorded. Vote i goes to post ``<prefix><i % posts>`` (or to a
-    post of its own with ``unique=True``); every third vote is a downvote."""
+    answer recorded, at most ``rate`` votes a second. Vote i goes to post
+    ``<prefix><i % posts>`` (or to a post of its own with ``unique=True``);
+    every third vote is a downvote."""
 
     def __init__(self, base_url, clients=8, posts=8, prefix="p", unique=False,
-                 limit=MAX_VOTES):
+                 limit=MAX_VOTES, rate=RATE):
         self.url = base_url + "/vote"
         self.clients = clients
         self.posts = posts
         self.prefix = prefix
         self.unique = unique
         self.limit = limit
+        self.interval = clients / rate  # of one client
         self.answers = []
         self._next = itertools.count()
         self._stopping = False
@@ -315,9 +379,12 @@ class Load:
 
     def _client(self):
         with requests.Session() as session:
+            due = time.monotonic()
             for i in self._next:
                 if self._stopping or i >= self.limit:
                     return
+                time.sleep(max(0, due - time.monotonic()))
+                due = max(due + self.interval, time.monotonic() - 1)
                 self._vote(session, i)
 
     def _vote(self, session, i):
@@ -493,8 +560,10 @@ def _read_problems(cluster, counted):
     return []
 
 
-# malformed vote_cast bodies: (content type, content encoding, body of n),
-# the body raw bytes or a value to send as JSON
+# malformed vote_cast events: (content type, content encoding, the dead
+# letter's reason, body of n: raw bytes, or a value to send as JSON)
+JSON, TEXT, BINARY = "application/json", "utf-8", "binary"
+UNDECODABLE, INVALID = "undecodable body", "invalid payload"
 _VOTE = {"voteId": "v{n}", "postId": "bad", "score": 1, "ts": 1}
 
 
@@ -510,64 +579,56 @@ def _vote_event(**changes):
 
 MALFORMED = [
     # invalid JSON
-    ("application/json", "utf-8", lambda n: '{{"id": "bad-{}", "votes": ['.format(n).encode()),
-    ("application/json", "utf-8", lambda n: "bad-{} not json".format(n).encode()),
-    # wrong content types: refused by the decoder, or decoded to raw text
-    ("text/plain", "utf-8", lambda n: "id=bad-{}&score=1".format(n).encode()),
-    ("application/x-python-serialize", "binary",
-     lambda n: b"\x80\x04bad-" + str(n).encode()),
-    ("application/data", "binary", lambda n: b"\x00bad-" + str(n).encode()),
+    (JSON, TEXT, UNDECODABLE, lambda n: b'{"id": "bad-%d", "votes": [' % n),
+    (JSON, TEXT, UNDECODABLE, lambda n: b"bad-%d not json" % n),
+    # wrong content types: refused by the decoder, or passed on undecoded
+    ("text/plain", TEXT, UNDECODABLE, lambda n: b"id=bad-%d&score=1" % n),
+    ("application/x-python-serialize", BINARY, UNDECODABLE,
+     lambda n: b"\x80\x04bad-%d" % n),
+    ("application/data", BINARY, INVALID, lambda n: b"\x00bad-%d" % n),
     # missing fields
-    ("application/json", "utf-8", lambda n: {"id": "bad-{}".format(n)}),
-    ("application/json", "utf-8",
-     lambda n: _event(votes=[{"voteId": "v{}".format(n), "score": 1, "ts": 1}])),
+    (JSON, TEXT, INVALID, lambda n: {"id": "bad-{n}"}),
+    (JSON, TEXT, INVALID,
+     lambda n: _event(votes=[{"voteId": "v{n}", "score": 1, "ts": 1}])),
     # bad scores
-    ("application/json", "utf-8", lambda n: _vote_event(score=2)),
-    ("application/json", "utf-8", lambda n: _vote_event(score=0)),
-    ("application/json", "utf-8", lambda n: _vote_event(score="1")),
-    ("application/json", "utf-8", lambda n: _vote_event(score=1.5)),
-    ("application/json", "utf-8", lambda n: _vote_event(score=True)),
+    (JSON, TEXT, INVALID, lambda n: _vote_event(score=2)),
+    (JSON, TEXT, INVALID, lambda n: _vote_event(score=0)),
+    (JSON, TEXT, INVALID, lambda n: _vote_event(score="1")),
+    (JSON, TEXT, INVALID, lambda n: _vote_event(score=1.5)),
+    (JSON, TEXT, INVALID, lambda n: _vote_event(score=True)),
     # wrong types
-    ("application/json", "utf-8", lambda n: _event(id=n)),
-    ("application/json", "utf-8", lambda n: _event(votes={"postId": "bad"})),
-    ("application/json", "utf-8", lambda n: _vote_event(ts="1")),
-    ("application/json", "utf-8", lambda n: [n, "bad"]),
-    ("application/json", "utf-8", lambda n: "bad-{}".format(n)),
+    (JSON, TEXT, INVALID, lambda n: _event(id=n)),
+    (JSON, TEXT, INVALID, lambda n: _event(votes={"postId": "bad"})),
+    (JSON, TEXT, INVALID, lambda n: _vote_event(ts="1")),
+    (JSON, TEXT, INVALID, lambda n: [n, "bad"]),
+    (JSON, TEXT, INVALID, lambda n: "bad-{n}"),
 ]
-
-
-def malformed_body(n):
-    """The n-th malformed message: (body bytes, content type, encoding)."""
-    content_type, encoding, make = MALFORMED[n % len(MALFORMED)]
-    body = make(n)
-    if not isinstance(body, bytes):
-        # unique per n, so that every dead letter can be matched
-        body = json.dumps(body).replace("{n}", str(n)).encode()
-    return body, content_type, encoding
 
 
 def publish_malformed(amqp_uri, count, pause=0.005):
     """Publish ``count`` malformed vote_cast events straight to the
-    gateway's event exchange; return their bodies."""
-    from kombu import Producer
-    from nameko.standalone.events import get_event_exchange
-
+    gateway's event exchange, a pause after each. Returns the dead-letter
+    reason each body must get: {body: reason}."""
     exchange = get_event_exchange("gateway", {})
-    bodies = []
+    reasons = {}
     with Connection(amqp_uri) as connection:
         producer = Producer(connection.channel())
         for n in range(count):
-            body, content_type, encoding = malformed_body(n)
+            content_type, encoding, reason, make = MALFORMED[n % len(MALFORMED)]
+            body = make(n)
+            if not isinstance(body, bytes):  # made unique by n
+                body = json.dumps(body).replace("{n}", str(n)).encode()
             producer.publish(body, exchange=exchange, routing_key="vote_cast",
                              content_type=content_type, content_encoding=encoding,
                              delivery_mode=2, declare=[exchange])
-            bodies.append(body)
+            reasons[body] = reason
             time.sleep(pause)  # interleave with the HTTP votes
-    return bodies
+    return reasons
 
 
 def take_dead_letters(amqp_uri):
-    """Take every message off the dead-letter queue: [(body, reason)]."""
+    """Take every message off the dead-letter queue: [(body, reason)].
+    The reason is x-dead-letter-reason up to its first colon."""
     taken = []
     with Connection(amqp_uri) as connection:
         channel = connection.channel()
@@ -575,5 +636,7 @@ def take_dead_letters(amqp_uri):
             message = channel.basic_get(DEAD_LETTER_QUEUE, no_ack=True)
             if message is None:
                 return taken
-            taken.append((message.body,
-                          message.headers.get("x-dead-letter-reason")))
+            body = message.body  # py-amqp decodes a text content_encoding
+            reason = message.headers.get("x-dead-letter-reason") or ""
+            taken.append((body.encode() if isinstance(body, str) else body,
+                          reason.split(":")[0]))

@@ -1,0 +1,156 @@
+"""Fault tests: the gateway and votes services as real processes on real
+RabbitMQ and Redis, a stream of votes from concurrent clients through the
+gateway, a fault in the middle of it. Every vote answered 202 must be
+counted exactly once, per post, upvotes and downvotes apart (harness.py)."""
+import signal
+import time
+from collections import Counter
+
+from tests.fault.harness import (
+    DEAD_LETTER_QUEUE,
+    VOTES_QUEUE,
+    publish_malformed,
+    rabbitmq_stopped,
+    take_dead_letters,
+    terminate,
+    total,
+    verify,
+    within_recovery,
+)
+
+MALFORMED = 1000
+
+
+# Before the kill or SIGTERM, Redis is frozen for a moment so that handlers
+# are mid-way: their events get applied, but never acked, and come back.
+
+def test_votes_killed_mid_stream_then_restarted(cluster, private_redis):
+    cluster.start_gateway()
+    votes = cluster.start_votes()
+    with cluster.load() as load:
+        load.wait_sent(800)
+        private_redis.freeze(1)
+        votes.signal(signal.SIGKILL)
+        votes.wait_exit(5)
+        load.wait_sent(500)
+        cluster.start_votes()
+        load.wait_sent(800)
+    verify("kill -9 votes", cluster, load)
+
+
+def test_votes_terminated_mid_stream_then_restarted(cluster, private_redis):
+    cluster.start_gateway()
+    votes = cluster.start_votes()
+    with cluster.load() as load:
+        load.wait_sent(800)
+        private_redis.freeze(1)
+        problems = terminate(votes, "SIGTERM votes")
+        load.wait_sent(500)
+        cluster.start_votes()
+        load.wait_sent(800)
+    verify("SIGTERM votes", cluster, load, problems)
+
+
+def test_redis_stopped_mid_stream(cluster, private_redis):
+    cluster.start_gateway()
+    cluster.start_votes()
+    with cluster.load() as load:
+        load.wait_sent(800)
+        private_redis.stop()
+        time.sleep(4)
+        private_redis.start()
+        problems = within_recovery(time.monotonic(), {
+            "votes applied again": cluster.counting_beyond(
+                total(cluster.counted())),
+            "GET /vote-counts answering": cluster.reading(load),
+        })
+        load.wait_sent(800)
+    verify("Redis stopped", cluster, load, problems)
+
+
+def test_rabbitmq_stopped_mid_stream(cluster):
+    cluster.start_gateway()
+    cluster.start_votes()
+    # a post per vote: a refused vote the broker kept anyway shows alone
+    with cluster.load(unique=True) as load:
+        load.wait_sent(800)
+        with rabbitmq_stopped(cluster) as outage:
+            time.sleep(4)
+        problems = within_recovery(outage.back, {
+            "the gateway accepting votes": load.accepting_since(outage.back),
+            "the votes service consuming": cluster.consuming(),
+            "GET /vote-counts answering": cluster.reading(load),
+        })
+        load.wait_sent(800)
+    verify("RabbitMQ stopped", cluster, load, problems, refusals=True,
+           in_doubt=load.refused_in_flight(outage.going, outage.gone))
+
+
+def test_votes_never_started_then_started(cluster):
+    cluster.start_gateway()
+    with cluster.load() as load:
+        load.wait_sent(1000)
+        waiting, consumers = cluster.queue_state(VOTES_QUEUE)
+        counted_before = cluster.counted()
+        cluster.start_votes()
+        load.wait_sent(800)
+    print("\n[votes never started] {} events queued, {} consumers".format(
+        waiting, consumers))
+    problems = [] if waiting and not consumers and not counted_before else [
+        "expected votes queued unconsumed before the start: {} events, "
+        "{} consumers, counted {}".format(waiting, consumers, counted_before)]
+    verify("votes never started", cluster, load, problems)
+
+
+def test_malformed_events_dead_lettered(cluster):
+    cluster.start_gateway()
+    votes = cluster.start_votes()
+    with cluster.load() as load:
+        load.wait_sent(200)
+        # the load goes on meanwhile (green threads)
+        published = publish_malformed(cluster.amqp_uri, MALFORMED)
+        load.wait_sent(200)
+
+    def dead_letters():
+        depth = cluster.queue_state(DEAD_LETTER_QUEUE)[0]
+        letters = take_dead_letters(cluster.amqp_uri)
+        print("[malformed] published {}, dead-letter queue depth {}, "
+              "reasons {}".format(len(published), depth,
+                                  Counter(reason for _, reason in letters)))
+        problems = []
+        if depth != MALFORMED or sorted(letters) != sorted(published.items()):
+            problems.append(
+                "dead-lettered {} messages, not the {} published, each with "
+                "its reason".format(depth, MALFORMED))
+        if not votes.alive:
+            problems.append("the votes service died")
+        return problems
+    verify("malformed events", cluster, load, after=dead_letters)
+
+
+def test_two_votes_processes(cluster):
+    cluster.start_gateway()
+    cluster.start_votes()
+    cluster.start_votes(consumers=2)
+    with cluster.load() as load:
+        load.wait_sent(1000)
+        consumers = cluster.queue_state(VOTES_QUEUE)[1]
+        load.wait_sent(1000)
+    problems = [] if consumers == 2 else [
+        "{} consumers on the votes queue, not 2".format(consumers)]
+    verify("two votes processes", cluster, load, problems)
+
+
+def test_votes_terminated_while_rabbitmq_down(cluster):
+    cluster.start_gateway()
+    votes = cluster.start_votes()
+    with cluster.load(unique=True) as load:
+        load.wait_sent(800)
+        with rabbitmq_stopped(cluster) as outage:
+            time.sleep(1)
+            problems = terminate(votes, "SIGTERM votes, RabbitMQ down")
+        cluster.start_votes()
+        load.wait_sent(800)
+    verify("SIGTERM votes, RabbitMQ down", cluster, load, problems,
+           refusals=True,
+           in_doubt=load.refused_in_flight(outage.going, outage.gone))
