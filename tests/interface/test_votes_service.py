@@ -3,12 +3,16 @@ import json
 import time
 
 import pytest
+import yaml
 from amqp.exceptions import ChannelError
 from kombu import Connection, Exchange, Producer
 from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ServiceRpcProxy
 from nameko.testing.services import entrypoint_waiter
 
+from services.votes import dead_letters as dead_letter_tool
+from services.votes.entrypoints import DEAD_LETTER_EXCHANGE
+from services.votes.entrypoints import DEAD_LETTER_QUEUE as DEAD_LETTERS
 from services.votes.service import VotesService
 from tests.conftest import make_event, make_vote
 
@@ -204,3 +208,31 @@ def test_voter_storage_layout(votes, dispatch, redis_client):
     cast(votes, dispatch, make_event(vote))
     assert redis_client.hgetall("votes:voters:348") == {
         "ann": "42:{}:-1".format(vote["voteId"])}
+
+
+def test_dead_letters_shown_then_replayed(votes, dispatch, rpc, config, tmp_path):
+    """An event dead-lettered after a handler bug, replayed once fixed."""
+    good = make_event(make_vote(postId="dl", score=-1))
+    with Connection(config["AMQP_URI"]) as connection:
+        DEAD_LETTERS.bind(connection.channel()).declare()
+        Producer(connection.channel()).publish(
+            good, exchange=DEAD_LETTER_EXCHANGE, routing_key=DEAD_LETTERS.routing_key,
+            headers={"x-dead-letter-reason": "handler failed 5 times: KeyError: 'x'",
+                     "x-original-exchange": "gateway.events",
+                     "x-original-routing-key": "vote_cast"},
+            serializer="json")
+    config_file = tmp_path / "config.yml"
+    config_file.write_text(yaml.safe_dump(config))
+
+    shown = tmp_path / "shown"
+    with Connection(config["AMQP_URI"]) as connection, open(shown, "w") as out:
+        assert dead_letter_tool.show(connection, out) == 1
+    assert [json.loads(line) for line in shown.read_text().splitlines()] == [{
+        "reason": "handler failed 5 times: KeyError: 'x'",
+        "routingKey": "vote_cast",
+        "body": json.dumps(good)}]
+
+    with entrypoint_waiter(votes, "handle_vote_cast"):
+        assert dead_letter_tool.main(["replay", "--config", str(config_file)]) == 0
+    assert rpc.get_counts("dl") == {"postId": "dl", "upvote": 0, "downvote": 1, "score": -1}
+    assert queue_depth(config["AMQP_URI"], DEAD_LETTER_QUEUE) == 0
