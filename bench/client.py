@@ -219,7 +219,7 @@ async def _latency(host, port, redis_uri, rate, duration, probe_rate,
                         pipe.exists(key)
                     found = await pipe.execute()
                 now = time.perf_counter()
-                for key, exists in zip(keys, found):
+                for key, exists in zip(keys, found, strict=True):
                     acked = pending[key]
                     if exists:
                         stats["visible_ms"].append((now - acked) * 1000)

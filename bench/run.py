@@ -8,8 +8,15 @@ import traceback
 
 from bench import client, wrk
 from bench.env import (
-    DEAD_LETTER_QUEUE, ROOT, Environment, SetupError, busy_seconds, cpu_seconds,
-    ensure_wrk, machine_info, rabbitmq_pid,
+    DEAD_LETTER_QUEUE,
+    ROOT,
+    Environment,
+    SetupError,
+    busy_seconds,
+    cpu_seconds,
+    ensure_wrk,
+    machine_info,
+    rabbitmq_pid,
 )
 
 RESULTS = os.path.join(ROOT, "bench", "results", "latest.txt")
@@ -451,7 +458,7 @@ class Bench:
             self.notes.append("latency: failed requests {}".format(stats["failed"]))
         # the API agrees with what was polled: each probe counts one upvote
         paths = ["/vote-counts?postId={}".format(post) for post in probes[:200]]
-        for attempt in range(5):  # a 503 says nothing about the counts
+        for _attempt in range(5):  # a 503 says nothing about the counts
             answers = client.get_all(host, port, paths)
             if all(status != 503 for status, _ in answers):
                 break
