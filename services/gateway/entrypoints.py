@@ -159,6 +159,11 @@ class HttpEntrypoint(HttpRequestHandler):
         arm_stop_deadline(self.container)
         super().stop()
 
+    def check_signature(self, args, kwargs):
+        # every method takes (self, request); nameko's inspect.getcallargs
+        # check on each request cost 6% of the gateway's CPU
+        pass
+
     def handle_request(self, request):
         started = time.perf_counter()
         response = super().handle_request(request)
