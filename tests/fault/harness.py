@@ -236,22 +236,24 @@ class Cluster:
         self.processes = []
         self._serial = itertools.count(1)
 
-    def _run(self, module, label):
+    def _run(self, module, label, web_port=None):
         name = "{}-{}".format(label, next(self._serial))
         config = write_config(self.tmp_path / (name + ".yml"), self.amqp_uri,
-                              self.redis_server.uri, self.web_port)
+                              self.redis_server.uri, web_port or self.web_port)
         process = Process(label, [NAMEKO, "run", "--config", str(config), module],
                           self.tmp_path / (name + ".log"))
         self.processes.append(process)
         return process.start()
 
-    def start_gateway(self):
-        gateway = self._run(GATEWAY, "gateway")
+    def start_gateway(self, web_port=None):
+        """Start a gateway, on the cluster's port or on ``web_port``."""
+        gateway = self._run(GATEWAY, "gateway", web_port)
+        base_url = "http://127.0.0.1:{}".format(web_port or self.web_port)
 
         def listening():
             assert gateway.alive, "gateway exited:\n" + gateway.tail()
             try:  # any answer will do, a 404 comes quickest
-                requests.get(self.base_url + "/no-such-page", timeout=2)
+                requests.get(base_url + "/no-such-page", timeout=2)
                 return True
             except requests.RequestException:
                 return False
@@ -297,8 +299,8 @@ class Cluster:
         except Exception:
             return False
 
-    def load(self, **options):
-        return Load(self.base_url, **options)
+    def load(self, base_urls=None, **options):
+        return Load(base_urls or [self.base_url], **options)
 
     def counted(self):
         """postId -> Counter(upvote=, downvote=) of every post in Redis."""
@@ -341,7 +343,7 @@ class Cluster:
 
 
 Answer = collections.namedtuple(
-    "Answer", "post score status error started latency")
+    "Answer", "post score status error started latency url")
 
 
 class Load:
@@ -350,9 +352,10 @@ class Load:
     ``<prefix><i % posts>`` (or to a post of its own with ``unique=True``);
     every third vote is a downvote."""
 
-    def __init__(self, base_url, clients=8, posts=8, prefix="p", unique=False,
+    def __init__(self, base_urls, clients=8, posts=8, prefix="p", unique=False,
                  limit=MAX_VOTES, rate=RATE):
-        self.url = base_url + "/vote"
+        # vote i goes to gateway i % len(base_urls)
+        self.urls = [base_url + "/vote" for base_url in base_urls]
         self.clients = clients
         self.posts = posts
         self.prefix = prefix
@@ -389,11 +392,12 @@ class Load:
 
     def _vote(self, session, i):
         post = "{}{}".format(self.prefix, i if self.unique else i % self.posts)
+        url = self.urls[i % len(self.urls)]
         score = -1 if i % 3 == 0 else 1
         status = error = None
         started = time.monotonic()
         try:
-            response = session.get(self.url, params={"postId": post, "score": score},
+            response = session.get(url, params={"postId": post, "score": score},
                                    timeout=REQUEST_TIMEOUT)
             status = response.status_code
             if status != 202:
@@ -402,7 +406,7 @@ class Load:
         except requests.RequestException as exc:
             error = repr(exc)
         self.answers.append(Answer(post, score, status, error, started,
-                                   time.monotonic() - started))
+                                   time.monotonic() - started, url))
         if status != 202:
             time.sleep(REFUSED_PAUSE)
 

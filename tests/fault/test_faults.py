@@ -6,6 +6,8 @@ import signal
 import time
 from collections import Counter
 
+from nameko.testing.utils import find_free_port
+
 from tests.fault.harness import (
     DEAD_LETTER_QUEUE,
     VOTES_QUEUE,
@@ -139,6 +141,24 @@ def test_two_votes_processes(cluster):
     problems = [] if consumers == 2 else [
         "{} consumers on the votes queue, not 2".format(consumers)]
     verify("two votes processes", cluster, load, problems)
+
+
+def test_scale_out_two_gateways_three_votes_processes(cluster):
+    second = find_free_port()
+    cluster.start_gateway()
+    cluster.start_gateway(web_port=second)
+    for consumers in (1, 2, 3):
+        cluster.start_votes(consumers=consumers)
+    gateways = [cluster.base_url, "http://127.0.0.1:{}".format(second)]
+    with cluster.load(base_urls=gateways, clients=16, rate=1500) as load:
+        load.wait_sent(6000)
+        consumers = cluster.queue_state(VOTES_QUEUE)[1]
+    per_gateway = Counter(a.url for a in load.accepted())
+    problems = [] if consumers == 3 else [
+        "{} consumers on the votes queue, not 3".format(consumers)]
+    problems += ["{} took {} votes".format(url, per_gateway[url + "/vote"])
+                 for url in gateways if per_gateway[url + "/vote"] < 2000]
+    verify("2 gateways, 3 votes processes", cluster, load, problems)
 
 
 def test_votes_terminated_while_rabbitmq_down(cluster):

@@ -1,0 +1,30 @@
+"""`make bench` still works: its quick mode, end to end. Figures are not
+checked here (they belong to the bench, on a quiet machine); that every
+vote answered 202 was counted, exactly, is."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ROWS = (
+    "bare @http GET /vote, c=16", "single votes GET /vote, c=16",
+    "reads GET /vote-counts, c=64", "batch votes POST /votes x100",
+    "drain of batches: one votes process", "202 -> visible in /vote-counts",
+    "Redis memory per voter vote", "peak RSS, gateway",
+)
+
+
+def test_quick_bench_runs_and_counts_exactly(tmp_path):
+    out = tmp_path / "bench.txt"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    table = out.read_text()
+    for row in ROWS:
+        assert row in table
+    (line,) = [line for line in table.splitlines() if line.startswith("correctness")]
+    counted, answered = re.search(r"PASS\s+([\d,]+) == ([\d,]+)", line).groups()
+    assert counted == answered and int(counted.replace(",", "")) > 1000
