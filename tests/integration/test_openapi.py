@@ -5,19 +5,10 @@ import os
 import subprocess
 import sys
 
-import pytest
-
-from services.gateway.service import OPENAPI_PATH, GatewayService
-from services.votes.service import VotesService
+from services.gateway.service import OPENAPI_PATH
 
 ST = os.path.join(os.path.dirname(sys.executable), "st")
 
-
-@pytest.fixture
-def services(runner_factory, config):
-    runner = runner_factory(config, GatewayService, VotesService)
-    runner.start()
-    return runner
 
 
 def test_document_is_served(services, web_session):

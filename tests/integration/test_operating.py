@@ -1,12 +1,10 @@
 """Health, readiness and metrics, as an operator sees them."""
 import time
 
-import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.gateway.service import GatewayService
-from services.votes.service import VotesService
 from tests.integration.test_pipeline import counts, wait_for_counts
 
 
@@ -26,14 +24,8 @@ def delta(after, before, *key):
     return after.get(key, 0) - before.get(key, 0)
 
 
-@pytest.fixture
-def both(runner_factory, config):
-    runner = runner_factory(config, GatewayService, VotesService)
-    runner.start()
-    return runner
 
-
-def test_health_and_ready(both, web_session):
+def test_health_and_ready(services, web_session):
     response = web_session.get("/health")
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
     response = web_session.get("/ready")
@@ -57,7 +49,7 @@ def test_not_ready_without_votes_service(container_factory, config, web_session)
     assert response.headers["Retry-After"] == "1"
 
 
-def test_metrics_count_votes(both, web_session, config):
+def test_metrics_count_votes(services, web_session, config):
     gateway_url = web_session.base_url + "metrics"
     votes_url = "http://{}/metrics".format(config["METRICS_ADDRESS"])
     gateway_before, votes_before = scrape(gateway_url), scrape(votes_url)
@@ -80,6 +72,6 @@ def test_metrics_count_votes(both, web_session, config):
     assert delta(votes, votes_before, "votes_event_votes_sum") == 3
 
 
-def test_votes_health_port(both, config):
+def test_votes_health_port(services, config):
     response = requests.get("http://{}/health".format(config["METRICS_ADDRESS"]), timeout=10)
     assert (response.status_code, response.json()) == (200, {"status": "ok"})

@@ -4,17 +4,6 @@ import random
 import time
 
 import eventlet
-import pytest
-
-from services.gateway.service import GatewayService
-from services.votes.service import VotesService
-
-
-@pytest.fixture
-def services(runner_factory, config):
-    runner = runner_factory(config, GatewayService, VotesService)
-    runner.start()
-    return runner
 
 
 def wait_for_counts(web_session, expected, timeout=30):

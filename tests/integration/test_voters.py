@@ -1,18 +1,7 @@
 """One vote per voter per post, and the leaderboard, end to end."""
 import time
 
-import pytest
-
-from services.gateway.service import GatewayService
-from services.votes.service import VotesService
 from tests.integration.test_pipeline import counts
-
-
-@pytest.fixture
-def services(runner_factory, config):
-    runner = runner_factory(config, GatewayService, VotesService)
-    runner.start()
-    return runner
 
 
 def settle(web_session, post, voter, expected, timeout=20):
