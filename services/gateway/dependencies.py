@@ -42,7 +42,7 @@ MAX_GROUP_READS = 500
 RECONNECT_PAUSE = 0.5  # after a failed connect, fail fast for this long
 # round trips in flight at once: while one group waits for RabbitMQ, the
 # next is already on its way
-PUBLISHERS = 4
+PUBLISHERS = 2
 READERS = 2
 
 
