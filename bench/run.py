@@ -220,11 +220,7 @@ class Bench:
             best = max(best, rate)
             self.figures["votes_c{}".format(connections)] = rate
             self.figures["bare_c{}".format(connections)] = bare_rate
-            self.row("bare @http GET /vote, c={}".format(connections),
-                     "{} req/s".format(fmt(bare_rate)), "",
-                     bare.command + " (bare)",
-                     "p50 {:.1f} ms p99 {:.1f} ms; {}".format(
-                         bare.p50_ms, bare.p99_ms, cpu_note(bare.cpu)))
+            self.bare_row("/vote", connections, bare, bare_rate)
             self.row("single votes GET /vote, c={}".format(connections),
                      "{} votes/s".format(fmt(rate)),
                      "votes/bare {:.2f}".format(rate / bare_rate if bare_rate else 0),
@@ -234,6 +230,13 @@ class Bench:
                                             cpu_note(votes.cpu), votes.settle))
         self.figures["max_single"] = best
         return best
+
+    def bare_row(self, path, connections, bare, bare_rate):
+        self.row("bare @http GET {}, c={}".format(path, connections),
+                 "{} req/s".format(fmt(bare_rate)), "",
+                 bare.command + " (bare)",
+                 "p50 {:.1f} ms p99 {:.1f} ms; {}".format(
+                     bare.p50_ms, bare.p99_ms, cpu_note(bare.cpu)))
 
     def reads(self):
         # posts of their own, one vote each, so that every read finds its post
@@ -252,11 +255,7 @@ class Bench:
             self.check_wrk("reads c{}".format(connections), reads, 200)
             misses = reads.count(404)
             rate, bare_rate = reads.rate(200), bare.rate(200)
-            self.row("bare @http GET /vote-counts, c={}".format(connections),
-                     "{} req/s".format(fmt(bare_rate)), "",
-                     bare.command + " (bare)",
-                     "p50 {:.1f} ms p99 {:.1f} ms; {}".format(
-                         bare.p50_ms, bare.p99_ms, cpu_note(bare.cpu)))
+            self.bare_row("/vote-counts", connections, bare, bare_rate)
             self.row("reads GET /vote-counts, c={}".format(connections),
                      "{} reads/s".format(fmt(rate)),
                      "reads/bare {:.2f}".format(rate / bare_rate if bare_rate else 0),
