@@ -6,10 +6,10 @@ export PYTHONWARNINGS := ignore::DeprecationWarning,ignore:pkg_resources is depr
 
 .PHONY: run test bench servers venv
 
-# the venv is rebuilt only when missing or older than requirements.txt
-$(VENV)/.installed: requirements.txt
+# the venv is rebuilt only when missing or older than the requirements
+$(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements-dev.txt
 	touch $@
 
 venv: $(VENV)/.installed

@@ -260,6 +260,15 @@ def test_dockerfile_runtime_stage():
     assert "--backdoor" not in DOCKERFILE.read_text()
 
 
+def test_image_installs_the_runtime_requirements_only():
+    runs = [args for keyword, args in dockerfile_instructions() if keyword == "RUN"]
+    assert "pip install -r /tmp/requirements.txt" in runs
+    assert "requirements-dev" not in DOCKERFILE.read_text()
+    runtime = (ROOT / "requirements.txt").read_text()
+    for tool in ("pytest", "schemathesis", "jsonschema", "ruff"):
+        assert tool not in runtime
+
+
 def test_dockerignore_keeps_the_context_small():
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     patterns = {line.strip() for line in lines
