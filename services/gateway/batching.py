@@ -69,7 +69,7 @@ class GroupCommit:
             weight += pending.weight
         return group
 
-    def flush_once(self, group, flush=None):
+    def flush_once(self, group, flush):
         now = time.monotonic()
         fresh = []
         for pending in group:
@@ -80,7 +80,7 @@ class GroupCommit:
         if not fresh:
             return
         try:
-            results = (flush or self.flush)([pending.item for pending in fresh])
+            results = flush([pending.item for pending in fresh])
             if len(results) != len(fresh):
                 raise RuntimeError("{} results for {} items".format(
                     len(results), len(fresh)))

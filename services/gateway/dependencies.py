@@ -50,12 +50,11 @@ class _Link:
     """One AMQP connection, made on demand; hold ``lock`` to use it, since
     frames of two threads must not interleave on one socket."""
 
-    def __init__(self, amqp_uri, declare=(), confirms=False, heartbeat=0):
+    def __init__(self, amqp_uri, declare=(), confirms=False):
         self.lock = Semaphore()
         self.amqp_uri = amqp_uri
         self.declare = declare
         self.confirms = confirms
-        self.heartbeat = heartbeat
         self.connection = None
         self.producer = None
         self._failed_at = 0.0
@@ -67,7 +66,9 @@ class _Link:
         if time.monotonic() - self._failed_at < RECONNECT_PAUSE:
             raise ConnectionError("broker unreachable a moment ago")
         connection = Connection(
-            self.amqp_uri, connect_timeout=2, heartbeat=self.heartbeat,
+            # no heartbeat: nothing reads this connection between publishes;
+            # a dead one fails the next publish, which reconnects once
+            self.amqp_uri, connect_timeout=2, heartbeat=0,
             transport_options={"confirm_publish": self.confirms},
         )
         try:
