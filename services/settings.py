@@ -1,0 +1,26 @@
+"""Numeric settings read from the service config, checked at start.
+
+A bad value (``APPLIED_MARK_TTL: 0``, ``PUBLISH_TIMEOUT: soon``) would
+otherwise show up much later as a wrong count or a stuck request; here it
+stops the service from starting, with a message that names the setting.
+"""
+from nameko.exceptions import ConfigurationError
+
+
+def number(config, key, default, minimum, maximum=None, integer=False):
+    """``config[key]`` (or ``default`` when absent or null) as an int or a
+    float within [minimum, maximum]; raises ConfigurationError otherwise."""
+    value = config.get(key)
+    if value is None:
+        value = default
+    kind = "an integer" if integer else "a number"
+    bounds = "from {} to {}".format(minimum, maximum) if maximum is not None \
+        else ">= {}".format(minimum)
+    ok = (type(value) is int) if integer else (
+        type(value) in (int, float) and value == value)  # not NaN
+    if ok and (value < minimum or (maximum is not None and value > maximum)):
+        ok = False
+    if not ok:
+        raise ConfigurationError("{} must be {} {} (got {!r})".format(
+            key, kind, bounds, value))
+    return value if integer else float(value)
