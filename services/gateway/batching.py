@@ -13,49 +13,73 @@ from eventlet.queue import LightQueue
 
 
 class Expired(Exception):
-    """The item waited longer than ``max_wait`` before its group left."""
+    """The item was not done within its deadline: it waited longer than
+    ``max_wait`` before its group left (and was never sent), or its group's
+    flush outlasted ``deadline`` (and its outcome is unknown)."""
 
 
 class _Pending:
-    __slots__ = ("item", "weight", "event", "since")
+    __slots__ = ("item", "weight", "event", "since", "abandoned")
 
     def __init__(self, item, weight):
         self.item = item
         self.weight = weight
         self.event = Event()
         self.since = time.monotonic()
+        self.abandoned = False
+
+    def settle(self, result=None, exc=None):
+        if self.event.ready():
+            return
+        if exc is not None:
+            self.event.send_exception(exc)
+        else:
+            self.event.send(result)
 
 
 class GroupCommit:
 
-    def __init__(self, flush, max_weight, max_wait, weigh=lambda item: 1):
+    def __init__(self, flush, max_weight, max_wait, weigh=lambda item: 1,
+                 deadline=None):
         """``flush(items)`` returns one result per item, or raises for all.
         An item still queued ``max_wait`` seconds after submission fails
-        with ``Expired`` instead of joining a group."""
+        with ``Expired`` instead of joining a group. No ``submit`` waits
+        longer than ``deadline`` seconds (default: no bound), whatever the
+        flushers do."""
         self.flush = flush
         self.max_weight = max_weight
         self.max_wait = max_wait
         self.weigh = weigh
+        self.deadline = deadline
         self.queue = LightQueue()
-        self._carry = None
 
     def submit(self, item):
         pending = _Pending(item, self.weigh(item))
         self.queue.put(pending)
-        return pending.event.wait()
+        if self.deadline is None:
+            return pending.event.wait()
+        try:
+            with eventlet.Timeout(self.deadline):
+                return pending.event.wait()
+        except eventlet.Timeout:
+            pending.abandoned = True  # not sent yet: it never will be
+            raise Expired() from None
 
     def run(self, flush=None):
         """A flusher loop; run it in a managed thread. Several loops may
         share one GroupCommit, each with a ``flush`` of its own (its own
         connection, say), so that one group gathers while others are in
-        flight."""
+        flight. An item too heavy for the group it was taken into is
+        carried by the same loop into its next group: the carry is the
+        loop's own, so no other loop can drop it."""
         flush = flush or self.flush
+        carry = None
         while True:
-            self.flush_once(self._take(), flush)
+            group, carry = self._take(carry)
+            self.flush_once(group, flush)
 
-    def _take(self):
-        first = self._carry or self.queue.get()
-        self._carry = None
+    def _take(self, carry):
+        first = carry or self.queue.get()
         group, weight = [first], first.weight
         while weight < self.max_weight:
             try:
@@ -63,18 +87,19 @@ class GroupCommit:
             except eventlet.queue.Empty:
                 break
             if weight + pending.weight > self.max_weight:
-                self._carry = pending
-                break
+                return group, pending
             group.append(pending)
             weight += pending.weight
-        return group
+        return group, None
 
     def flush_once(self, group, flush):
         now = time.monotonic()
         fresh = []
         for pending in group:
+            if pending.abandoned:
+                continue
             if now - pending.since > self.max_wait:
-                pending.event.send_exception(Expired())
+                pending.settle(exc=Expired())
             else:
                 fresh.append(pending)
         if not fresh:
@@ -86,7 +111,7 @@ class GroupCommit:
                     len(results), len(fresh)))
         except Exception as exc:
             for pending in fresh:
-                pending.event.send_exception(exc)
+                pending.settle(exc=exc)
         else:
-            for pending, result in zip(fresh, results, strict=False):
-                pending.event.send(result)
+            for pending, result in zip(fresh, results, strict=True):
+                pending.settle(result)

@@ -121,7 +121,7 @@ class VotePublisher(DependencyProvider):
         self.publish_time = self.timeout * 0.6
         self.group = GroupCommit(
             self._publish, max_weight=MAX_GROUP_VOTES,
-            max_wait=self.timeout * 0.4, weigh=len,
+            max_wait=self.timeout * 0.4, weigh=len, deadline=self.timeout,
         )
 
     def start(self):
@@ -205,7 +205,7 @@ class VotesReader(DependencyProvider):
         # at most the rest
         self.group = GroupCommit(
             self._read_group, max_weight=MAX_GROUP_READS,
-            max_wait=self.timeout * 0.4,
+            max_wait=self.timeout * 0.4, deadline=self.timeout,
         )
 
     def start(self):

@@ -86,3 +86,28 @@ def test_refused_batch_changes_nothing(services, web_session, redis_client):
     time.sleep(0.5)
     assert web_session.get("/vote-counts?postId=r1").status_code == 404
     assert redis_client.keys("votes:*") == []
+
+
+def test_concurrent_large_batches_all_answered(services, web_session):
+    """Two 600-vote batches never fit one 1,000-vote group: one is carried
+    while the other flusher takes the single votes. Every request must get
+    its answer, round after round, and every vote must count."""
+    plan = []
+    pool = eventlet.GreenPool(20)
+
+    def send(request):
+        path, body = request
+        return web_session.post(path, json=body, timeout=15).status_code
+
+    for round_ in range(8):
+        batch_a = [("ga", 1)] * 600
+        batch_b = [("gb", -1)] * 600
+        singles = [("gs{}".format(round_ % 3), 1)] * 5
+        requests_ = [("/votes", {"votes": [{"postId": p, "score": s} for p, s in batch]})
+                     for batch in (batch_a, batch_b)]
+        requests_ += [("/vote", {"postId": p, "score": s}) for p, s in singles]
+        assert list(pool.imap(send, requests_)) == [202] * 7
+        plan += batch_a + batch_b + singles
+
+    want = expected_counts(plan)
+    assert wait_for_counts(web_session, want, timeout=60) == want

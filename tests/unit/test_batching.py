@@ -86,3 +86,71 @@ def test_items_that_waited_too_long_expire_unsent(flushed):
     assert list(pool.imap(submit, range(3))) == ["sent", "expired", "expired"]
     assert calls == [[0]]
     runner.kill()
+
+
+def test_two_flushers_never_drop_a_carried_item(flushed):
+    """a and b do not fit one group: b is carried by the flusher that took
+    a; the other flusher, woken by c meanwhile, must not drop it."""
+    def flush(items):
+        flushed.append(list(items))
+        eventlet.sleep(0.05)
+        return ["done-{}".format(item) for item in items]
+
+    group = GroupCommit(flush, max_weight=10, max_wait=5.0, weigh=len)
+    runners = [eventlet.spawn(group.run) for _ in range(2)]
+    eventlet.sleep(0)  # both flushers wait on the queue
+    pool = eventlet.GreenPool()
+    with eventlet.Timeout(2):
+        results = list(pool.imap(group.submit, ["aaaaaa", "bbbbbb", "c"]))
+    for runner in runners:
+        runner.kill()
+    assert results == ["done-aaaaaa", "done-bbbbbb", "done-c"]
+    assert sorted(map(tuple, flushed)) == [("aaaaaa",), ("bbbbbb",), ("c",)]
+
+
+def test_many_flushers_and_carries_answer_every_caller(flushed):
+    def flush(items):
+        flushed.append(list(items))
+        eventlet.sleep(0.001)
+        return [len(item) for item in items]
+
+    group = GroupCommit(flush, max_weight=10, max_wait=5.0, weigh=len)
+    runners = [eventlet.spawn(group.run) for _ in range(4)]
+    items = ["x" * (1 + i % 7) for i in range(400)]
+    pool = eventlet.GreenPool(100)
+    with eventlet.Timeout(5):
+        results = list(pool.imap(group.submit, items))
+    for runner in runners:
+        runner.kill()
+    assert results == [len(item) for item in items]
+    assert sorted(sum(flushed, [])) == sorted(items)
+    assert all(sum(map(len, g)) <= 10 for g in flushed)
+
+
+def test_deadline_bounds_a_submit_whose_flush_hangs():
+    release = eventlet.event.Event()
+    calls = []
+
+    def hanging_flush(items):
+        calls.append(list(items))
+        release.wait()
+        return [None] * len(items)
+
+    group = GroupCommit(hanging_flush, max_weight=1, max_wait=5.0, deadline=0.2)
+    runner = eventlet.spawn(group.run)
+    pool = eventlet.GreenPool()
+
+    def submit(item):
+        try:
+            group.submit(item)
+            return "sent"
+        except Expired:
+            return "expired"
+
+    with eventlet.Timeout(2):
+        # 0 is in flight when the deadline passes; 1 is still queued
+        assert list(pool.imap(submit, range(2))) == ["expired", "expired"]
+    release.send()
+    eventlet.sleep(0.05)
+    runner.kill()
+    assert calls == [[0]]  # the abandoned item was never sent
