@@ -9,12 +9,14 @@ Redis layout (every key starts with ``votes:``):
                                      APPLIED_MARK_TTL seconds
 """
 import json
+import re
 
 import redis
 from nameko_redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from services.votes import metrics
 from services.votes.exceptions import NotFound, StoreUnavailable
 
 REDIS_KEY = "votes"  # the entry of REDIS_URIS this service uses
@@ -77,7 +79,67 @@ end
 return out
 """
 
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
+# Redis replies that mean "not now", not "never": out of memory (OOM), cannot
+# persist (MISCONF), running a slow script (BUSY), loading its data
+# (LOADING), a replica or a failover (READONLY, MASTERDOWN, NOREPLICAS), a
+# cluster in motion (TRYAGAIN, MOVED, ASK, CLUSTERDOWN), an ACL being
+# changed (NOPERM). Each refuses a script before its first write, so a retry
+# never half-applies. redis-py raises a class of its own for some of them,
+# and a plain ResponseError holding the code for the others.
+TRANSIENT_CODES = frozenset((
+    "OOM", "MISCONF", "BUSY", "LOADING", "READONLY", "TRYAGAIN", "MOVED",
+    "ASK", "CLUSTERDOWN", "MASTERDOWN", "NOREPLICAS", "NOPERM",
+))
+_TRANSIENT_CLASSES = (
+    (redis.exceptions.BusyLoadingError, "LOADING"),
+    (redis.exceptions.AuthenticationError, "AUTH"),
+    (redis.exceptions.AuthorizationError, "AUTH"),
+    (redis.ConnectionError, "CONNECTION"),
+    (redis.TimeoutError, "TIMEOUT"),
+    (redis.exceptions.OutOfMemoryError, "OOM"),
+    (redis.exceptions.ReadOnlyError, "READONLY"),
+    (redis.exceptions.TryAgainError, "TRYAGAIN"),
+    (redis.exceptions.MovedError, "MOVED"),  # before AskError, its base
+    (redis.exceptions.AskError, "ASK"),
+    (redis.exceptions.MasterDownError, "MASTERDOWN"),  # before ClusterDownError
+    (redis.exceptions.ClusterDownError, "CLUSTERDOWN"),
+    (redis.exceptions.NoPermissionError, "NOPERM"),
+)
+# the code opens the reply; a pipeline puts its own words before it, and a
+# script error of Redis < 7 quotes it after a dash
+_CODE = re.compile(r"(?:^|caused error: |: -)([A-Z]+)(?= |$)")
+OTHER_ERROR = "OTHER"
+
+
+def store_error_kind(exc):
+    """What a Redis error means: one of TRANSIENT_CODES, or CONNECTION,
+    TIMEOUT, AUTH (all worth retrying for as long as it takes), or
+    OTHER_ERROR (a mistake in the request or the script: never retried
+    by the store, dead-lettered by the handler)."""
+    for cls, kind in _TRANSIENT_CLASSES:
+        if isinstance(exc, cls):
+            return kind
+    if isinstance(exc, redis.ResponseError):
+        code = getattr(exc, "status_code", None)
+        if code in TRANSIENT_CODES:
+            return code
+        match = _CODE.search(str(exc.args[0]) if exc.args else "")
+        if match and match.group(1) in TRANSIENT_CODES:
+            return match.group(1)
+    return OTHER_ERROR
+
+
+def store_error(exc):
+    """Count a Redis error by kind; raise StoreUnavailable for one that
+    means "not now". Returns (and the caller re-raises) any other."""
+    kind = store_error_kind(exc)
+    metrics.store_errors.labels(kind).inc()
+    if kind != OTHER_ERROR:
+        raise StoreUnavailable("{}: {}".format(kind, exc)) from exc
+    return exc
+
+
+REDIS_ERRORS = (redis.RedisError,)  # passed through store_error()
 
 
 def counts_dict(post_id, upvote, downvote, my_vote=None):
@@ -121,7 +183,8 @@ class VoteStorage:
         try:
             applied = self._apply(keys=keys, args=[self.mark_ttl, packed])
         except REDIS_ERRORS as exc:
-            raise StoreUnavailable(str(exc)) from exc
+            store_error(exc)
+            raise
         return max(applied, 0)
 
     def counts_many(self, queries):
@@ -134,7 +197,8 @@ class VoteStorage:
                         pipe.hget(KEY_VOTERS.format(post_id), voter_id)
                 replies = iter(pipe.execute())
         except REDIS_ERRORS as exc:
-            raise StoreUnavailable(str(exc)) from exc
+            store_error(exc)
+            raise
         results = []
         for post_id, voter_id in queries:
             upvote, downvote = next(replies)
@@ -163,7 +227,8 @@ class VoteStorage:
         try:
             flat = self._top(keys=[KEY_TOP], args=[limit, KEY_POST.format("")])
         except REDIS_ERRORS as exc:
-            raise StoreUnavailable(str(exc)) from exc
+            store_error(exc)
+            raise
         return [
             counts_dict(flat[i], flat[i + 1], flat[i + 2])
             for i in range(0, len(flat), 3)

@@ -14,6 +14,12 @@ retries = Counter(
     "Handler runs retried after a failure (Redis unavailable, mostly).")
 dead_lettered = Counter(
     "votes_dead_lettered_total", "Messages moved to the dead-letter queue.")
+store_errors = Counter(
+    "votes_store_errors_total",
+    "Redis errors met by the votes service, by kind: OOM, MISCONF, BUSY, "
+    "LOADING, READONLY, ... CONNECTION, TIMEOUT, AUTH are retried with "
+    "back-off for as long as they last; OTHER is a mistake, and an event "
+    "that keeps meeting it is dead-lettered.", ["kind"])
 apply_latency = Histogram(
     "votes_apply_duration_seconds", "Time to apply one vote_cast event.",
     buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
