@@ -27,6 +27,7 @@ import yaml
 from kombu import Connection, Producer
 from nameko.standalone.events import get_event_exchange
 from nameko.testing.utils import find_free_port
+from prometheus_client.parser import text_string_to_metric_families
 
 with warnings.catch_warnings():  # it imports pkg_resources, deprecated
     warnings.simplefilter("ignore")
@@ -221,6 +222,41 @@ class RedisServer:
     def kill(self):
         self.process.kill()
 
+    def used_memory(self):
+        with self.client() as client:
+            return int(client.info("memory")["used_memory"])
+
+    def set_maxmemory(self, limit):
+        with self.client() as client:
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", limit)
+
+    def fill_until_oom(self, headroom=2 << 20, sizes=(16 << 10, 512, 8),
+                       margin=512 << 10, max_keys=100000):
+        """Set maxmemory ``headroom`` bytes above what is used now (no
+        eviction), then write filler keys (``fill:<n>``) until Redis refuses
+        a write with OOM, with values of each of ``sizes`` in turn: the
+        query buffer of a big write counts too, so only a refused tiny one
+        leaves Redis over its limit. Then maxmemory goes ``margin`` bytes
+        under what is used, so that no write gets in until it is raised.
+        Returns the number of keys written."""
+        self.set_maxmemory(self.used_memory() + headroom)
+        n = 0
+        with self.client() as client:
+            for size in sizes:
+                while True:
+                    if n >= max_keys:
+                        raise AssertionError("no OOM after {} keys".format(n))
+                    try:
+                        client.set("fill:{}".format(n), "x" * size)
+                    except redis.exceptions.OutOfMemoryError:
+                        break
+                    n += 1
+        # freed client buffers would let some writes in now and then:
+        # hold the limit well under what is used
+        self.set_maxmemory(self.used_memory() - margin)
+        return n
+
 
 class Cluster:
     """The services of one test, on its own vhost and its own Redis."""
@@ -290,6 +326,20 @@ class Cluster:
             if fields and fields[0] == name:
                 return int(fields[1])
         return 0
+
+    def metrics(self, process):
+        """{(name, ((label, value), ...)): value} of the samples a votes
+        process serves on its METRICS_ADDRESS; {} when it does not answer."""
+        config = Path(process.argv[process.argv.index("--config") + 1])
+        address = yaml.safe_load(config.read_text())["METRICS_ADDRESS"]
+        try:
+            text = requests.get("http://{}/metrics".format(address),
+                                timeout=5).text
+        except requests.RequestException:
+            return {}
+        return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(text)
+                for sample in family.samples}
 
     def broker_answers(self):
         try:
