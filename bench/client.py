@@ -29,9 +29,11 @@ class Connection:
             self.writer.close()
             self.writer = None
 
-    async def request(self, method, path, body=None):
+    async def request(self, method, path, body=None, headers=None):
         head = "{} {} HTTP/1.1\r\nHost: {}:{}\r\n".format(
             method, path, self.host, self.port)
+        for name, value in (headers or {}).items():
+            head += "{}: {}\r\n".format(name, value)
         if body is not None:
             head += "Content-Type: application/json\r\nContent-Length: {}\r\n".format(
                 len(body))
@@ -73,14 +75,14 @@ class Pool:
         self.slots = asyncio.Semaphore(size)
         self.opened = 0
 
-    async def request(self, method, path, body=None):
+    async def request(self, method, path, body=None, headers=None):
         async with self.slots:
             conn = self.idle.pop() if self.idle else None
             if conn is None:
                 conn = await Connection(self.host, self.port).open()
                 self.opened += 1
             try:
-                result = await conn.request(method, path, body)
+                result = await conn.request(method, path, body, headers)
             except BaseException:
                 conn.close()
                 raise
@@ -100,15 +102,16 @@ def batch_body(votes):
     return json.dumps({"votes": votes}, separators=(",", ":")).encode()
 
 
-async def _post_batches(host, port, bodies, concurrency):
+async def _post_batches(host, port, bodies, concurrency, keys):
     pool = Pool(host, port, concurrency)
     accepted = 0
     failures = {}
 
-    async def post(body):
+    async def post(body, key):
         nonlocal accepted
+        headers = None if key is None else {"Idempotency-Key": key}
         try:
-            status, data = await pool.request("POST", "/votes", body)
+            status, data = await pool.request("POST", "/votes", body, headers)
         except (OSError, asyncio.IncompleteReadError) as exc:
             failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
             return
@@ -118,17 +121,20 @@ async def _post_batches(host, port, bodies, concurrency):
             failures[status] = failures.get(status, 0) + 1
 
     try:
-        await asyncio.gather(*(post(body) for body in bodies))
+        await asyncio.gather(*(post(body, key) for body, key in
+                               zip(bodies, keys or [None] * len(bodies), strict=True)))
     finally:
         pool.close()
     return accepted, failures
 
 
-def post_batches(host, port, bodies, concurrency=16):
-    """POST every body to /votes; returns (votes accepted, {failure: n}).
-    Every answer is read, so ``accepted`` is exact."""
+def post_batches(host, port, bodies, concurrency=16, keys=None):
+    """POST every body to /votes (body i with Idempotency-Key keys[i], if
+    given); returns (votes accepted, {failure: n}, seconds). Every answer
+    is read, so ``accepted`` is exact."""
     start = time.perf_counter()
-    accepted, failures = asyncio.run(_post_batches(host, port, bodies, concurrency))
+    accepted, failures = asyncio.run(
+        _post_batches(host, port, bodies, concurrency, keys))
     return accepted, failures, time.perf_counter() - start
 
 

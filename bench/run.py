@@ -39,6 +39,7 @@ PROFILES = {
         "memory_posts": 20_000,
         "memory_voter_votes": 20_000,
         "memory_voter_posts": 20,
+        "memory_keys": 10_000,
         "settle_timeout": 120.0,
     },
     "quick": {
@@ -56,6 +57,7 @@ PROFILES = {
         "memory_posts": 2_000,
         "memory_voter_votes": 2_000,
         "memory_voter_posts": 4,
+        "memory_keys": 1_000,
         "settle_timeout": 60.0,
     },
 }
@@ -536,6 +538,30 @@ class Bench:
                          store.execute_command("OBJECT", "ENCODING",
                                                "votes:voters:" + targets[0]),
                          store.execute_command("OBJECT", "ENCODING", "votes:top")))
+            # the same 1-vote requests without and with a key: the
+            # difference is what the keys' marks cost
+            k = self.p["memory_keys"]
+            body = client.batch_body([{"postId": targets[0], "score": 1}])
+            deltas = []
+            for keys in (None, ["bench-key-{}".format(i) for i in range(k)]):
+                before = self.data_bytes(store)
+                accepted, failed, _ = client.post_batches(
+                    host, port, [body] * k, 16, keys=keys)
+                self.accepted["memory keys"] = (
+                    self.accepted.get("memory keys", 0) + accepted)
+                self.settle("memory keys", posts, self.accepted["memory posts"]
+                            + self.accepted["memory voters"]
+                            + self.accepted["memory keys"])
+                deltas.append(self.data_bytes(store) - before)
+                if failed:
+                    self.notes.append("memory keys: failed requests {}".format(failed))
+            self.figures["key_bytes"] = (deltas[1] - deltas[0]) / k
+            self.row("Redis memory per Idempotency-Key", "{} B".format(
+                         fmt(self.figures["key_bytes"])), "",
+                     "{} 1-vote POST /votes with a key each, less the same "
+                     "without; MEMORY STATS delta".format(fmt(k)),
+                     "votes:once:<keyId> with its fingerprint, kept for "
+                     "IDEMPOTENCY_TTL")
             for failed in (failures, failures2):
                 if failed:
                     self.notes.append("memory: failed requests {}".format(failed))

@@ -1,5 +1,7 @@
 """Field rules shared by the gateway and the votes service: the one place
 that says what a post id, a voter id and a score are."""
+import hashlib
+import json
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, StringConstraints
@@ -17,3 +19,26 @@ def _int_only(value):
 
 # 0 retracts a voter's vote; only valid together with a voterId
 Score = Annotated[Literal[1, -1, 0], BeforeValidator(_int_only)]
+
+
+# Idempotency-Key (IETF draft "The Idempotency-Key HTTP Header Field"):
+# 1-128 visible ASCII characters, compared exactly
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,128}$"
+KEY_ID_PATTERN = r"^[0-9a-f]{32}$"
+FINGERPRINT_PATTERN = r"^[0-9a-f]{16}$"
+KeyId = Annotated[str, StringConstraints(pattern=KEY_ID_PATTERN)]
+Fingerprint = Annotated[str, StringConstraints(pattern=FINGERPRINT_PATTERN)]
+
+
+def key_id(idempotency_key):
+    """The store's name for a key: 32 hex digits whatever the key holds.
+    It is also the vote id answered for every try with that key."""
+    return hashlib.sha256(idempotency_key.encode("ascii")).hexdigest()[:32]
+
+
+def fingerprint(votes):
+    """What a keyed request asked for, [(postId, score, voterId), ...]: a
+    later try with the same key and another fingerprint is a conflict."""
+    canonical = json.dumps([[post, score, voter or ""] for post, score, voter in votes],
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -16,7 +16,13 @@ import eventlet
 from eventlet.semaphore import Semaphore
 from kombu import Connection, Consumer, Producer, Queue
 from kombu.exceptions import ChannelError
-from nameko.constants import AMQP_URI_CONFIG_KEY, DEFAULT_HEARTBEAT, HEARTBEAT_CONFIG_KEY
+from nameko.constants import (
+    AMQP_URI_CONFIG_KEY,
+    DEFAULT_HEARTBEAT,
+    DEFAULT_MAX_WORKERS,
+    HEARTBEAT_CONFIG_KEY,
+    MAX_WORKERS_CONFIG_KEY,
+)
 from nameko.extensions import DependencyProvider
 from nameko.rpc import get_rpc_exchange
 from nameko.standalone.events import get_event_exchange
@@ -24,6 +30,7 @@ from nameko.standalone.events import get_event_exchange
 from services.gateway import metrics
 from services.gateway.batching import Expired, GroupCommit
 from services.gateway.exceptions import BrokerUnavailable, ServiceUnavailable
+from services.settings import number
 
 _log = logging.getLogger(__name__)
 
@@ -104,8 +111,10 @@ class VotePublisher(DependencyProvider):
 
     def setup(self):
         config = self.container.config
-        self.timeout = float(config.get(
-            PUBLISH_TIMEOUT_CONFIG_KEY, DEFAULT_PUBLISH_TIMEOUT))
+        self.timeout = number(config, PUBLISH_TIMEOUT_CONFIG_KEY,
+                              DEFAULT_PUBLISH_TIMEOUT, 0.1, 60)
+        number(config, MAX_WORKERS_CONFIG_KEY, DEFAULT_MAX_WORKERS, 1, 10_000,
+               integer=True)
         self.exchange = get_event_exchange("gateway", config)
         queue = Queue(
             VOTES_QUEUE, exchange=self.exchange, routing_key=EVENT_TYPE,
@@ -192,9 +201,10 @@ class VotesReader(DependencyProvider):
     def setup(self):
         config = self.container.config
         self.amqp_uri = config[AMQP_URI_CONFIG_KEY]
-        self.heartbeat = config.get(HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT)
-        self.timeout = float(config.get(
-            READ_TIMEOUT_CONFIG_KEY, DEFAULT_READ_TIMEOUT))
+        self.heartbeat = number(config, HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT,
+                                0, 3600)
+        self.timeout = number(config, READ_TIMEOUT_CONFIG_KEY,
+                              DEFAULT_READ_TIMEOUT, 0.1, 60)
         self.exchange = get_rpc_exchange(config)
         self.reply_queue_name = "rpc.reply-gateway-{}".format(uuid.uuid4())
         self.link = _Link(self.amqp_uri, declare=(self.exchange,))
@@ -333,3 +343,43 @@ class VotesReader(DependencyProvider):
             finally:
                 self.listening = False
                 _close(connection)
+
+
+IDEMPOTENCY_TTL_CONFIG_KEY = "IDEMPOTENCY_TTL"
+DEFAULT_IDEMPOTENCY_TTL = 24 * 60 * 60
+MAX_RECENT_KEYS = 50_000  # about 13 MB at most
+
+
+class RecentKeys(DependencyProvider):
+    """Injects this process's memory of the Idempotency-Keys it answered
+    202 lately: key id -> the request's fingerprint. A retry it knows is
+    answered again without a publish; a key it knows coming back with
+    another request is refused. Keys it does not know (another gateway's,
+    or from before a restart) are published: the votes service counts a
+    key once whatever it gets."""
+
+    def setup(self):
+        self.ttl = number(self.container.config, IDEMPOTENCY_TTL_CONFIG_KEY,
+                          DEFAULT_IDEMPOTENCY_TTL, 1, 366 * 24 * 60 * 60,
+                          integer=True)
+        self.entries = {}  # key id -> (expires, fingerprint), oldest first
+
+    def get_dependency(self, worker_ctx):
+        return self
+
+    def get(self, key_id):
+        """The fingerprint of the request answered 202 for ``key_id``, or
+        None."""
+        entry = self.entries.get(key_id)
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            del self.entries[key_id]
+            return None
+        return entry[1]
+
+    def remember(self, key_id, fingerprint):
+        self.entries.pop(key_id, None)
+        self.entries[key_id] = (time.monotonic() + self.ttl, fingerprint)
+        while len(self.entries) > MAX_RECENT_KEYS:
+            del self.entries[next(iter(self.entries))]

@@ -17,6 +17,7 @@ from werkzeug.wrappers import Request, Response
 from services.gateway import metrics
 from services.gateway.exceptions import (
     BrokerUnavailable,
+    IdempotencyKeyReused,
     PostNotFound,
     ServiceUnavailable,
     ValidationError,
@@ -32,6 +33,7 @@ RETRY_AFTER_SECONDS = "1"
 ERRORS = (
     (ValidationError, 400, "VALIDATION_ERROR"),
     (PostNotFound, 404, "POST_NOT_FOUND"),
+    (IdempotencyKeyReused, 422, "IDEMPOTENCY_KEY_REUSED"),
     (BrokerUnavailable, 503, "BROKER_UNAVAILABLE"),
     (ServiceUnavailable, 503, "SERVICE_UNAVAILABLE"),
 )

@@ -12,3 +12,7 @@ class BrokerUnavailable(Exception):
 
 class ServiceUnavailable(Exception):
     """The votes service did not answer in time."""
+
+
+class IdempotencyKeyReused(Exception):
+    """An Idempotency-Key came back with a different request."""

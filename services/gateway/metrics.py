@@ -28,3 +28,9 @@ def observe_request(route, response, seconds):
     reason = getattr(response, "error_code", None)
     if reason is not None and route in VOTE_ROUTES:
         votes_refused.labels(reason).inc()
+
+
+idempotent_replays = Counter(
+    "gateway_idempotent_replays_total",
+    "Keyed vote requests answered again from this process's memory of the "
+    "key, without a publish.")

@@ -5,6 +5,7 @@ checked against the same strict models, so ``"1.0"``, ``"+1"``, ``true`` and
 ``"1"`` in JSON are all refused.
 """
 import json
+import re
 from typing import Annotated, List, Optional
 
 from pydantic import (
@@ -16,7 +17,7 @@ from pydantic import (
 )
 
 from services.gateway.exceptions import ValidationError as InvalidRequest
-from services.rules import Identifier, Score
+from services.rules import IDEMPOTENCY_KEY_PATTERN, Identifier, Score
 
 MAX_BATCH = 1000
 MAX_TOP = 100
@@ -147,3 +148,17 @@ def top_query(multidict):
         # plain decimal digits only: no sign, spaces or '1e2'
         values["limit"] = int(text) if text.isascii() and text.isdigit() and len(text) < 5 else text
     return _validate(TopQuery, values).limit
+
+
+IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+
+def idempotency_key(headers):
+    """The request's Idempotency-Key, or None; a malformed one is refused.
+    (WSGI joins a repeated header into one value, with commas.)"""
+    key = headers.get(IDEMPOTENCY_KEY_HEADER)
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidRequest("{}: must be 1-128 visible ASCII characters".format(
+            IDEMPOTENCY_KEY_HEADER))
+    return key

@@ -5,11 +5,13 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Response
 
+from services import rules
 from services.gateway import metrics, schemas
-from services.gateway.dependencies import VotePublisher, VotesReader
+from services.gateway.dependencies import RecentKeys, VotePublisher, VotesReader
 from services.gateway.entrypoints import http, json_response
 from services.gateway.exceptions import (
     BrokerUnavailable,
+    IdempotencyKeyReused,
     PostNotFound,
     ServiceUnavailable,
     ValidationError,
@@ -59,41 +61,70 @@ class GatewayService:
 
     cast_votes = VotePublisher()
     votes_rpc = VotesReader()
+    recent_keys = RecentKeys()
 
     clock = AcceptClock()
     new_vote_id = VoteIds()
 
-    def _accept(self, votes):
-        """Stamp votes with an id and the accept time, then queue them."""
+    def _accept(self, request, votes):
+        """Stamp votes with an id and the accept time, then queue them.
+        With an Idempotency-Key every try gets the same vote ids, and the
+        votes service counts the key's votes once."""
+        key = schemas.idempotency_key(request.headers)
+        key_id = fingerprint = None
+        if key is not None:
+            key_id = rules.key_id(key)
+            fingerprint = rules.fingerprint(
+                [(vote.postId, vote.score, vote.voterId) for vote in votes])
+            answered = self.recent_keys.get(key_id)
+            if answered is not None:
+                if answered != fingerprint:
+                    raise IdempotencyKeyReused(
+                        "this Idempotency-Key was used for another request")
+                metrics.idempotent_replays.inc()
+                return self._stamp(votes, key_id, fingerprint)
+        stamped = self._stamp(votes, key_id, fingerprint)
+        self.cast_votes(stamped)
+        if key_id is not None:
+            self.recent_keys.remember(key_id, fingerprint)
+        metrics.votes_accepted.inc(len(stamped))
+        return stamped
+
+    def _stamp(self, votes, key_id, fingerprint):
         stamped = []
-        for vote in votes:
+        for index, vote in enumerate(votes):
             entry = {
                 "voteId": self.new_vote_id(),
                 "postId": vote.postId,
                 "score": vote.score,
                 "ts": self.clock(),
             }
+            if key_id is not None:
+                entry["voteId"] = key_id if len(votes) == 1 else "{}-{}".format(
+                    key_id, index)
+                entry["key"], entry["fp"] = key_id, fingerprint
             if vote.voterId is not None:
                 entry["voterId"] = vote.voterId
             stamped.append(entry)
-        self.cast_votes(stamped)
-        metrics.votes_accepted.inc(len(stamped))
         return stamped
 
     @http("GET,POST", "/vote",
-          expected_exceptions=(ValidationError, BrokerUnavailable))
+          expected_exceptions=(ValidationError, IdempotencyKeyReused,
+                               BrokerUnavailable))
     def vote(self, request):
-        (entry,) = self._accept([_vote_fields(request)])
+        (entry,) = self._accept(request, [_vote_fields(request)])
         body = {"success": True}
         body.update(entry)
-        del body["ts"]
+        for internal in ("ts", "key", "fp"):
+            body.pop(internal, None)
         return json_response(202, body)
 
     @http("POST", "/votes",
-          expected_exceptions=(ValidationError, BrokerUnavailable))
+          expected_exceptions=(ValidationError, IdempotencyKeyReused,
+                               BrokerUnavailable))
     def votes(self, request):
         votes = schemas.batch_from_json(schemas.parse_json(request.get_data()))
-        self._accept(votes)
+        self._accept(request, votes)
         return json_response(202, {"success": True, "accepted": len(votes)})
 
     @http("GET", "/vote-counts",

@@ -2,68 +2,153 @@
 
 Redis layout (every key starts with ``votes:``):
 
-    votes:post:<postId>      hash    upvote, downvote (HINCRBY only)
-    votes:voters:<postId>    hash    voterId -> "<ts>:<voteId>:<score>"
-    votes:top                zset    postId scored by downvote - upvote
-    votes:applied:<eventId>  string  exactly-once mark, expires after
-                                     APPLIED_MARK_TTL seconds
+    votes:post:<postId>       hash    upvote, downvote (HINCRBY only)
+    votes:voters:<postId>     hash    voterId -> "<ts>:<voteId>:<score>"
+    votes:retracted:<postId>  hash    voterId -> "<ts>:<voteId>" of recent
+                                      retractions; the key expires
+                                      RETRACTION_TTL seconds after the last
+    votes:top                 zset    postId scored by downvote - upvote
+    votes:applied:<eventId>   string  exactly-once mark of an event, expires
+                                      after APPLIED_MARK_TTL seconds
+    votes:once:<keyId>        string  an Idempotency-Key's mark (the request's
+                                      fingerprint), expires after
+                                      IDEMPOTENCY_TTL seconds
 """
+import collections
 import json
 import re
 
 import redis
+from nameko.constants import DEFAULT_MAX_WORKERS, MAX_WORKERS_CONFIG_KEY
 from nameko_redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from services.settings import number
 from services.votes import metrics
 from services.votes.exceptions import NotFound, StoreUnavailable
 
 REDIS_KEY = "votes"  # the entry of REDIS_URIS this service uses
 MARK_TTL_CONFIG_KEY = "APPLIED_MARK_TTL"
 DEFAULT_MARK_TTL = 24 * 60 * 60
+IDEMPOTENCY_TTL_CONFIG_KEY = "IDEMPOTENCY_TTL"
+DEFAULT_IDEMPOTENCY_TTL = 24 * 60 * 60
+CLOCK_SKEW_CONFIG_KEY = "MAX_CLOCK_SKEW"
+DEFAULT_CLOCK_SKEW = 2.0
+RETRACTION_TTL_CONFIG_KEY = "RETRACTION_TTL"
+DEFAULT_RETRACTION_TTL = 60 * 60
 
 KEY_POST = "votes:post:{}"
 KEY_VOTERS = "votes:voters:{}"
 KEY_TOP = "votes:top"
 KEY_APPLIED = "votes:applied:{}"
+KEY_RETRACTED = "votes:retracted:{}"
+KEY_ONCE = "votes:once:{}"
 
 # One atomic step per event: the mark, every vote and the leaderboard.
-# A redelivered event finds its mark and changes nothing.  Per voter the
-# vote with the latest (ts, voteId) wins, whatever order events arrive in.
+# A redelivered event finds its mark and changes nothing; a vote sent with
+# an Idempotency-Key counts once per key, in whichever event it comes.  Per
+# voter the vote with the latest (ts, voteId) wins, whatever order events
+# arrive in.
 APPLY_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+-- every input is checked before the first write: an error that can be
+-- foreseen changes nothing, so a retry can never add a vote twice
+local mark_ttl, once_ttl = tonumber(ARGV[1]), tonumber(ARGV[3])
+local skew, retract_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+if not (mark_ttl and mark_ttl >= 1 and once_ttl and once_ttl >= 1
+        and skew and skew >= 0 and retract_ttl and retract_ttl >= 1) then
+  return redis.error_reply('ERR apply: bad arguments')
+end
 local votes = cjson.decode(ARGV[2])
+-- the event's mark is the first write
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', mark_ttl) then
+  return {-1, 0, 0}
+end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local function later(ts, id, than_ts, than_id)
+  return ts > than_ts or (ts == than_ts and id > than_id)
+end
+local applied, replayed, conflicts = 0, 0, 0
+local once, seen = {}, {}
 for i, vote in ipairs(votes) do
-  local post_key, voters_key = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
-  local post_id, score, voter = vote[1], vote[2], vote[3]
-  local up, down = 0, 0
-  if voter == '' then
-    if score == 1 then up = 1 else down = 1 end
-  else
-    -- ts travels as text: a Lua number would print as 1.7e+15
-    local ts, vote_id = vote[4], vote[5]
-    local newer, prev_score = true, 0
-    local prev = redis.call('HGET', voters_key, voter)
-    if prev then
-      local pts, pid, ps = string.match(prev, '^(%d+):([^:]+):(-?%d)$')
-      pts = tonumber(pts)
-      local t = tonumber(ts)
-      if pts > t or (pts == t and pid >= vote_id) then newer = false end
-      prev_score = tonumber(ps)
+  local post_id, score, voter, vote_id = vote[1], vote[2], vote[3], vote[5]
+  local base = 2 + 3 * (i - 1)
+  local post_key, voters_key, retracted_key = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
+  local fresh = true
+  if vote[6] > 0 then
+    -- a vote sent with an Idempotency-Key: applied once per key, whatever
+    -- event carries it; copies of one request share their vote ids
+    local once_key = KEYS[vote[6]]
+    local state = once[once_key]
+    if state == nil then
+      local prior = redis.call('GET', once_key)
+      if prior == false then
+        redis.call('SET', once_key, vote[7], 'EX', once_ttl)
+        state = 'new'
+      elseif prior == vote[7] then
+        state = 'replay'
+      else
+        state = 'conflict'
+      end
+      once[once_key] = state
     end
-    if newer then
-      redis.call('HSET', voters_key, voter, ts .. ':' .. vote_id .. ':' .. score)
-      if prev_score == 1 then up = -1 elseif prev_score == -1 then down = -1 end
-      if score == 1 then up = up + 1 elseif score == -1 then down = down + 1 end
+    if state == 'new' and not seen[vote_id] then
+      seen[vote_id] = true
+    else
+      fresh = false
+      if state == 'conflict' then conflicts = conflicts + 1 else replayed = replayed + 1 end
     end
   end
-  local u = redis.call('HINCRBY', post_key, 'upvote', up)
-  local d = redis.call('HINCRBY', post_key, 'downvote', down)
-  redis.call('ZADD', KEYS[2], d - u, post_id)
+  if fresh then
+    applied = applied + 1
+    local up, down = 0, 0
+    if voter == '' then
+      if score == 1 then up = 1 else down = 1 end
+    else
+      -- a time ahead of the store's clock by more than the allowed skew is
+      -- not trusted: the vote takes the store's time instead
+      local ts = tonumber(vote[4])
+      if ts > now + skew then ts = now end
+      local ts_text = string.format('%.0f', ts)
+      local newer, prev_score = true, 0
+      local prev = redis.call('HGET', voters_key, voter)
+      if prev then
+        local pts, pid, ps = string.match(prev, '^(%d+):([^:]+):(-?%d)$')
+        if pts then
+          newer = later(ts, vote_id, tonumber(pts), pid)
+          prev_score = tonumber(ps)
+        end
+      else
+        -- a recent retraction outranks an older vote that arrives late
+        local gone = redis.call('HGET', retracted_key, voter)
+        if gone then
+          local gts, gid = string.match(gone, '^(%d+):([^:]+)$')
+          if gts then newer = later(ts, vote_id, tonumber(gts), gid) end
+          if newer and score ~= 0 then redis.call('HDEL', retracted_key, voter) end
+        end
+      end
+      if newer then
+        if score == 0 then
+          if prev then redis.call('HDEL', voters_key, voter) end
+          redis.call('HSET', retracted_key, voter, ts_text .. ':' .. vote_id)
+          redis.call('EXPIRE', retracted_key, retract_ttl)
+        else
+          redis.call('HSET', voters_key, voter, ts_text .. ':' .. vote_id .. ':' .. score)
+        end
+        if prev_score == 1 then up = -1 elseif prev_score == -1 then down = -1 end
+        if score == 1 then up = up + 1 elseif score == -1 then down = down + 1 end
+      end
+    end
+    -- no change, no write: retracting nothing creates no post
+    if up ~= 0 or down ~= 0 then
+      local u = redis.call('HINCRBY', post_key, 'upvote', up)
+      local d = redis.call('HINCRBY', post_key, 'downvote', down)
+      redis.call('ZADD', KEYS[2], d - u, post_id)
+    end
+  end
 end
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
-return #votes
+return {applied, replayed, conflicts}
 """
 
 # ZRANGE and the counts in one step, so the list is never torn.
@@ -139,7 +224,11 @@ def store_error(exc):
     return exc
 
 
-REDIS_ERRORS = (redis.RedisError,)  # passed through store_error()
+REDIS_ERRORS = (redis.RedisError,)
+
+Applied = collections.namedtuple("Applied", "votes replayed conflicts")
+Limits = collections.namedtuple(
+    "Limits", "mark_ttl idempotency_ttl clock_skew retraction_ttl")  # passed through store_error()
 
 
 def counts_dict(post_id, upvote, downvote, my_vote=None):
@@ -162,30 +251,46 @@ def _voter_score(entry):
 class VoteStorage:
     """The domain verbs over one Redis client; safe to share among workers."""
 
-    def __init__(self, client, mark_ttl):
+    def __init__(self, client, limits):
         self.client = client
-        self.mark_ttl = mark_ttl
+        self.limits = limits
         self._apply = client.register_script(APPLY_SCRIPT)
         self._top = client.register_script(TOP_SCRIPT)
 
     def apply(self, event_id, votes):
-        """Apply the votes of one event, once. Returns how many were applied
-        (0 when the event had been applied before)."""
+        """Apply the votes of one event, once. Returns Applied: how many
+        votes were applied, and how many keyed votes were skipped as
+        replays of their key or as conflicts with it (all 0 when the event
+        had been applied before)."""
         # every key is named in KEYS (as Redis Cluster requires); the votes
         # travel as one JSON argument, far cheaper to pack than five each
         keys = [KEY_APPLIED.format(event_id), KEY_TOP]
         for vote in votes:
-            keys += [KEY_POST.format(vote.postId), KEY_VOTERS.format(vote.postId)]
-        packed = json.dumps([
-            [vote.postId, vote.score, vote.voterId or "", str(vote.ts), vote.voteId]
-            for vote in votes
-        ], separators=(",", ":"))
+            keys += [KEY_POST.format(vote.postId), KEY_VOTERS.format(vote.postId),
+                     KEY_RETRACTED.format(vote.postId)]
+        once = {}
+        packed = []
+        for vote in votes:
+            slot = 0
+            if vote.key is not None:
+                slot = once.get(vote.key)
+                if slot is None:
+                    keys.append(KEY_ONCE.format(vote.key))
+                    slot = once[vote.key] = len(keys)  # Lua counts from 1
+            packed.append([vote.postId, vote.score, vote.voterId or "",
+                           str(vote.ts), vote.voteId, slot, vote.fp or ""])
+        limits = self.limits
         try:
-            applied = self._apply(keys=keys, args=[self.mark_ttl, packed])
+            result = self._apply(keys=keys, args=[
+                limits.mark_ttl, json.dumps(packed, separators=(",", ":")),
+                limits.idempotency_ttl, int(limits.clock_skew * 1_000_000),
+                limits.retraction_ttl,
+            ])
         except REDIS_ERRORS as exc:
             store_error(exc)
             raise
-        return max(applied, 0)
+        applied, replayed, conflicts = result
+        return Applied(max(applied, 0), replayed, conflicts)
 
     def counts_many(self, queries):
         """[(post_id, voter_id or None), ...] -> [counts or None, ...]"""
@@ -235,6 +340,24 @@ class VoteStorage:
         ]
 
 
+def read_limits(config):
+    """The store's settings, checked: a TTL of 0 would make Redis refuse
+    every mark, and a negative skew would refuse every voter."""
+    year = 366 * 24 * 60 * 60
+    number(config, MAX_WORKERS_CONFIG_KEY, DEFAULT_MAX_WORKERS, 1, 10_000,
+           integer=True)
+    return Limits(
+        mark_ttl=number(config, MARK_TTL_CONFIG_KEY, DEFAULT_MARK_TTL,
+                        1, year, integer=True),
+        idempotency_ttl=number(config, IDEMPOTENCY_TTL_CONFIG_KEY,
+                               DEFAULT_IDEMPOTENCY_TTL, 1, year, integer=True),
+        clock_skew=number(config, CLOCK_SKEW_CONFIG_KEY, DEFAULT_CLOCK_SKEW,
+                          0, 3600),
+        retraction_ttl=number(config, RETRACTION_TTL_CONFIG_KEY,
+                              DEFAULT_RETRACTION_TTL, 1, year, integer=True),
+    )
+
+
 class VoteStore(Redis):
     """nameko-redis provider that injects VoteStorage and closes its pool."""
 
@@ -251,12 +374,11 @@ class VoteStore(Redis):
 
     def setup(self):
         super().setup()
-        self.mark_ttl = int(
-            self.container.config.get(MARK_TTL_CONFIG_KEY, DEFAULT_MARK_TTL))
+        self.limits = read_limits(self.container.config)
 
     def start(self):
         super().start()
-        self.storage = VoteStorage(self.client, self.mark_ttl)
+        self.storage = VoteStorage(self.client, self.limits)
 
     def stop(self):
         self.client.close()

@@ -15,6 +15,7 @@ This one:
 Its queue consumer (and the one of ``rpc`` here) also survives the broker
 going away: see ResilientQueueConsumer.
 """
+import hashlib
 import logging
 import random
 import time
@@ -29,6 +30,7 @@ from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.contextdata import ContextDataProvider
 from nameko.events import EventHandler
 from nameko.messaging import QueueConsumer
 from nameko.web.handlers import HttpRequestHandler
@@ -256,8 +258,13 @@ class ResilientRpcConsumer(nameko.rpc.RpcConsumer):
             return result, exc_info
 
 
+REQUEST_ID_CONTEXT_KEY = "rpc_request_id"
+
+
 class Rpc(nameko.rpc.Rpc):
-    """nameko's ``rpc`` on a ResilientQueueConsumer."""
+    """nameko's ``rpc`` on a ResilientQueueConsumer, which also hands the
+    worker a request id: the request's correlation id, the same on every
+    delivery of one request (nameko passes it to the responder alone)."""
 
     rpc_consumer = ResilientRpcConsumer()
 
@@ -289,6 +296,21 @@ class MetricsServer(WebServer):
 
 class MetricsHttp(HttpRequestHandler):
     server = MetricsServer()
+
+    def unpack_message_headers(self, message):
+        context_data = super().unpack_message_headers(message)
+        correlation_id = message.properties.get("correlation_id")
+        if correlation_id:
+            context_data[REQUEST_ID_CONTEXT_KEY] = hashlib.sha256(
+                str(correlation_id).encode()).hexdigest()[:32]
+        return context_data
+
+
+class RequestId(ContextDataProvider):
+    """Injects the id of the RPC request being served (None if the caller
+    sent no correlation id)."""
+
+    context_key = REQUEST_ID_CONTEXT_KEY
 
 
 metrics_http = MetricsHttp.decorator

@@ -26,3 +26,10 @@ apply_latency = Histogram(
 event_votes = Histogram(
     "votes_event_votes", "Votes per vote_cast event.",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000))
+key_replays = Counter(
+    "votes_idempotent_replays_total",
+    "Votes skipped because their Idempotency-Key had been applied before.")
+key_conflicts = Counter(
+    "votes_idempotency_conflicts_total",
+    "Votes skipped because their Idempotency-Key had been used for another "
+    "vote.")

@@ -9,12 +9,19 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     TypeAdapter,
     ValidationError,
     model_validator,
 )
 
-from services.rules import Identifier, Score
+from services.rules import (
+    IDEMPOTENCY_KEY_PATTERN,
+    Fingerprint,
+    Identifier,
+    KeyId,
+    Score,
+)
 from services.votes.exceptions import InvalidVote
 
 MAX_EVENT_VOTES = 2000
@@ -29,13 +36,19 @@ class Vote(BaseModel):
     postId: Identifier
     score: Score
     voterId: Optional[Identifier] = None
-    # microseconds since the epoch at which the vote was accepted
+    # microseconds since the epoch at which the vote was accepted; the
+    # store does not trust one ahead of its own clock by over MAX_CLOCK_SKEW
     ts: Annotated[int, Field(gt=0, lt=2 ** 53)]
+    # with an Idempotency-Key: the key's id and the request's fingerprint
+    key: Optional[KeyId] = None
+    fp: Optional[Fingerprint] = None
 
     @model_validator(mode="after")
     def _retraction_needs_voter(self):
         if self.score == 0 and self.voterId is None:
             raise ValueError("score 0 (retraction) needs a voterId")
+        if (self.key is None) != (self.fp is None):
+            raise ValueError("key and fp go together")
         return self
 
 
@@ -90,3 +103,15 @@ def parse_queries(queries):
         return _queries.validate_python(queries, strict=False)
     except ValidationError as exc:
         raise InvalidVote(_describe(exc)) from None
+
+
+_idempotency_key = TypeAdapter(Annotated[str, StringConstraints(
+    pattern=IDEMPOTENCY_KEY_PATTERN)])
+
+
+def parse_idempotency_key(value):
+    try:
+        return _idempotency_key.validate_python(value, strict=True)
+    except ValidationError:
+        raise InvalidVote(
+            "idempotency_key: must be 1-128 visible ASCII characters") from None

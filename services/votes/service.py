@@ -5,16 +5,13 @@ import uuid
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Response
 
+from services import rules
 from services.votes import metrics, schemas
 from services.votes.dependencies import VoteStore
-from services.votes.entrypoints import event_handler, metrics_http, rpc
+from services.votes.entrypoints import RequestId, event_handler, metrics_http, rpc
 from services.votes.exceptions import InvalidVote, NotFound, StoreUnavailable
 
 MAX_TOP = 100
-
-
-def _new_id():
-    return uuid.uuid4().hex
 
 
 class VotesService:
@@ -23,6 +20,7 @@ class VotesService:
     name = "votes"
 
     store = VoteStore()
+    request_id = RequestId()
 
     @event_handler(
         "gateway", "vote_cast",
@@ -33,23 +31,37 @@ class VotesService:
     def handle_vote_cast(self, event):
         metrics.event_votes.observe(len(event.votes))
         with metrics.apply_latency.time():
-            applied = self.store.apply(event.id, event.votes)
-        if applied:
-            metrics.votes_applied.inc(applied)
-        else:
-            metrics.events_duplicate.inc()
+            self._apply(event.id, event.votes)
 
-    @rpc(expected_exceptions=(InvalidVote, StoreUnavailable))
-    def vote(self, post_id, score, voter_id=None):
-        """Apply one vote now and return the post's counts."""
-        vote = schemas.parse_vote({
-            "voteId": _new_id(),
+    def _apply(self, event_id, votes):
+        applied = self.store.apply(event_id, votes)
+        if applied.votes:
+            metrics.votes_applied.inc(applied.votes)
+        elif not (applied.replayed or applied.conflicts):
+            metrics.events_duplicate.inc()
+        metrics.key_replays.inc(applied.replayed)
+        metrics.key_conflicts.inc(applied.conflicts)
+
+    @rpc(expected_exceptions=(InvalidVote, NotFound, StoreUnavailable))
+    def vote(self, post_id, score, voter_id=None, idempotency_key=None):
+        """Apply one vote now and return the post's counts. A redelivered
+        request applies nothing more; with ``idempotency_key``, neither does
+        any later call with the same key (within IDEMPOTENCY_TTL)."""
+        request_id = self.request_id or uuid.uuid4().hex
+        fields = {
+            "voteId": request_id,
             "postId": post_id,
             "score": score,
             "voterId": voter_id,
             "ts": time.time_ns() // 1000,
-        })
-        metrics.votes_applied.inc(self.store.apply(vote.voteId, [vote]))
+        }
+        if idempotency_key is not None:
+            key = schemas.parse_idempotency_key(idempotency_key)
+            fields["voteId"] = fields["key"] = rules.key_id(key)
+            fields["fp"] = rules.fingerprint([(post_id, score, voter_id)])
+        vote = schemas.parse_vote(fields)
+        self._apply("rpc-" + request_id, [vote])
+        # NotFound after retracting on a post nobody voted on: it creates none
         return self.store.counts(post_id, voter_id)
 
     @rpc(expected_exceptions=(InvalidVote, NotFound, StoreUnavailable))

@@ -11,7 +11,8 @@ ROWS = (
     "bare @http GET /vote, c=16", "single votes GET /vote, c=16",
     "reads GET /vote-counts, c=64", "batch votes POST /votes x100",
     "drain of batches: one votes process", "202 -> visible in /vote-counts",
-    "Redis memory per voter vote", "peak RSS, gateway",
+    "Redis memory per voter vote", "Redis memory per Idempotency-Key",
+    "peak RSS, gateway",
 )
 
 

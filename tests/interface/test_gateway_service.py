@@ -9,6 +9,7 @@ from amqp.exceptions import NotFound
 from kombu import Connection
 from nameko.rpc import rpc
 
+from services import rules
 from services.gateway.service import GatewayService
 
 VOTES_QUEUE = "evt-gateway-vote_cast--votes.handle_vote_cast"
@@ -129,6 +130,15 @@ BAD_REQUESTS = [
     ("GET", "/vote-counts?postId=a/b", {}, 400, "postId: " + ID_RULE),
     ("GET", "/posts/top?limit=0", {}, 400, "limit: must be an integer from 1 to 100"),
     ("GET", "/posts/top?limit=abc", {}, 400, "limit: must be an integer from 1 to 100"),
+] + [
+    (method, path, dict(body, headers={"Idempotency-Key": key}), 400,
+     "Idempotency-Key: must be 1-128 visible ASCII characters")
+    for key in ("", "a b", "k" * 129, "caf\xe9", "tab\there")
+    for method, path, body in (
+        ("GET", "/vote?postId=348&score=1", {}),
+        ("POST", "/vote", {"json": {"postId": "348", "score": 1}}),
+        ("POST", "/votes", {"json": {"votes": [{"postId": "348", "score": 1}]}}),
+    )
 ]
 
 
@@ -147,7 +157,7 @@ def test_bad_input_gets_json_error_and_queues_nothing(
      {"error": "URI_TOO_LONG", "message": "request line is longer than 8192 bytes"},
      None),
     ("DELETE", "/vote", {}, 405,
-     {"error": "METHOD_NOT_ALLOWED", "message": "method not allowed"}, "GET, HEAD, POST"),
+     {"error": "METHOD_NOT_ALLOWED", "message": "method not allowed"}, "GET, POST"),
     ("GET", "/votes", {}, 405,
      {"error": "METHOD_NOT_ALLOWED", "message": "method not allowed"}, "POST"),
     ("POST", "/votes", {"data": b"x" * (1024 * 1024 + 1),
@@ -223,3 +233,51 @@ def test_unparseable_requests_get_json(gateway, web_port, config, raw, status, b
     assert b"Content-Type: application/json" in head
     assert json.loads(payload) == body
     assert queued_events(config["AMQP_URI"]) == []
+
+
+KEY_REUSED = {"error": "IDEMPOTENCY_KEY_REUSED",
+              "message": "this Idempotency-Key was used for another request"}
+
+
+def test_keyed_vote_answers_every_try_alike(gateway, web_session, config):
+    key = {"Idempotency-Key": "3f6c1f1e-order-17"}
+    answers = [web_session.get("/vote?postId=348&score=1&voterId=ann", headers=key)
+               for _ in range(3)]
+    answers.append(web_session.post(
+        "/vote", json={"postId": "348", "score": 1, "voterId": "ann"}, headers=key))
+    key_id = rules.key_id("3f6c1f1e-order-17")
+    for response in answers:
+        assert_json(response, 202, {"success": True, "voteId": key_id,
+                                    "postId": "348", "score": 1, "voterId": "ann"})
+    # the tries after the first were answered from memory: one event
+    (event,) = queued_events(config["AMQP_URI"])
+    (vote,) = event["votes"]
+    del vote["ts"]
+    assert vote == {"voteId": key_id, "postId": "348", "score": 1, "voterId": "ann",
+                    "key": key_id, "fp": rules.fingerprint([("348", 1, "ann")])}
+
+
+def test_keyed_batch(gateway, web_session, config):
+    key = {"Idempotency-Key": "batch-1"}
+    body = {"votes": [{"postId": "a", "score": 1}, {"postId": "b", "score": -1}]}
+    for _ in range(2):
+        assert_json(web_session.post("/votes", json=body, headers=key), 202,
+                    {"success": True, "accepted": 2})
+    (event,) = queued_events(config["AMQP_URI"])
+    key_id = rules.key_id("batch-1")
+    assert [(v["voteId"], v["key"]) for v in event["votes"]] == [
+        (key_id + "-0", key_id), (key_id + "-1", key_id)]
+
+
+@pytest.mark.parametrize("second", [
+    lambda s, key: s.get("/vote?postId=348&score=-1", headers=key),
+    lambda s, key: s.get("/vote?postId=349&score=1", headers=key),
+    lambda s, key: s.get("/vote?postId=348&score=1&voterId=bob", headers=key),
+    lambda s, key: s.post("/votes", json={"votes": [{"postId": "348", "score": 1}] * 2},
+                          headers=key),
+])
+def test_a_key_reused_for_another_vote_is_refused(gateway, web_session, config, second):
+    key = {"Idempotency-Key": "k-reused"}
+    assert web_session.get("/vote?postId=348&score=1", headers=key).status_code == 202
+    assert_json(second(web_session, key), 422, KEY_REUSED)
+    assert len(queued_events(config["AMQP_URI"])) == 1

@@ -3,14 +3,19 @@ import json
 import time
 
 import pytest
+import redis
 import yaml
 from amqp.exceptions import ChannelError
-from kombu import Connection, Exchange, Producer
+from kombu import Connection, Exchange, Producer, Queue
+from nameko.exceptions import ConfigurationError, RemoteError
 from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ServiceRpcProxy
 from nameko.testing.services import entrypoint_waiter
 
+from services import rules
 from services.votes import dead_letters as dead_letter_tool
+from services.votes import schemas
+from services.votes.dependencies import Limits, VoteStorage
 from services.votes.entrypoints import DEAD_LETTER_EXCHANGE
 from services.votes.entrypoints import DEAD_LETTER_QUEUE as DEAD_LETTERS
 from services.votes.service import VotesService
@@ -197,10 +202,151 @@ def test_latest_vote_wins_out_of_order_and_redelivered(votes, dispatch, rpc):
 
 
 def test_retraction_that_arrives_first_still_wins(votes, dispatch, rpc):
+    cast(votes, dispatch, make_event(make_vote(voterId="bob", score=1, ts=5)))
     cast(votes, dispatch, make_event(make_vote(voterId="ann", score=0, ts=20)))
     cast(votes, dispatch, make_event(make_vote(voterId="ann", score=1, ts=19)))
     assert rpc.get_counts("348", "ann") == {
+        "postId": "348", "upvote": 1, "downvote": 0, "score": 1, "myVote": 0}
+
+
+def test_retracting_nothing_creates_nothing(votes, dispatch, rpc, redis_client):
+    cast(votes, dispatch, make_event(make_vote(postId="empty", voterId="ann", score=0)))
+    with pytest.raises(RemoteError) as raised:
+        rpc.get_counts("empty")
+    assert raised.value.exc_type == "NotFound"
+    assert redis_client.keys("votes:post:*") == []
+    assert redis_client.zrange("votes:top", 0, -1) == []
+    with pytest.raises(RemoteError) as raised:
+        rpc.vote("empty", 0, voter_id="bob")
+    assert raised.value.exc_type == "NotFound"
+
+
+def test_retraction_removes_the_voter_entry(votes, dispatch, rpc, redis_client):
+    cast(votes, dispatch, make_event(make_vote(voterId="ann", score=1, ts=10)))
+    cast(votes, dispatch, make_event(make_vote(voterId="bob", score=-1, ts=11)))
+    cast(votes, dispatch, make_event(make_vote(voterId="ann", score=0, ts=12)))
+    assert redis_client.hkeys("votes:voters:348") == ["bob"]
+    cast(votes, dispatch, make_event(make_vote(voterId="bob", score=0, ts=13)))
+    assert redis_client.exists("votes:voters:348") == 0
+    # what remembers the retractions expires on its own
+    assert 0 < redis_client.ttl("votes:retracted:348") <= 3600
+    assert rpc.get_counts("348", "ann") == {
         "postId": "348", "upvote": 0, "downvote": 0, "score": 0, "myVote": 0}
+    # a later vote of ann's counts again
+    cast(votes, dispatch, make_event(make_vote(voterId="ann", score=-1, ts=14)))
+    assert rpc.get_counts("348", "ann")["downvote"] == 1
+    assert redis_client.hkeys("votes:retracted:348") == ["bob"]
+
+
+def now_us():
+    return time.time_ns() // 1000
+
+
+@pytest.mark.parametrize("ahead_us", [10_000_000, 2 ** 53 - 1])
+def test_votes_from_the_future_do_not_lock_a_voter(votes, dispatch, rpc, redis_client,
+                                                   ahead_us):
+    """A gateway 10 s fast, or an event with ts 2**53-1: the store takes
+    its own time for such a vote, so the voter's next vote wins."""
+    future = min(now_us() + ahead_us, 2 ** 53 - 1)
+    cast(votes, dispatch, make_event(make_vote(voterId="ann", score=1, ts=future)))
+    entry_ts = int(redis_client.hget("votes:voters:348", "ann").split(":")[0])
+    assert entry_ts <= now_us()
+    cast(votes, dispatch, make_event(make_vote(voterId="ann", score=-1, ts=now_us())))
+    assert rpc.get_counts("348", "ann") == {
+        "postId": "348", "upvote": 0, "downvote": 1, "score": -1, "myVote": -1}
+
+
+def test_a_time_within_the_allowed_skew_is_kept(votes, dispatch, redis_client):
+    ts = now_us() + 1_000_000  # 1 s ahead; MAX_CLOCK_SKEW is 2 s
+    cast(votes, dispatch, make_event(make_vote(voterId="ann", score=1, ts=ts)))
+    assert redis_client.hget("votes:voters:348", "ann").startswith(str(ts) + ":")
+
+
+def test_keyed_votes_count_once_per_key(votes, dispatch, rpc, redis_client):
+    key, other = rules.key_id("k-1"), rules.key_id("k-2")
+    fp = rules.fingerprint([("348", 1, None)])
+    keyed = make_vote(voteId=key, key=key, fp=fp)
+    # the first try, a retry in another event, and two copies in one event
+    cast(votes, dispatch, make_event(keyed))
+    cast(votes, dispatch, make_event(dict(keyed, ts=keyed["ts"] + 1)))
+    cast(votes, dispatch, make_event(keyed, keyed))
+    # the same key with another vote: not counted
+    cast(votes, dispatch, make_event(make_vote(voteId=key, key=key, score=-1,
+                                               fp=rules.fingerprint([("348", -1, None)]))))
+    # a batch under one key: every vote counts, once
+    batch_fp = rules.fingerprint([("348", 1, None), ("348", -1, None)])
+    batch = [make_vote(voteId=other + "-0", key=other, fp=batch_fp),
+             make_vote(voteId=other + "-1", key=other, fp=batch_fp, score=-1)]
+    cast(votes, dispatch, make_event(*batch))
+    cast(votes, dispatch, make_event(*batch))
+    assert rpc.get_counts("348") == {
+        "postId": "348", "upvote": 2, "downvote": 1, "score": 1}
+    assert redis_client.get("votes:once:" + key) == fp
+    assert 86000 < redis_client.ttl("votes:once:" + key) <= 86400
+
+
+def test_rpc_vote_with_an_idempotency_key(votes, rpc):
+    for _ in range(3):
+        assert rpc.vote("348", 1, idempotency_key="op-1") == {
+            "postId": "348", "upvote": 1, "downvote": 0, "score": 1}
+    # reused for another vote: nothing more is counted
+    assert rpc.vote("348", -1, idempotency_key="op-1") == {
+        "postId": "348", "upvote": 1, "downvote": 0, "score": 1}
+
+
+def test_redelivered_rpc_vote_counts_once(votes, rpc, config):
+    """The same request (one correlation id) delivered twice, as after a
+    votes process dies before it acks: one vote."""
+    rpc_exchange = Exchange("nameko-rpc", type="topic", durable=True)
+    with Connection(config["AMQP_URI"]) as connection:
+        channel = connection.channel()
+        reply_queue = Queue("test-replies", exchange=rpc_exchange,
+                            routing_key="test-replies", exclusive=True,
+                            channel=channel)
+        reply_queue.declare()
+        producer = Producer(channel)
+        for _ in range(2):
+            producer.publish(
+                {"args": ["348", -1], "kwargs": {}},
+                exchange=rpc_exchange,
+                routing_key="votes.vote", reply_to="test-replies",
+                correlation_id="request-1", serializer="json")
+        replies = []
+        deadline = time.monotonic() + 10
+        while len(replies) < 2 and time.monotonic() < deadline:
+            message = reply_queue.get(no_ack=True)
+            if message is None:
+                time.sleep(0.05)
+            else:
+                replies.append(json.loads(message.body)["result"])
+    assert replies == [{"postId": "348", "upvote": 0, "downvote": 1, "score": -1}] * 2
+
+
+@pytest.mark.parametrize("key, value", [
+    ("APPLIED_MARK_TTL", 0), ("APPLIED_MARK_TTL", -5), ("APPLIED_MARK_TTL", "1d"),
+    ("APPLIED_MARK_TTL", 1.5), ("IDEMPOTENCY_TTL", 0), ("MAX_CLOCK_SKEW", -1),
+    ("RETRACTION_TTL", "never"),
+])
+def test_bad_numeric_settings_refuse_to_start(container_factory, config, key, value):
+    container = container_factory(VotesService, dict(config, **{key: value}))
+    with pytest.raises(ConfigurationError) as raised:
+        container.start()
+    assert str(raised.value).startswith("{} must be".format(key))
+    assert "(got {!r})".format(value) in str(raised.value)
+
+
+def test_the_apply_script_writes_nothing_on_bad_arguments(redis_uri, redis_client):
+    """A mark TTL Redis refuses is checked before the first write, so a
+    retry can never add the votes again."""
+    client = redis.Redis.from_url(redis_uri, decode_responses=True)
+    storage = VoteStorage(client, Limits(mark_ttl=0, idempotency_ttl=60,
+                                         clock_skew=2.0, retraction_ttl=60))
+    vote = schemas.parse_vote(make_vote(voterId="ann"))
+    for _ in range(3):
+        with pytest.raises(redis.ResponseError):
+            storage.apply("e1", [vote])
+    assert redis_client.keys("*") == []
+    client.close()
 
 
 def test_voter_storage_layout(votes, dispatch, redis_client):
@@ -219,7 +365,9 @@ def test_dead_letters_shown_then_replayed(votes, dispatch, rpc, config, tmp_path
             good, exchange=DEAD_LETTER_EXCHANGE, routing_key=DEAD_LETTERS.routing_key,
             headers={"x-dead-letter-reason": "handler failed 5 times: KeyError: 'x'",
                      "x-original-exchange": "gateway.events",
-                     "x-original-routing-key": "vote_cast"},
+                     "x-original-routing-key": "vote_cast",
+                     # within the mark TTL: replayed, since no mark exists
+                     "x-dead-lettered-at": int(time.time())},
             serializer="json")
     config_file = tmp_path / "config.yml"
     config_file.write_text(yaml.safe_dump(config))

@@ -10,6 +10,7 @@ from redis._parsers.base import BaseParser
 from services.votes import metrics
 from services.votes.dependencies import (
     OTHER_ERROR,
+    Limits,
     VoteStorage,
     store_error_kind,
 )
@@ -128,7 +129,8 @@ def storage_failing_with(exc):
     client.pipeline.return_value.__enter__ = mock.Mock(
         return_value=mock.Mock(execute=mock.Mock(side_effect=exc)))
     client.pipeline.return_value.__exit__ = mock.Mock(return_value=False)
-    return VoteStorage(client, 60)
+    return VoteStorage(client, Limits(mark_ttl=60, idempotency_ttl=60,
+                                      clock_skew=2.0, retraction_ttl=60))
 
 
 def error_count(kind):

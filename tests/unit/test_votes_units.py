@@ -4,7 +4,9 @@ from unittest import mock
 import pytest
 from nameko.testing.services import worker_factory
 
+from services import rules
 from services.votes import entrypoints, schemas
+from services.votes.dependencies import Applied
 from services.votes.entrypoints import ReliableEventHandler, backoff
 from services.votes.exceptions import InvalidVote, StoreUnavailable
 from services.votes.service import VotesService
@@ -14,7 +16,7 @@ from tests.conftest import make_event, make_vote
 def test_handler_applies_the_event_once():
     service = worker_factory(VotesService)
     event = schemas.parse_event(make_event(make_vote(), make_vote(score=-1)))
-    service.store.apply.return_value = 2
+    service.store.apply.return_value = Applied(2, 0, 0)
 
     service.handle_vote_cast(event)
 
@@ -22,20 +24,40 @@ def test_handler_applies_the_event_once():
 
 
 def test_rpc_vote_goes_through_apply_and_returns_counts():
-    service = worker_factory(VotesService)
-    service.store.apply.return_value = 1
+    service = worker_factory(VotesService, request_id="c0ffee")
+    service.store.apply.return_value = Applied(1, 0, 0)
     service.store.counts.return_value = {"postId": "348"}
 
     assert service.vote("348", -1, voter_id="ann") == {"postId": "348"}
-    ((vote_id, (vote,)), _) = service.store.apply.call_args
-    assert (vote.voteId, vote.postId, vote.score, vote.voterId) == (
-        vote_id, "348", -1, "ann")
+    ((event_id, (vote,)), _) = service.store.apply.call_args
+    # the mark is the request's: a redelivered request finds it
+    assert event_id == "rpc-c0ffee"
+    assert (vote.voteId, vote.postId, vote.score, vote.voterId, vote.key) == (
+        "c0ffee", "348", -1, "ann", None)
     service.store.counts.assert_called_once_with("348", "ann")
+
+
+def test_rpc_vote_with_an_idempotency_key_carries_its_id_and_fingerprint():
+    service = worker_factory(VotesService, request_id="c0ffee")
+    service.store.apply.return_value = Applied(1, 0, 0)
+
+    service.vote("348", 1, idempotency_key="order-17")
+    ((_, (vote,)), _) = service.store.apply.call_args
+    assert vote.voteId == vote.key == rules.key_id("order-17")
+    assert vote.fp == rules.fingerprint([("348", 1, None)])
 
 
 @pytest.mark.parametrize("call, message", [
     (lambda s: s.vote("348", 2), "score: Input should be 1, -1 or 0"),
     (lambda s: s.vote("348", 0), "Value error, score 0 (retraction) needs a voterId"),
+    (lambda s: s.vote("348", 1, idempotency_key=""),
+     "idempotency_key: must be 1-128 visible ASCII characters"),
+    (lambda s: s.vote("348", 1, idempotency_key="a b"),
+     "idempotency_key: must be 1-128 visible ASCII characters"),
+    (lambda s: s.vote("348", 1, idempotency_key="k" * 129),
+     "idempotency_key: must be 1-128 visible ASCII characters"),
+    (lambda s: s.vote("348", 1, idempotency_key=17),
+     "idempotency_key: must be 1-128 visible ASCII characters"),
     (lambda s: s.get_counts("3 4"), "post_id: must be 1-64 characters of A-Z a-z 0-9 _ -"),
     (lambda s: s.get_counts("1", voter_id=""),
      "voter_id: must be 1-64 characters of A-Z a-z 0-9 _ -"),
@@ -44,7 +66,7 @@ def test_rpc_vote_goes_through_apply_and_returns_counts():
      "List should have at most 1000 items after validation, not 1001"),
 ])
 def test_rpc_refuses_bad_arguments(call, message):
-    service = worker_factory(VotesService)
+    service = worker_factory(VotesService, request_id="c0ffee")
     with pytest.raises(InvalidVote) as error:
         call(service)
     assert message in str(error.value)
