@@ -1,27 +1,83 @@
 """Look at the dead-letter queue, and replay it.
 
     python -m services.votes.dead_letters show [--config config.yml]
-    python -m services.votes.dead_letters replay [--config config.yml]
+    python -m services.votes.dead_letters replay [--config config.yml] [--force]
 
 ``show`` prints each message's reason and body and leaves it in place.
-``replay`` publishes each one back to the exchange and routing key it first
-came to (confirmed), then removes it; a message still bad is dead-lettered
-again by the votes service.
+
+``replay`` publishes each message back to the exchange and routing key it
+first came to, persistent and ``mandatory``, with a publisher confirm, and
+removes it from the dead-letter queue only once the broker has confirmed
+it. A message the broker returns as unroutable, nacks, or refuses (an
+exchange that no longer exists) stays in the dead-letter queue, and the
+tool says why. If the broker goes away mid-way, the tool stops; what it had
+not confirmed stays (a message whose confirm was lost may then exist twice:
+the mark check below makes the second one harmless, within the mark's TTL).
+
+A message may have been applied to the counts before it was dead-lettered
+(its handler failed after, or part way through, applying it). Replaying it
+after its exactly-once mark ``votes:applied:<eventId>`` has expired
+(``APPLIED_MARK_TTL``) would count it twice. So, per message:
+
+* ``invalid payload`` or ``undecodable body``: it never reached a worker,
+  was never applied, and is replayed (it is dead-lettered again if it is
+  still bad);
+* otherwise (``handler failed ...``) the event may have been applied:
+
+  - the votes service looked for the mark when it dead-lettered the
+    message, and if found kept it for good (PERSIST), and wrote the answer
+    in the header ``x-applied-mark``: ``present`` is refused ("applied");
+  - the tool looks for the mark in Redis (``REDIS_URIS.votes`` of the
+    config): found is refused ("applied");
+  - ``x-applied-mark: absent`` (no mark when dead-lettered, none since) is
+    replayed;
+  - no header, or ``unknown`` (dead-lettered by an older version, or Redis
+    did not answer then): replayed only if it was dead-lettered less than
+    ``APPLIED_MARK_TTL`` ago, since a mark it had would still be there;
+    older ones are refused ("status unknown");
+  - Redis not answering now: refused ("status unknown").
+
+A refused message stays in the dead-letter queue, with one line on stderr
+saying why. ``--force`` replays refused messages too: one refused because
+its mark was kept for good is then skipped by the votes service (harmless);
+one of unknown status may be counted twice. The exit status is 1 when any
+message was kept back, else 0.
 """
 import argparse
 import json
 import sys
+import time
 
+import amqp
+import redis
 import yaml
-from kombu import Connection, Exchange, Producer
+from kombu import Connection
 from nameko.cli.main import setup_yaml_parser
 
-from services.votes.entrypoints import DEAD_LETTER_QUEUE
+from services.settings import number
+from services.votes.dependencies import (
+    DEFAULT_MARK_TTL,
+    KEY_APPLIED,
+    MARK_TTL_CONFIG_KEY,
+    REDIS_KEY,
+)
+from services.votes.entrypoints import (
+    APPLIED_MARK_HEADER,
+    DEAD_LETTER_QUEUE,
+    EVENT_ID_HEADER,
+    MARK_ABSENT,
+    MARK_PRESENT,
+)
 
 REASON = "x-dead-letter-reason"
 ORIGIN_EXCHANGE = "x-original-exchange"
 ORIGIN_ROUTING_KEY = "x-original-routing-key"
-OUR_HEADERS = (REASON, ORIGIN_EXCHANGE, ORIGIN_ROUTING_KEY, "x-dead-lettered-at")
+DEAD_LETTERED_AT = "x-dead-lettered-at"
+OUR_HEADERS = (REASON, ORIGIN_EXCHANGE, ORIGIN_ROUTING_KEY, DEAD_LETTERED_AT,
+               EVENT_ID_HEADER, APPLIED_MARK_HEADER)
+# reasons of messages that never reached a worker
+NEVER_APPLIED = ("invalid payload", "undecodable body")
+CONFIRM_TIMEOUT = 10  # seconds the broker has to confirm one replay
 
 
 def _take_all(channel):
@@ -41,6 +97,18 @@ def _text(body):
     return body if isinstance(body, str) else body.decode("utf-8", "replace")
 
 
+def _event_id(message):
+    headers = message.headers or {}
+    if headers.get(EVENT_ID_HEADER):
+        return headers[EVENT_ID_HEADER]
+    try:
+        body = json.loads(_text(message.body))
+    except ValueError:
+        return None
+    event_id = body.get("id") if isinstance(body, dict) else None
+    return event_id if isinstance(event_id, str) and event_id else None
+
+
 def show(connection, out=sys.stdout):
     channel = connection.channel()
     messages = _take_all(channel)
@@ -55,34 +123,136 @@ def show(connection, out=sys.stdout):
     return len(messages)
 
 
-def replay(connection):
+def why_not(message, store, mark_ttl, now):
+    """None if the message may be replayed without counting anything
+    twice; otherwise why not ("applied: ..." or "status unknown: ...")."""
+    headers = message.headers or {}
+    reason = headers.get(REASON) or ""
+    if reason.startswith(NEVER_APPLIED):
+        return None
+    event_id = _event_id(message)
+    if event_id is None:
+        return "status unknown: dead-lettered by its handler, and no event id"
+    mark = KEY_APPLIED.format(event_id)
+    if headers.get(APPLIED_MARK_HEADER) == MARK_PRESENT:
+        return ("applied: event {} had its mark when it was dead-lettered "
+                "(the mark is kept for good)".format(event_id))
+    if store is None:
+        return "status unknown: event {}, no Redis to look up {}".format(
+            event_id, mark)
+    try:
+        found = store.exists(mark)
+    except redis.RedisError as exc:
+        return "status unknown: event {}, Redis did not answer: {}".format(
+            event_id, exc)
+    if found:
+        return "applied: {} exists".format(mark)
+    if headers.get(APPLIED_MARK_HEADER) == MARK_ABSENT:
+        return None
+    at = headers.get(DEAD_LETTERED_AT)
+    if type(at) is not int:
+        return ("status unknown: event {}, no mark, and no time of "
+                "dead-lettering".format(event_id))
+    if now - at >= mark_ttl:
+        return ("status unknown: event {} was dead-lettered {} s ago, not "
+                "less than APPLIED_MARK_TTL ({} s), with no record of its "
+                "mark: a mark it had may have expired".format(
+                    event_id, int(now - at), mark_ttl))
+    return None
+
+
+class ConfirmedPublisher:
+    """basic.publish, mandatory, waiting for the broker's confirm.
+
+    A channel in confirm mode (confirm_select) does not make py-amqp's
+    basic_publish wait for anything; basic_publish_confirm does. The broker
+    sends basic.return for an unroutable message before its basic.ack, so
+    a return is known once the ack is in."""
+
+    def __init__(self, connection, confirm_timeout=CONFIRM_TIMEOUT):
+        self.connection = connection
+        self.confirm_timeout = confirm_timeout
+        self.channel = None
+        self.returned = None
+
+    def _on_return(self, exc, exchange, routing_key, message):
+        self.returned = exc
+
+    def publish(self, message, exchange, routing_key, headers):
+        """None once confirmed and routed, else why not (the message may
+        then not be anywhere). A lost connection or a timeout raises."""
+        if self.channel is None:
+            self.channel = self.connection.channel()
+            self.channel.events["basic_return"].add(self._on_return)
+        self.returned = None
+        properties = {"content_type": message.content_type or "application/json",
+                      "content_encoding": message.content_encoding or "utf-8"}
+        outgoing = amqp.Message(message.body, application_headers=headers,
+                                delivery_mode=2, **properties)
+        try:
+            self.channel.basic_publish_confirm(
+                outgoing, exchange=exchange, routing_key=routing_key,
+                mandatory=True, confirm_timeout=self.confirm_timeout)
+        except amqp.exceptions.MessageNacked:
+            return "nacked by the broker"
+        except amqp.exceptions.ChannelError as exc:
+            self.channel = None  # the broker closed it
+            return "refused by the broker: {}".format(exc)
+        if self.returned is not None:
+            return "unroutable, returned by the broker: {}".format(self.returned)
+        return None
+
+    def close(self):
+        if self.channel is not None:
+            self.channel.close()
+
+
+def replay(connection, store=None, mark_ttl=DEFAULT_MARK_TTL, force=False,
+           out=sys.stderr, now=None, confirm_timeout=CONFIRM_TIMEOUT):
+    """Replay every message that may be replayed (see the module doc).
+    Returns (replayed, kept back)."""
+    now = time.time() if now is None else now
     channel = connection.channel()
-    publish_channel = connection.channel()
-    publish_channel.confirm_select()
-    producer = Producer(publish_channel)
-    messages = _take_all(channel)
-    for message in messages:
-        headers = dict(message.headers or {})
-        exchange = Exchange(headers.get(ORIGIN_EXCHANGE) or "", type="topic",
-                            durable=True, no_declare=True)
-        routing_key = headers.get(ORIGIN_ROUTING_KEY) or ""
-        for name in OUR_HEADERS:
-            headers.pop(name, None)
-        producer.publish(
-            message.body, exchange=exchange, routing_key=routing_key,
-            headers=headers, delivery_mode=2, mandatory=True,
-            content_type=message.content_type or "application/json",
-            content_encoding=message.content_encoding or "utf-8",
-        )
-        channel.basic_ack(message.delivery_tag)
-    channel.close()
-    return len(messages)
+    publisher = ConfirmedPublisher(connection, confirm_timeout)
+    replayed = kept = 0
+    try:
+        for message in _take_all(channel):
+            headers = dict(message.headers or {})
+            refusal = why_not(message, store, mark_ttl, now)
+            described = "message {} ({})".format(
+                _event_id(message) or "without event id",
+                (headers.get(REASON) or "no reason")[:80])
+            if refusal is not None and not force:
+                kept += 1
+                out.write("kept {}: {}\n".format(described, refusal))
+                continue
+            exchange = headers.get(ORIGIN_EXCHANGE) or ""
+            routing_key = headers.get(ORIGIN_ROUTING_KEY) or ""
+            for name in OUR_HEADERS:
+                headers.pop(name, None)
+            failure = publisher.publish(message, exchange, routing_key, headers)
+            if failure is not None:
+                kept += 1
+                out.write("kept {}: not replayed to exchange {!r} with "
+                          "routing key {!r}: {}\n".format(
+                              described, exchange, routing_key, failure))
+                continue
+            channel.basic_ack(message.delivery_tag)  # only after the confirm
+            replayed += 1
+            if refusal is not None:
+                out.write("forced {}: {}\n".format(described, refusal))
+    finally:
+        publisher.close()
+        channel.close()  # whatever was not acked goes back to the queue
+    return replayed, kept
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("action", choices=("show", "replay"))
     parser.add_argument("--config", default="config.yml")
+    parser.add_argument("--force", action="store_true",
+                        help="replay messages of applied or unknown status too")
     args = parser.parse_args(argv)
     setup_yaml_parser()
     with open(args.config) as handle:
@@ -91,10 +261,20 @@ def main(argv=None):
         if args.action == "show":
             count = show(connection)
             print("{} dead-lettered message(s)".format(count), file=sys.stderr)
-        else:
-            count = replay(connection)
-            print("replayed {} message(s)".format(count), file=sys.stderr)
-    return 0
+            return 0
+        mark_ttl = number(config, MARK_TTL_CONFIG_KEY, DEFAULT_MARK_TTL, 1,
+                          integer=True)
+        uri = (config.get("REDIS_URIS") or {}).get(REDIS_KEY)
+        store = redis.Redis.from_url(
+            uri, socket_connect_timeout=5, socket_timeout=5) if uri else None
+        try:
+            replayed, kept = replay(connection, store, mark_ttl, args.force)
+        finally:
+            if store is not None:
+                store.close()
+    print("replayed {} message(s), kept back {}".format(replayed, kept),
+          file=sys.stderr)
+    return 1 if kept else 0
 
 
 if __name__ == "__main__":

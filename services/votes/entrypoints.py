@@ -25,6 +25,7 @@ from functools import partial
 import amqp
 import eventlet
 import nameko.rpc
+import redis
 from eventlet.event import Event
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
@@ -38,6 +39,7 @@ from nameko.web.server import WebServer, parse_address
 
 from services.shutdown import arm_stop_deadline
 from services.votes import metrics
+from services.votes.dependencies import KEY_APPLIED, VoteStore
 
 _log = logging.getLogger(__name__)
 
@@ -144,6 +146,33 @@ class DeadLetteringQueueConsumer(ResilientQueueConsumer):
             partial(provider.dead_letter, message, reason))
 
 
+# set on a message dead-lettered after its handler kept failing
+EVENT_ID_HEADER = "x-event-id"
+APPLIED_MARK_HEADER = "x-applied-mark"
+MARK_PRESENT = "present"  # applied (perhaps in part); the mark is kept for good
+MARK_ABSENT = "absent"    # no mark: not applied, as far as Redis could tell
+MARK_UNKNOWN = "unknown"  # Redis could not be asked
+
+
+def seal_applied_mark(client, event_id):
+    """Whether the event's exactly-once mark exists, in one MULTI with a
+    PERSIST of it: an applied event that is dead-lettered keeps its mark
+    for good, so that a replay, however late, changes nothing."""
+    if client is None:
+        return MARK_UNKNOWN
+    key = KEY_APPLIED.format(event_id)
+    try:
+        with client.pipeline(transaction=True) as pipe:
+            pipe.exists(key)
+            pipe.persist(key)
+            exists, _ = pipe.execute()
+    except redis.RedisError as exc:
+        _log.error("could not look up the mark of dead-lettered event %s: %r",
+                   event_id, exc)
+        return MARK_UNKNOWN
+    return MARK_PRESENT if exists else MARK_ABSENT
+
+
 class ReliableEventHandler(EventHandler):
 
     queue_consumer = DeadLetteringQueueConsumer()
@@ -198,7 +227,7 @@ class ReliableEventHandler(EventHandler):
         transient = isinstance(exc, self.retry_on)
         if not transient and attempt >= MAX_UNEXPECTED_FAILURES:
             self.dead_letter(message, "handler failed {} times: {}: {}".format(
-                attempt, type(exc).__name__, exc))
+                attempt, type(exc).__name__, exc), event=worker_ctx.args[0])
         else:
             metrics.retries.inc()
             self.container.spawn_managed_thread(
@@ -209,9 +238,14 @@ class ReliableEventHandler(EventHandler):
         eventlet.sleep(backoff(attempt - 1))
         self._spawn(payload, message, attempt)
 
-    def dead_letter(self, message, reason):
+    def dead_letter(self, message, reason, event=None):
         """Copy the message to the dead-letter queue with the reason, then
-        ack it. If the copy fails the message is requeued, never dropped."""
+        ack it. If the copy fails the message is requeued, never dropped.
+
+        ``event`` is the parsed payload of a message whose handler kept
+        failing: it may have been applied, so its exactly-once mark is
+        looked up and, if found, kept for good (see seal_applied_mark);
+        the answer goes in the header x-applied-mark, for the replay tool."""
         delivery = message.delivery_info
         headers = dict(message.headers or {})
         headers.update({
@@ -220,6 +254,11 @@ class ReliableEventHandler(EventHandler):
             "x-original-routing-key": delivery.get("routing_key"),
             "x-dead-lettered-at": int(time.time()),
         })
+        event_id = getattr(event, "id", None)
+        if event_id is not None:
+            headers[EVENT_ID_HEADER] = event_id
+            headers[APPLIED_MARK_HEADER] = seal_applied_mark(
+                self._store_client(), event_id)
         try:
             self.dead_letter_publisher.publish(
                 message.body,
@@ -236,9 +275,18 @@ class ReliableEventHandler(EventHandler):
             self.queue_consumer.requeue_message(message)
             return
         metrics.dead_lettered.inc()
-        _log.warning("dead-lettered a %s message: %s",
-                     delivery.get("routing_key"), reason)
+        _log.warning("dead-lettered a %s message: %s%s",
+                     delivery.get("routing_key"), reason,
+                     "" if event_id is None else " (event {}, mark {})".format(
+                         event_id, headers[APPLIED_MARK_HEADER]))
         self.queue_consumer.ack_message(message)
+
+    def _store_client(self):
+        """The Redis client of the service's VoteStore, or None."""
+        for provider in getattr(self.container, "dependencies", ()):
+            if isinstance(provider, VoteStore):
+                return provider.client
+        return None
 
 
 event_handler = ReliableEventHandler.decorator
