@@ -37,6 +37,8 @@ def test_readme_shell_examples(runner_factory, config, config_file):
         'print(n.rpc.votes.get_counts("348"))',
         'print(n.rpc.votes.get_counts("348", voter_id="ann"))',
         'print(n.rpc.votes.top(1))',
+        'print(n.rpc.votes.vote("349", 1, idempotency_key="op-2026-11-28-1"))',
+        'print(n.rpc.votes.vote("349", 1, idempotency_key="op-2026-11-28-1"))',
     ]) + "\n")
     assert out == [
         "{'postId': '348', 'upvote': 1, 'downvote': 0, 'score': 1}",
@@ -44,6 +46,8 @@ def test_readme_shell_examples(runner_factory, config, config_file):
         "{'postId': '348', 'upvote': 1, 'downvote': 1, 'score': 0}",
         "{'postId': '348', 'upvote': 1, 'downvote': 1, 'score': 0, 'myVote': -1}",
         "[{'postId': '348', 'upvote': 1, 'downvote': 1, 'score': 0}]",
+        "{'postId': '349', 'upvote': 1, 'downvote': 0, 'score': 1}",
+        "{'postId': '349', 'upvote': 1, 'downvote': 0, 'score': 1}",
     ]
 
 
