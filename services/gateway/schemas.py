@@ -118,9 +118,36 @@ def vote_from_query(multidict):
         _single_values(multidict, ("postId", "score", "voterId"))))
 
 
+# objects and arrays a JSON body may hold: a full batch has 1,002
+MAX_JSON_CONTAINERS = 2 * MAX_BATCH + 16
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs):
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        seen = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _DuplicateKey(key)
+    return document
+
+
 def parse_json(data):
+    """The JSON document in ``data``. Refused before parsing when it holds
+    too many objects and arrays (``[{"":{}},...]`` would take some 30 times
+    its size in memory); refused when an object names a key twice (json
+    would keep the last one silently)."""
+    if data.count(b"{") + data.count(b"[") > MAX_JSON_CONTAINERS:
+        raise InvalidRequest("body: has more than {} objects and arrays".format(
+            MAX_JSON_CONTAINERS))
     try:
-        return json.loads(data)
+        return json.loads(data, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise InvalidRequest("body: key {} is given more than once".format(
+            json.dumps(str(exc)[:64]))) from None
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidRequest("body: is not valid JSON") from None
 

@@ -35,8 +35,9 @@ from nameko.contextdata import ContextDataProvider
 from nameko.events import EventHandler
 from nameko.messaging import QueueConsumer
 from nameko.web.handlers import HttpRequestHandler
-from nameko.web.server import WebServer, parse_address
+from nameko.web.server import parse_address
 
+from services.http_server import EdgeWebServer
 from services.shutdown import arm_stop_deadline
 from services.votes import metrics
 from services.votes.dependencies import KEY_APPLIED, VoteStore
@@ -320,9 +321,12 @@ class Rpc(nameko.rpc.Rpc):
 rpc = Rpc.decorator
 
 
-class MetricsServer(WebServer):
+class MetricsServer(EdgeWebServer):
     """A web server of the votes service's own, on METRICS_ADDRESS, apart
-    from the gateway's WEB_SERVER_ADDRESS (both may run in one process)."""
+    from the gateway's WEB_SERVER_ADDRESS (both may run in one process),
+    with the same limits as the gateway's (services.http_server)."""
+
+    label = "votes-metrics"
 
     @property
     def bind_addr(self):

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 from werkzeug.datastructures import MultiDict
 
@@ -82,12 +84,32 @@ def test_json_votes_refused(document, message):
 
 
 @pytest.mark.parametrize("data", [
-    b"", b"{", b"{'postId': 1}", b"\xff\xfe", b"[" * 100000, b"NaN x",
+    b"", b"{", b"{'postId': 1}", b"\xff\xfe", b"[" * 2000, b"NaN x",
 ])
 def test_bad_json_refused(data):
     with pytest.raises(ValidationError) as error:
         schemas.parse_json(data)
     assert str(error.value) == "body: is not valid JSON"
+
+
+@pytest.mark.parametrize("data, message", [
+    (b'{"postId": "a", "score": 1, "postId": "b"}',
+     'body: key "postId" is given more than once'),
+    (b'{"votes": [{"postId": "a", "score": 1, "score": -1}]}',
+     'body: key "score" is given more than once'),
+    (b'[' + b'{"":{}},' * 1009 + b'{}]',  # 2,019 objects and arrays
+     "body: has more than 2016 objects and arrays"),
+    (b"[" * 100000, "body: has more than 2016 objects and arrays"),
+])
+def test_json_refused_before_it_costs(data, message):
+    with pytest.raises(ValidationError) as error:
+        schemas.parse_json(data)
+    assert str(error.value) == message
+
+
+def test_largest_batch_is_not_too_many_containers():
+    batch = {"votes": [{"postId": str(i), "score": 1} for i in range(1000)]}
+    assert schemas.parse_json(json.dumps(batch).encode()) == batch
 
 
 def test_batch_accepted_in_order():

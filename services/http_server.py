@@ -1,0 +1,593 @@
+"""nameko's web server, hardened against what clients send.
+
+nameko's ``WebServer`` accepts in a loop with no cap and no timeouts, runs
+every connection in a container managed thread (an error there kills the
+whole container), lets the service read request bodies inside its workers,
+and on stop simply kills the connections. ``EdgeWebServer`` and
+``EdgeProtocol`` change that:
+
+* at most ``HTTP_MAX_CONNECTIONS`` open connections: at the cap the server
+  stops accepting (new clients wait in the listen backlog) instead of
+  failing; ``accept`` running out of file descriptors or memory is counted,
+  logged at most every ACCEPT_LOG_INTERVAL seconds, and retried;
+* the request line and headers must arrive within ``HTTP_HEADER_TIMEOUT``
+  of the connection (or of the first byte of a later request), whatever
+  the pace; a kept-alive connection idle for ``HTTP_IDLE_TIMEOUT`` is
+  closed;
+* the body is read by the connection, before any worker runs, within
+  ``HTTP_BODY_TIMEOUT``; ``Content-Length`` is required and at most
+  ``HTTP_MAX_BODY_BYTES``; at most ``HTTP_MAX_LARGE_BODIES`` requests with a
+  body over LARGE_BODY_BYTES are read and handled at once;
+* every write to a client treats a vanished peer as normal;
+* request lines and headers reach the log with control characters escaped;
+* on stop it drains: no more accepting, idle connections closed, every
+  request already read answered with ``Connection: close``, the rest cut
+  after ``HTTP_DRAIN_TIMEOUT``; all this before the container waits for
+  its workers and stops its dependencies (the entrypoints' stop).
+
+Errors the server answers itself are JSON: ``{"error": CODE, "message": ...}``.
+"""
+import errno
+import io
+import json
+import logging
+import resource
+import socket
+import time
+from dataclasses import dataclass
+
+import eventlet
+from eventlet import wsgi
+from eventlet.event import Event
+from eventlet.semaphore import Semaphore
+from nameko.web.server import HttpOnlyProtocol, WebServer
+from prometheus_client import Counter, Gauge
+
+from services.settings import number
+
+_log = logging.getLogger(__name__)
+ACCESS_LOG = logging.getLogger("nameko.web.server")  # nameko's access log
+
+# config keys and defaults (README "Limits and protections")
+LIMITS = (
+    # key, attribute, default, minimum, maximum, integer
+    ("HTTP_HEADER_TIMEOUT", "header_timeout", 10, 0.1, 10, False),
+    ("HTTP_BODY_TIMEOUT", "body_timeout", 10, 0.1, 300, False),
+    ("HTTP_IDLE_TIMEOUT", "idle_timeout", 15, 0.1, 600, False),
+    ("HTTP_MAX_CONNECTIONS", "max_connections", 1000, 1, 1_000_000, True),
+    ("HTTP_MAX_LARGE_BODIES", "max_large_bodies", 4, 1, 1000, True),
+    ("HTTP_MAX_HEADER_BYTES", "max_header_bytes", 16384, 1024, 1024 * 1024, True),
+    ("HTTP_MAX_BODY_BYTES", "max_body_bytes", 1024 * 1024, 0, 64 * 1024 * 1024, True),
+    ("HTTP_DRAIN_TIMEOUT", "drain_timeout", 6, 0, 7.5, False),
+)
+LARGE_BODY_BYTES = 64 * 1024     # a body over this takes a large-body slot
+MAX_REQUEST_LINE = 8192          # longer: 414
+ACCEPT_LOG_INTERVAL = 10.0       # seconds between two logs of accept errors
+ACCEPT_PAUSE = 0.1               # seconds before accepting again after one
+FD_RESERVE = 64                  # descriptors kept for the broker, logs, ...
+LINGER_SECONDS = 2.0             # reading what a refused client still sends
+# accept failing for lack of resources: the server waits and goes on
+ACCEPT_SHORTAGE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# the client went away or is too slow: a normal end of a connection
+PEER_GONE = (ConnectionError, TimeoutError, socket.timeout)
+
+ERROR_CODES = {
+    400: "BAD_REQUEST",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    408: "REQUEST_TIMEOUT",
+    411: "LENGTH_REQUIRED",
+    413: "PAYLOAD_TOO_LARGE",
+    414: "URI_TOO_LONG",
+    431: "HEADERS_TOO_LARGE",
+    503: "SERVER_BUSY",
+}
+
+# connection phases, for the drain
+IDLE, READING, BUSY = "idle", "reading", "busy"
+
+open_connections = Gauge(
+    "http_open_connections", "Open client connections.", ["server"])
+limit_values = Gauge(
+    "http_limit", "Configured limits of the HTTP server (README: Limits and "
+    "protections).", ["server", "limit"])
+connections_cut = Counter(
+    "http_connections_cut_total",
+    "Connections closed by the server before a request was answered, by "
+    "reason (header_timeout, idle_timeout, body_timeout, drain).",
+    ["server", "reason"])
+requests_refused = Counter(
+    "http_requests_refused_total",
+    "Requests the server refused before any worker ran, by status.",
+    ["server", "status"])
+accept_errors = Counter(
+    "http_accept_errors_total", "accept() failures, by errno name.",
+    ["server", "error"])
+accept_waits = Counter(
+    "http_accept_waits_total",
+    "Times the server stopped accepting because it had HTTP_MAX_CONNECTIONS "
+    "open connections.", ["server"])
+
+_CONTROL = {code: "\\x{:02x}".format(code)
+            for code in list(range(0x20)) + list(range(0x7f, 0xa0))}
+_CONTROL_KEEP_NEWLINE = dict(_CONTROL)
+del _CONTROL_KEEP_NEWLINE[ord("\n")]
+
+
+def escape_controls(text, keep_newlines=False):
+    """``text`` with C0/C1 control characters (ESC, BEL, CR, ...) written
+    as ``\\xNN``, so that a client cannot drive the terminal of whoever
+    reads the log, or forge log lines."""
+    return str(text).translate(_CONTROL_KEEP_NEWLINE if keep_newlines else _CONTROL)
+
+
+@dataclass(frozen=True)
+class Limits:
+    header_timeout: float
+    body_timeout: float
+    idle_timeout: float
+    max_connections: int
+    max_large_bodies: int
+    max_header_bytes: int
+    max_body_bytes: int
+    drain_timeout: float
+
+    @classmethod
+    def from_config(cls, config):
+        """Every limit from the service config, checked; a bad value raises
+        nameko's ConfigurationError naming the setting."""
+        return cls(**{
+            attribute: number(config, key, default, minimum, maximum, integer)
+            for key, attribute, default, minimum, maximum, integer in LIMITS})
+
+
+class EscapingLog:
+    """The logger eventlet's server writes to (access lines, debug lines):
+    each message with its control characters escaped."""
+
+    def __init__(self, logger):
+        self.logger = logger
+
+    def _emit(self, level, msg, *args):
+        if self.logger.isEnabledFor(level):
+            text = msg % args if args else msg
+            self.logger.log(level, "%s", escape_controls(text, keep_newlines=True))
+
+    def debug(self, msg, *args, **kwargs):
+        self._emit(logging.DEBUG, msg, *args)
+
+    def info(self, msg, *args, **kwargs):
+        self._emit(logging.INFO, msg, *args)
+
+    def error(self, msg, *args, **kwargs):
+        self._emit(logging.ERROR, msg, *args)
+
+    def write(self, msg, *args):
+        self._emit(logging.INFO, msg, *args)
+
+
+class _Deadline(Exception):
+    """Raised in a connection by its header or body deadline."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _HeadersTooLarge(Exception):
+    pass
+
+
+class _HeaderBudget:
+    """Reads the header lines with one byte budget for all of them (eventlet
+    allows 8 KiB a line and 64 KiB in all, and answers a plain-text 400)."""
+
+    def __init__(self, fp, budget):
+        self.fp = fp
+        self.left = budget
+
+    def readline(self, size=-1):
+        if self.left <= 0:
+            raise _HeadersTooLarge()
+        limit = self.left + 1 if size is None or size < 0 else min(size, self.left + 1)
+        line = self.fp.readline(limit)
+        self.left -= len(line)
+        if self.left < 0:
+            raise _HeadersTooLarge()
+        return line
+
+
+class EdgeProtocol(HttpOnlyProtocol):
+    """eventlet's ``HttpProtocol`` (as nameko uses it) with deadlines, a
+    body read before the application runs, JSON error answers, and writes
+    that survive a vanished client. Upstream reads a request line and
+    headers for as long as the client cares to trickle them, answers
+    parse errors in plain text (``send_error`` raising when the client has
+    reset), and leaves the body to the application."""
+
+    error_codes = ERROR_CODES
+
+    def setup(self):
+        super().setup()
+        self.edge = self.server.edge
+        self.limits = self.edge.limits
+        self.phase = IDLE
+        self.served = 0
+        self._deadline = None
+        self.edge.track(self)
+
+    # -- reading a request ------------------------------------------------
+
+    def _start_deadline(self, seconds, reason):
+        self._cancel_deadline()
+        self._deadline = eventlet.Timeout(seconds, _Deadline(reason))
+
+    def _cancel_deadline(self):
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def handle_one_request(self):
+        try:
+            super().handle_one_request()
+        except _Deadline as exc:
+            # 408 to a client that sent part of a request; silence otherwise
+            self._cut(exc.reason, answer=self.phase == READING)
+        finally:
+            self._cancel_deadline()
+            self.phase = IDLE
+
+    def _read_request_line(self):
+        if self.edge.draining or self.rfile.closed:
+            self.close_connection = 1
+            return b""
+        self.phase = IDLE
+        try:
+            if self.served == 0:
+                # a new connection: the whole request head within the deadline
+                self._start_deadline(self.limits.header_timeout, "header_timeout")
+                if not self.rfile.peek(1):
+                    return b""
+            else:
+                self._start_deadline(self.limits.idle_timeout, "idle_timeout")
+                if not self.rfile.peek(1):
+                    return b""
+                self._start_deadline(self.limits.header_timeout, "header_timeout")
+        except OSError:
+            return b""
+        self.phase = READING
+        self.served += 1
+        line = super()._read_request_line()
+        if len(line) >= self.server.url_length_limit:
+            # read the rest of the line (bounded) so the client, still
+            # sending, is not reset before it reads the answer
+            for _ in range(128):
+                if self.rfile.readline(self.server.url_length_limit).endswith(b"\n"):
+                    break
+            self.send_error(414, "request line is longer than {} bytes".format(
+                self.server.url_length_limit))
+            return b""  # eventlet then closes the connection
+        return line
+
+    def parse_request(self):
+        # eventlet has wrapped rfile to cap the header size; cap it our way
+        self.rfile = _HeaderBudget(getattr(self.rfile, "fp", self.rfile),
+                                   self.limits.max_header_bytes)
+        try:
+            if not super().parse_request():
+                return False
+        except _HeadersTooLarge:
+            self.send_error(431, "request headers are larger than {} bytes".format(
+                self.limits.max_header_bytes))
+            return False
+        finally:
+            self._cancel_deadline()
+        return self._check_framing()
+
+    def _check_framing(self):
+        """The body's size is known and within the limit before it is read."""
+        if self.headers.get("Transfer-Encoding") is not None:
+            self.send_error(411, "a request body needs a Content-Length")
+            return False
+        lengths = self.headers.get_all("Content-Length") or []
+        if len(lengths) > 1 or any(
+                not (value.isascii() and value.isdigit()) for value in lengths):
+            self.send_error(400, "Content-Length must be one decimal number")
+            return False
+        if lengths and int(lengths[0]) > self.limits.max_body_bytes:
+            self.send_error(413, "request body is larger than {} bytes".format(
+                self.limits.max_body_bytes))
+            return False
+        return True
+
+    def handle_one_response(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        slot = None
+        if length > LARGE_BODY_BYTES:
+            slot = self.edge.large_bodies
+            if not slot.acquire(timeout=self.limits.body_timeout):
+                slot = None
+                self.send_error(503, "too many large requests at once; retry",
+                                retry_after=True)
+                return
+        try:
+            if length:
+                self._start_deadline(self.limits.body_timeout, "body_timeout")
+                body = self.environ["eventlet.input"].read(length)
+                self._cancel_deadline()
+                if len(body) < length:  # the client gave up
+                    self.close_connection = 1
+                    return
+                self.environ["wsgi.input"] = io.BytesIO(body)
+                self.environ["edge.body"] = body
+            self.phase = BUSY
+            if self.edge.draining:
+                self.close_connection = 1
+            super().handle_one_response()
+        except _Deadline as exc:
+            self._cut(exc.reason, answer=True)
+        finally:
+            self._cancel_deadline()
+            if slot is not None:
+                slot.release()
+
+    # -- answering ----------------------------------------------------------
+
+    def _cut(self, reason, answer):
+        """Close a connection whose client was too slow (or idle)."""
+        self.close_connection = 1
+        connections_cut.labels(self.edge.label, reason).inc()
+        if answer:
+            self.send_error(408, "request not received within {:g}s".format(
+                self.limits.body_timeout if reason == "body_timeout"
+                else self.limits.header_timeout), linger=False)
+
+    def send_error(self, code, message=None, explain=None, retry_after=False,
+                   linger=True):
+        """A JSON answer, then close; a client that has gone is no error."""
+        self._cancel_deadline()
+        if code >= 500 and code != 503:  # 505 for an unknown HTTP version: bad input all the same
+            code = 400
+        requests_refused.labels(self.edge.label, str(code)).inc()
+        body = json.dumps({
+            "error": self.error_codes.get(code, "HTTP_{}".format(code)),
+            "message": message or self.responses.get(code, ("error",))[0],
+        }).encode()
+        self.close_connection = 1
+        # the request line may not have been parsed (yet); answer as HTTP/1.0,
+        # since an HTTP/0.9 answer would carry no status line
+        self.requestline = getattr(self, "requestline", "")[:200]
+        self.request_version = "HTTP/1.0"
+        head = ["HTTP/1.0 {} {}".format(code, self.responses.get(code, ("",))[0]),
+                "Date: " + self.date_time_string(),
+                "Content-Type: application/json",
+                "Cache-Control: no-store",
+                "Connection: close",
+                "Content-Length: {}".format(len(body))]
+        if retry_after:
+            head.append("Retry-After: 1")
+        data = ("\r\n".join(head) + "\r\n\r\n").encode()
+        if getattr(self, "command", None) != "HEAD":
+            data += body
+        try:
+            self.connection.settimeout(LINGER_SECONDS)
+            self.wfile.write(data)
+            self.wfile.flush()
+            if linger:
+                self._linger()
+        except (OSError, ValueError):
+            pass  # the client went away: nothing to answer
+        self.server.log.info('%s - - [%s] "%s" %s %s', self.client_address[0],
+                             self.log_date_time_string(), self.requestline,
+                             code, len(body))
+
+    def _linger(self):
+        """Read (and drop) what the client is still sending for a moment,
+        so that closing does not reset the connection before it reads the
+        answer (what nginx calls lingering close)."""
+        self.connection.shutdown(socket.SHUT_WR)
+        budget = self.limits.max_body_bytes + LARGE_BODY_BYTES
+        with eventlet.Timeout(LINGER_SECONDS, False):
+            while budget > 0:
+                chunk = self.connection.recv(65536)
+                if not chunk:
+                    break
+                budget -= len(chunk)
+
+    def get_client_address(self):
+        host, port = super().get_client_address()
+        return escape_controls(host), port  # X-Forwarded-For is the client's
+
+    def log_message(self, format, *args):
+        self.server.log.info("%s - - [%s] %s", self.client_address[0],
+                             self.log_date_time_string(), format % args)
+
+    def finish(self):
+        self._cancel_deadline()
+        try:
+            super().finish()
+        except (OSError, ValueError):
+            pass  # flushing to a client that has gone
+        finally:
+            try:
+                self.connection.close()
+            except OSError:
+                pass
+
+
+class EdgeWsgiServer(wsgi.Server):
+    """eventlet's server, pointing back at the EdgeWebServer that owns it."""
+
+    def __init__(self, *args, edge, **kwargs):
+        self.edge = edge
+        super().__init__(*args, **kwargs)
+
+
+class EdgeWebServer(WebServer):
+    """nameko's ``WebServer`` with a cap on connections, accept errors that
+    do not kill the container, connections in green threads of its own
+    (nameko's managed threads kill the container on any error, and are
+    killed before their answer is written on stop), and a draining stop.
+    See the module docstring; ``label`` names it in the metrics."""
+
+    label = "http"
+    protocol = EdgeProtocol
+
+    def __init__(self):
+        super().__init__()
+        self.limits = None
+        self.draining = False
+        self.large_bodies = None
+        self._slots = None
+        self._connections = {}  # green thread -> protocol (None until set up)
+        self._drained = None
+        self._accept_failures = 0
+        self._accept_logged = 0.0
+
+    def setup(self):
+        self.limits = Limits.from_config(self.container.config)
+        self._slots = Semaphore(self.limits.max_connections)
+        self.large_bodies = Semaphore(self.limits.max_large_bodies)
+        for _, attribute, *_ in LIMITS:
+            limit_values.labels(self.label, attribute).set(
+                getattr(self.limits, attribute))
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and \
+                self.limits.max_connections + FD_RESERVE > soft:
+            _log.warning(
+                "HTTP_MAX_CONNECTIONS %s is not below the open file limit %s "
+                "(ulimit -n) less %s: at that many connections accept fails "
+                "and new clients wait", self.limits.max_connections, soft,
+                FD_RESERVE)
+        super().setup()
+
+    def get_wsgi_server(self, sock, wsgi_app, protocol=None, debug=False):
+        return EdgeWsgiServer(
+            sock, sock.getsockname(), wsgi_app, edge=self,
+            protocol=protocol or self.protocol, debug=debug,
+            log=EscapingLog(ACCESS_LOG), url_length_limit=MAX_REQUEST_LINE,
+            # a backstop for writes: the deadlines bound the reads
+            socket_timeout=max(self.limits.header_timeout,
+                               self.limits.body_timeout,
+                               self.limits.idle_timeout))
+
+    # -- accepting --------------------------------------------------------
+
+    def run(self):
+        while self._is_accepting:
+            if not self._slots.acquire(blocking=False):
+                accept_waits.labels(self.label).inc()
+                self._slots.acquire()
+            try:
+                sock, address = self._sock.accept()
+            except OSError as exc:
+                self._slots.release()
+                if not self._is_accepting:
+                    return
+                self._accept_failed(exc)
+                continue
+            sock.settimeout(self._serv.socket_timeout)
+            gt = eventlet.spawn(self._serve, sock, address)
+            self._connections[gt] = None
+            open_connections.labels(self.label).inc()
+            gt.link(self._closed)
+
+    def _accept_failed(self, exc):
+        code = exc.errno
+        if code in (errno.ECONNABORTED, errno.EPROTO, errno.EAGAIN, errno.EINTR):
+            return  # that client is gone already
+        name = errno.errorcode.get(code, str(code))
+        accept_errors.labels(self.label, name).inc()
+        self._accept_failures += 1
+        now = time.monotonic()
+        if now - self._accept_logged >= ACCEPT_LOG_INTERVAL:
+            _log.error("accept failed %s time(s) in the last %ss, last: %s; "
+                       "new connections wait (open: %s, HTTP_MAX_CONNECTIONS: %s)",
+                       self._accept_failures, int(ACCEPT_LOG_INTERVAL), exc,
+                       len(self._connections), self.limits.max_connections)
+            self._accept_failures = 0
+            self._accept_logged = now
+        eventlet.sleep(ACCEPT_PAUSE)
+
+    def _serve(self, sock, address):
+        try:
+            self._serv.process_request([address, sock, wsgi.STATE_IDLE])
+        except PEER_GONE + (_Deadline,):
+            pass
+        except OSError as exc:
+            if "raw readinto() returned invalid length" not in str(exc):
+                _log.debug("connection from %s ended: %r", address, exc)
+        except Exception:
+            _log.exception("connection from %s failed", address)
+        finally:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _closed(self, gt):
+        self._connections.pop(gt, None)
+        open_connections.labels(self.label).dec()
+        self._slots.release()
+
+    def track(self, protocol):
+        """Called by a connection's protocol as it starts."""
+        self._connections[eventlet.getcurrent()] = protocol
+
+    # -- stopping ---------------------------------------------------------
+
+    def unregister_provider(self, provider):
+        # the first entrypoint to stop drains the server, while workers and
+        # dependencies (the vote publisher) still run
+        self.drain()
+        super().unregister_provider(provider)
+
+    def drain(self):
+        """Stop accepting, close idle connections and those still reading a
+        request, let those with a request in hand answer it (Connection:
+        close), and cut whatever is left after HTTP_DRAIN_TIMEOUT.
+        Idempotent; every caller returns once the drain is over."""
+        if self._drained is not None:
+            self._drained.wait()
+            return
+        self._drained = Event()
+        self.draining = True
+        self._stop_accepting()
+        deadline = time.monotonic() + (self.limits.drain_timeout if self.limits else 0)
+        for gt, protocol in list(self._connections.items()):
+            if protocol is not None and protocol.phase == BUSY:
+                protocol.close_connection = 1
+                protocol.conn_state[2] = wsgi.STATE_CLOSE
+            else:
+                connections_cut.labels(self.label, "drain").inc()
+                gt.kill()
+        while self._connections and time.monotonic() < deadline:
+            eventlet.sleep(0.05)
+        if self._connections:
+            _log.warning("cutting %s connection(s) still answering after %ss",
+                         len(self._connections), self.limits.drain_timeout)
+            self._kill_connections()
+        self._drained.send(None)
+
+    def _stop_accepting(self):
+        self._is_accepting = False
+        if self._gt is not None:
+            self._gt.kill()
+        if self._sock is not None:
+            self._sock.close()
+
+    def _kill_connections(self):
+        for gt in list(self._connections):
+            connections_cut.labels(self.label, "drain").inc()
+            gt.kill()
+
+    def stop(self):
+        self.drain()
+        super().stop()
+
+    def kill(self):
+        self.draining = True
+        self._stop_accepting()
+        self._kill_connections()
+        super().kill()
+

@@ -1,0 +1,243 @@
+"""Hostile clients against the real gateway over real sockets: nothing a
+client sends may stop the service, starve other clients, or cost it more
+than its limits (README, "Limits and protections")."""
+import json
+import socket
+import struct
+import time
+
+import eventlet
+import pytest
+from kombu import Connection
+
+from tests.edge.conftest import EDGE_LIMITS
+from tests.fault.harness import VOTES_QUEUE
+
+HEADER_TIMEOUT = EDGE_LIMITS["HTTP_HEADER_TIMEOUT"]
+BODY_TIMEOUT = EDGE_LIMITS["HTTP_BODY_TIMEOUT"]
+SCHEDULING_SLACK = 1.0  # seconds a cut may come after its deadline
+ANSWER_BOUND = 1.0      # /health and a vote answered within this, under attack
+MIB = 1024 * 1024
+
+
+def connect(edge, timeout=10):
+    sock = socket.create_connection(edge.address, timeout=timeout)
+    return sock
+
+
+def reset(sock):
+    """Close with a TCP reset (SO_LINGER 0), as a client that vanishes."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def read_answer(sock):
+    """(status, JSON body) of the one answer on ``sock``, read to EOF."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, json.loads(body) if body else None, head
+
+
+def assert_serving(edge):
+    """/health and a vote answered exactly, each within ANSWER_BOUND."""
+    started = time.monotonic()
+    health = edge.get("/health")
+    took = time.monotonic() - started
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    assert took < ANSWER_BOUND, "/health took {:.2f}s".format(took)
+    started = time.monotonic()
+    vote = edge.get("/vote", params={"postId": "edge", "score": "1"})
+    took = time.monotonic() - started
+    assert vote.status_code == 202, vote.text
+    assert vote.json() == {"success": True, "voteId": vote.json()["voteId"],
+                           "postId": "edge", "score": 1}
+    assert took < ANSWER_BOUND, "the vote took {:.2f}s".format(took)
+
+
+BAD_REQUESTS = [
+    (b"GARBAGE\r\n\r\n", 400,
+     {"error": "BAD_REQUEST", "message": "Bad request syntax ('GARBAGE')"}),
+    (b"GET /vote?postId=" + b"x" * 9000 + b" HTTP/1.1\r\n\r\n", 414,
+     {"error": "URI_TOO_LONG", "message": "request line is longer than 8192 bytes"}),
+    (b"GET /health HTTP/1.1\r\nX-Big: " + b"x" * 20000 + b"\r\n\r\n", 431,
+     {"error": "HEADERS_TOO_LARGE",
+      "message": "request headers are larger than 16384 bytes"}),
+    (b"POST /vote HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400,
+     {"error": "BAD_REQUEST", "message": "Content-Length must be one decimal number"}),
+    (b"POST /votes HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n", 413,
+     {"error": "PAYLOAD_TOO_LARGE", "message": "request body is larger than 1048576 bytes"}),
+    (b"POST /votes HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 411,
+     {"error": "LENGTH_REQUIRED", "message": "a request body needs a Content-Length"}),
+]
+
+
+@pytest.mark.parametrize("raw, status, body", BAD_REQUESTS)
+def test_bad_requests_answered_in_json(gateway, raw, status, body):
+    with connect(gateway) as sock:
+        sock.sendall(raw)
+        got_status, got_body, head = read_answer(sock)
+    assert (got_status, got_body) == (status, body)
+    assert b"Content-Type: application/json" in head
+
+
+def test_bad_requests_then_reset_many_times(gateway):
+    """A client that sends something unparseable and resets at once: the
+    answer's write fails, and must not take the process down."""
+    for _ in range(30):
+        for raw, _, _ in BAD_REQUESTS:
+            sock = connect(gateway)
+            sock.sendall(raw)
+            reset(sock)
+        # and resets in the middle of a good request and of a vote
+        sock = connect(gateway)
+        sock.sendall(b"GET /vote?postId=r&sco")
+        reset(sock)
+    eventlet.sleep(0.5)
+    assert gateway.process.alive, gateway.process.tail()
+    assert_serving(gateway)
+
+
+def test_slow_clients_do_not_starve_others(gateway):
+    """300 slow clients: half a request line, a trickle of one byte every
+    half second, or headers that announce a body that never comes. Others
+    are answered meanwhile, and each slow client is cut (408) within the
+    configured timeout."""
+    slow = []  # (socket, deadline it must be cut by)
+    for i in range(300):
+        sock = connect(gateway, timeout=HEADER_TIMEOUT + 5)
+        if i % 3 == 0:
+            sock.sendall(b"GET /vote?postId=slow&sc")
+            slow.append((sock, time.monotonic() + HEADER_TIMEOUT))
+        else:
+            sock.sendall(b"POST /vote HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                         b'{"postId"')
+            slow.append((sock, time.monotonic() + BODY_TIMEOUT))
+    tricklers = [connect(gateway, timeout=HEADER_TIMEOUT + 5) for _ in range(5)]
+    trickle_started = time.monotonic()
+
+    def trickle(sock):
+        for byte in b"GET /health HTTP/1.1\r\nX-Slow: " + b"x" * 100:
+            try:
+                sock.send(bytes([byte]))
+            except OSError:
+                return  # cut
+            eventlet.sleep(0.5)
+    threads = [eventlet.spawn(trickle, sock) for sock in tricklers]
+
+    assert_serving(gateway)
+
+    cut_late = []
+    answers = []
+    for sock, deadline in slow + [(s, trickle_started + HEADER_TIMEOUT) for s in tricklers]:
+        answers.append(read_answer(sock)[:2])
+        if time.monotonic() > deadline + SCHEDULING_SLACK:
+            cut_late.append(round(time.monotonic() - deadline, 2))
+        sock.close()
+    for thread in threads:
+        thread.wait()
+    assert not cut_late, "{} slow clients cut late by {}s".format(len(cut_late), cut_late[:5])
+    header_cut = {"error": "REQUEST_TIMEOUT",
+                  "message": "request not received within {}s".format(HEADER_TIMEOUT)}
+    body_cut = {"error": "REQUEST_TIMEOUT",
+                "message": "request not received within {}s".format(BODY_TIMEOUT)}
+    expected = [(408, header_cut if i % 3 == 0 else body_cut) for i in range(300)]
+    expected += [(408, header_cut)] * len(tricklers)
+    assert answers == expected
+    assert_serving(gateway)
+
+
+def hostile_bodies():
+    """1 MiB bodies built to cost far more than 1 MiB once parsed."""
+    def fill(prefix, item, suffix, sep=b","):
+        count = (MIB - len(prefix) - len(suffix)) // (len(item) + len(sep))
+        return prefix + sep.join([item] * count) + suffix
+
+    many = "body: has more than 2016 objects and arrays"
+    return [
+        ("/votes", "application/json", fill(b"[", b'{"":{}}', b"]"), many),
+        ("/votes", "application/json", fill(b'{"votes":[', b'{"":{}}', b"]}"), many),
+        ("/vote", "application/json", fill(b"[", b'{"":{}}', b"]"), many),
+        ("/votes", "application/json", fill(b'{"votes":[', b'"ab"', b"]}"),
+         "votes: must be a list of 1 to 1000 votes"),
+        ("/vote", "application/x-www-form-urlencoded", fill(b"", b"a", b"", b"&"),
+         "body: a form has at most 100 fields"),
+    ]
+
+
+def test_hostile_bodies_cost_bounded_memory(gateway):
+    """40 concurrent 1 MiB bodies shaped to blow up when parsed: all
+    refused with 400, and the process grows by at most 150 MB."""
+    shapes = hostile_bodies()
+    before = gateway.process.rss_kib()
+    print("\nHWM before", gateway.process.rss_kib("VmHWM") / 1024)
+
+    def send(i):
+        path, content_type, body, _ = shapes[i % len(shapes)]
+        return gateway.post(path, data=body, timeout=60,
+                            headers={"Content-Type": content_type})
+    pool = eventlet.GreenPool(40)
+    responses = list(pool.imap(send, range(40)))
+    peak = gateway.process.rss_kib("VmHWM")
+    got = [(r.status_code, r.json()) for r in responses]
+    expected = [(400, {"error": "VALIDATION_ERROR", "message": shapes[i % len(shapes)][3]})
+                for i in range(40)]
+    assert got == expected
+    growth_mb = (peak - before) / 1024
+    print("\nRSS before {:.1f} MB, peak {:.1f} MB, growth {:.1f} MB".format(
+        before / 1024, peak / 1024, growth_mb))
+    assert growth_mb <= 150
+    assert_serving(gateway)
+
+
+def queued_votes(amqp_uri):
+    """Every vote in the gateway's votes queue (taken off it)."""
+    votes = []
+    with Connection(amqp_uri) as connection:
+        channel = connection.default_channel
+        while (message := channel.basic_get(VOTES_QUEUE, no_ack=True)) is not None:
+            votes.extend(json.loads(message.body)["votes"])
+    return votes
+
+
+def test_head_does_not_vote(gateway, module_vhost):
+    queued_votes(module_vhost[1])
+    with connect(gateway) as sock:
+        sock.sendall(b"HEAD /vote?postId=head&score=1 HTTP/1.1\r\nHost: x\r\n"
+                     b"Connection: close\r\n\r\n")
+        status, body, head = read_answer(sock)
+    assert (status, body) == (405, None)  # a HEAD answer has no body
+    assert b"\r\nAllow: GET, POST\r\n" in head
+    assert b"\r\nContent-Type: application/json\r\n" in head
+    assert queued_votes(module_vhost[1]) == []
+
+
+@pytest.mark.parametrize("path, body, message", [
+    ("/vote", b'{"postId": "a", "score": 1, "postId": "b"}',
+     'body: key "postId" is given more than once'),
+    ("/votes", b'{"votes": [{"postId": "a", "score": 1}], "votes": []}',
+     'body: key "votes" is given more than once'),
+])
+def test_duplicate_json_keys_refused(gateway, path, body, message):
+    response = gateway.post(path, data=body, headers={"Content-Type": "application/json"})
+    assert (response.status_code, response.json()) == (
+        400, {"error": "VALIDATION_ERROR", "message": message})
+
+
+def test_control_characters_escaped_in_the_log(gateway):
+    with connect(gateway) as sock:
+        sock.sendall(b"GET /\x1b[31mred\x07 HTTP/1.1\r\nHost: x\r\n"
+                     b"X-Forwarded-For: \x1b]0;pwned\x07\r\nConnection: close\r\n\r\n")
+        status, _, _ = read_answer(sock)
+    with connect(gateway) as sock:
+        sock.sendall(b"GET /\x1b\x07 HTTP/1.1 extra\r\n\r\n")
+        bad_status, _, _ = read_answer(sock)
+    assert (status, bad_status) == (404, 400)
+    eventlet.sleep(0.3)
+    log = gateway.process.log_path.read_bytes()
+    assert b"\x1b" not in log and b"\x07" not in log
+    assert b"GET /\\x1b[31mred\\x07 HTTP/1.1" in log
+    assert b"\\x1b]0;pwned\\x07" in log
