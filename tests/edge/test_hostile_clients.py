@@ -2,22 +2,35 @@
 client sends may stop the service, starve other clients, or cost it more
 than its limits (README, "Limits and protections")."""
 import json
+import signal
 import socket
 import struct
 import time
+from collections import Counter, namedtuple
 
+import amqp
 import eventlet
 import pytest
+import requests
 from kombu import Connection
 
-from tests.edge.conftest import EDGE_LIMITS
-from tests.fault.harness import VOTES_QUEUE
+from tests.edge.conftest import EDGE_LIMITS, start_service
+from tests.fault.harness import (
+    SIGTERM_BOUND,
+    VOTES_QUEUE,
+    Cluster,
+    RedisServer,
+    settle,
+    tally,
+    wait_until,
+)
 
 HEADER_TIMEOUT = EDGE_LIMITS["HTTP_HEADER_TIMEOUT"]
 BODY_TIMEOUT = EDGE_LIMITS["HTTP_BODY_TIMEOUT"]
 SCHEDULING_SLACK = 1.0  # seconds a cut may come after its deadline
 ANSWER_BOUND = 1.0      # /health and a vote answered within this, under attack
 MIB = 1024 * 1024
+Vote = namedtuple("Vote", "post score status")
 
 
 def connect(edge, timeout=10):
@@ -173,7 +186,6 @@ def test_hostile_bodies_cost_bounded_memory(gateway):
     refused with 400, and the process grows by at most 150 MB."""
     shapes = hostile_bodies()
     before = gateway.process.rss_kib()
-    print("\nHWM before", gateway.process.rss_kib("VmHWM") / 1024)
 
     def send(i):
         path, content_type, body, _ = shapes[i % len(shapes)]
@@ -182,14 +194,14 @@ def test_hostile_bodies_cost_bounded_memory(gateway):
     pool = eventlet.GreenPool(40)
     responses = list(pool.imap(send, range(40)))
     peak = gateway.process.rss_kib("VmHWM")
-    got = [(r.status_code, r.json()) for r in responses]
-    expected = [(400, {"error": "VALIDATION_ERROR", "message": shapes[i % len(shapes)][3]})
-                for i in range(40)]
-    assert got == expected
     growth_mb = (peak - before) / 1024
     print("\nRSS before {:.1f} MB, peak {:.1f} MB, growth {:.1f} MB".format(
         before / 1024, peak / 1024, growth_mb))
     assert growth_mb <= 150
+    got = [(r.status_code, r.json()) for r in responses]
+    expected = [(400, {"error": "VALIDATION_ERROR", "message": shapes[i % len(shapes)][3]})
+                for i in range(40)]
+    assert got == expected
     assert_serving(gateway)
 
 
@@ -198,8 +210,11 @@ def queued_votes(amqp_uri):
     votes = []
     with Connection(amqp_uri) as connection:
         channel = connection.default_channel
-        while (message := channel.basic_get(VOTES_QUEUE, no_ack=True)) is not None:
-            votes.extend(json.loads(message.body)["votes"])
+        try:
+            while (message := channel.basic_get(VOTES_QUEUE, no_ack=True)) is not None:
+                votes.extend(json.loads(message.body)["votes"])
+        except amqp.exceptions.NotFound:  # not declared: nothing published yet
+            pass
     return votes
 
 
@@ -241,3 +256,95 @@ def test_control_characters_escaped_in_the_log(gateway):
     assert b"\x1b" not in log and b"\x07" not in log
     assert b"GET /\\x1b[31mred\\x07 HTTP/1.1" in log
     assert b"\\x1b]0;pwned\\x07" in log
+
+
+@pytest.mark.parametrize("module, port_key", [
+    ("services.gateway.service", "WEB_SERVER_ADDRESS"),
+    ("services.votes.service", "METRICS_ADDRESS"),
+])
+def test_out_of_file_descriptors(tmp_path, rabbit_config, redis_uri, module, port_key):
+    """Under ``ulimit -n 256``, 400 idle connections: accept fails with
+    EMFILE; the process waits, counts and logs it, and serves afterwards."""
+    edge = start_service(tmp_path, rabbit_config["AMQP_URI"], redis_uri,
+                         module=module, nofile=256, port_key=port_key,
+                         name=module.split(".")[1])
+
+    def open_idle(_):
+        try:
+            return socket.create_connection(edge.address, timeout=1)
+        except OSError:
+            return None
+    pool = eventlet.GreenPool(400)
+    idle = [sock for sock in pool.imap(open_idle, range(400)) if sock is not None]
+    eventlet.sleep(1)
+    for sock in idle:
+        sock.close()
+    assert edge.process.alive, edge.process.tail()
+    wait_until(lambda: _answers(edge), 10, "the service to answer again")
+    health = edge.get("/health")
+    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    metrics = edge.get("/metrics").text
+    label = "gateway" if port_key == "WEB_SERVER_ADDRESS" else "votes-metrics"
+    assert 'http_accept_errors_total{error="EMFILE",server="%s"}' % label in metrics
+    assert edge.process.log_text().count("accept failed") == 1
+    if port_key == "WEB_SERVER_ADDRESS":
+        assert_serving(edge)
+    edge.process.kill()
+
+
+def _answers(edge):
+    try:
+        return edge.get("/health", timeout=1).status_code == 200
+    except OSError:
+        return False
+
+
+def test_sigterm_under_load_answers_what_it_read(tmp_path, rabbit_config):
+    """SIGTERM to the gateway while 30 keep-alive clients vote: it exits
+    within 10 s, and the votes counted are exactly those answered 202
+    (none counted that its client did not see accepted)."""
+    redis_server = RedisServer(tmp_path)
+    redis_server.start()
+    cluster = Cluster(tmp_path, rabbit_config["AMQP_URI"], rabbit_config["vhost"],
+                      redis_server)
+    try:
+        gateway = cluster.start_gateway()
+        cluster.start_votes()
+        answers = []
+        stop = []
+
+        def client(n):
+            session = requests.Session()
+            i = 0
+            while not stop:
+                post, score = "p{}".format((n + i) % 7), 1 if i % 3 else -1
+                i += 1
+                try:
+                    response = session.get(cluster.base_url + "/vote", timeout=15,
+                                           params={"postId": post, "score": score})
+                    answers.append(Vote(post, score, response.status_code))
+                except requests.RequestException:
+                    answers.append(Vote(post, score, None))
+                    eventlet.sleep(0.05)
+        threads = [eventlet.spawn(client, n) for n in range(30)]
+        wait_until(lambda: len(answers) >= 1500, 30, "1500 votes answered")
+        signalled = time.monotonic()
+        gateway.signal(signal.SIGTERM)
+        code = gateway.wait_exit(SIGTERM_BOUND)
+        took = time.monotonic() - signalled
+        stop.append(True)
+        for thread in threads:
+            thread.wait()
+        accepted = [a for a in answers if a.status == 202]
+        statuses = Counter(a.status for a in answers)
+        print("\nSIGTERM under load: answers {}, exit {} after {:.2f}s".format(
+            dict(statuses), code, took))
+        assert code == 0, gateway.tail()
+        assert took < SIGTERM_BOUND
+        assert set(statuses) <= {202, None}
+        expected = tally(accepted)
+        counted = settle(cluster, expected)
+        assert counted == expected
+    finally:
+        cluster.close(show_logs=False)
+        redis_server.kill()
