@@ -268,28 +268,29 @@ def test_out_of_file_descriptors(tmp_path, rabbit_config, redis_uri, module, por
     edge = start_service(tmp_path, rabbit_config["AMQP_URI"], redis_uri,
                          module=module, nofile=256, port_key=port_key,
                          name=module.split(".")[1])
-
-    def open_idle(_):
-        try:
-            return socket.create_connection(edge.address, timeout=1)
-        except OSError:
-            return None
-    pool = eventlet.GreenPool(400)
-    idle = [sock for sock in pool.imap(open_idle, range(400)) if sock is not None]
-    eventlet.sleep(1)
-    for sock in idle:
-        sock.close()
-    assert edge.process.alive, edge.process.tail()
-    wait_until(lambda: _answers(edge), 10, "the service to answer again")
-    health = edge.get("/health")
-    assert (health.status_code, health.json()) == (200, {"status": "ok"})
-    metrics = edge.get("/metrics").text
-    label = "gateway" if port_key == "WEB_SERVER_ADDRESS" else "votes-metrics"
-    assert 'http_accept_errors_total{error="EMFILE",server="%s"}' % label in metrics
-    assert edge.process.log_text().count("accept failed") == 1
-    if port_key == "WEB_SERVER_ADDRESS":
-        assert_serving(edge)
-    edge.process.kill()
+    try:
+        def open_idle(_):
+            try:
+                return socket.create_connection(edge.address, timeout=1)
+            except OSError:
+                return None
+        pool = eventlet.GreenPool(400)
+        idle = [sock for sock in pool.imap(open_idle, range(400)) if sock is not None]
+        eventlet.sleep(1)
+        for sock in idle:
+            sock.close()
+        assert edge.process.alive, edge.process.tail()
+        wait_until(lambda: _answers(edge), 10, "the service to answer again")
+        health = edge.get("/health")
+        assert (health.status_code, health.json()) == (200, {"status": "ok"})
+        metrics = edge.get("/metrics").text
+        label = "gateway" if port_key == "WEB_SERVER_ADDRESS" else "votes-metrics"
+        assert 'http_accept_errors_total{error="EMFILE",server="%s"}' % label in metrics
+        assert 1 <= edge.process.log_text().count("accept failed") <= 2  # once per 10 s
+        if port_key == "WEB_SERVER_ADDRESS":
+            assert_serving(edge)
+    finally:
+        edge.process.kill()
 
 
 def _answers(edge):

@@ -1,0 +1,59 @@
+"""services.http_server without sockets: its settings, its escaping, and the
+upstream internals it relies on (so that an upgrade fails here, loudly)."""
+import io
+
+import pytest
+from eventlet.wsgi import HttpProtocol
+from nameko.exceptions import ConfigurationError
+from nameko.web.server import WebServer
+
+from services import http_server
+from services.http_server import Limits, escape_controls
+
+
+def test_defaults():
+    assert Limits.from_config({}) == Limits(
+        header_timeout=10.0, body_timeout=10.0, idle_timeout=15.0,
+        max_connections=1000, max_large_bodies=4, max_header_bytes=16384,
+        max_body_bytes=1048576, drain_timeout=6.0)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("HTTP_HEADER_TIMEOUT", 11, "HTTP_HEADER_TIMEOUT must be a number from 0.1 to 10 (got 11)"),
+    ("HTTP_MAX_CONNECTIONS", 0,
+     "HTTP_MAX_CONNECTIONS must be an integer from 1 to 1000000 (got 0)"),
+    ("HTTP_MAX_BODY_BYTES", "1MB",
+     "HTTP_MAX_BODY_BYTES must be an integer from 0 to 67108864 (got '1MB')"),
+    ("HTTP_DRAIN_TIMEOUT", 8, "HTTP_DRAIN_TIMEOUT must be a number from 0 to 7.5 (got 8)"),
+])
+def test_bad_limits_stop_the_start(key, value, message):
+    with pytest.raises(ConfigurationError) as error:
+        Limits.from_config({key: value})
+    assert str(error.value) == message
+
+
+@pytest.mark.parametrize("text, escaped", [
+    ("GET /\x1b[31mred\x07 HTTP/1.1", "GET /\\x1b[31mred\\x07 HTTP/1.1"),
+    ("a\r\nb\tc\x00\x7f\x9b", "a\\x0d\\x0ab\\x09c\\x00\\x7f\\x9b"),
+    ("plain /vote?postId=1", "plain /vote?postId=1"),
+])
+def test_control_characters_escaped(text, escaped):
+    assert escape_controls(text) == escaped
+
+
+def test_header_budget_counts_all_lines():
+    budget = http_server._HeaderBudget(io.BytesIO(b"A: 1234\r\nB: 5678\r\n\r\n"), 12)
+    assert budget.readline(65537) == b"A: 1234\r\n"
+    with pytest.raises(http_server._HeadersTooLarge):
+        budget.readline(65537)
+
+
+def test_upstream_internals_still_there():
+    # eventlet's protocol: the methods EdgeProtocol overrides or calls
+    for name in ("_read_request_line", "handle_one_request", "handle_one_response",
+                 "parse_request", "get_client_address"):
+        assert callable(getattr(HttpProtocol, name)), name
+    # nameko's WebServer: the attributes EdgeWebServer uses
+    server = WebServer()
+    for name in ("_gt", "_sock", "_serv", "_is_accepting"):
+        assert hasattr(server, name), name
