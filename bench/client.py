@@ -7,6 +7,8 @@ import time
 
 import redis.asyncio
 
+from services import contracts
+
 
 class HttpError(Exception):
     pass
@@ -205,7 +207,7 @@ async def _latency(host, port, redis_uri, rate, duration, probe_rate,
         stats["ack_ms"].append((now - scheduled) * 1000)
         if probe:
             stats["probes"].append(post)
-            pending["votes:post:" + post] = now
+            pending[contracts.post_key(post)] = now
 
     async def poll():
         last = None

@@ -20,14 +20,16 @@ import uuid
 import amqp
 import redis
 
+from services import contracts
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 AMQP_HOST = os.environ.get("BENCH_AMQP_HOST", "127.0.0.1:5672")
 # only used when no redis-server binary is there to start a private one
 SHARED_REDIS = os.environ.get("BENCH_SHARED_REDIS", "redis://127.0.0.1:6379/15")
 # the queue the gateway publishes vote_cast events to (for its depth only)
-VOTES_QUEUE = "evt-gateway-vote_cast--votes.handle_vote_cast"
-DEAD_LETTER_QUEUE = "votes.dead-letter"
+VOTES_QUEUE = contracts.VOTES_QUEUE
+DEAD_LETTER_QUEUE = contracts.DEAD_LETTER_QUEUE
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -18,6 +18,7 @@ from bench.env import (
     machine_info,
     rabbitmq_pid,
 )
+from services import contracts
 
 RESULTS = os.path.join(ROOT, "bench", "results", "latest.txt")
 # the smoke test must not overwrite the last full run
@@ -134,7 +135,7 @@ class Bench:
             for start in range(0, len(keys), 1000):
                 pipe = store.pipeline(transaction=False)
                 for post in keys[start:start + 1000]:
-                    pipe.hmget("votes:post:" + post, "upvote", "downvote")
+                    pipe.hmget(contracts.post_key(post), "upvote", "downvote")
                 for up, down in pipe.execute():
                     total += int(up or 0) + int(down or 0)
         finally:
@@ -536,8 +537,8 @@ class Bench:
                      "encoding {}, votes:top {}".format(
                          len(targets), fmt(m // len(targets)),
                          store.execute_command("OBJECT", "ENCODING",
-                                               "votes:voters:" + targets[0]),
-                         store.execute_command("OBJECT", "ENCODING", "votes:top")))
+                                               contracts.voters_key(targets[0])),
+                         store.execute_command("OBJECT", "ENCODING", contracts.KEY_TOP)))
             # the same 1-vote requests without and with a key: the
             # difference is what the keys' marks cost
             k = self.p["memory_keys"]
@@ -560,15 +561,15 @@ class Bench:
                          fmt(self.figures["key_bytes"])), "",
                      "{} 1-vote POST /votes with a key each, less the same "
                      "without; MEMORY STATS delta".format(fmt(k)),
-                     "votes:once:<keyId> with its fingerprint, kept for "
-                     "IDEMPOTENCY_TTL")
+                     "{} with its fingerprint, kept for IDEMPOTENCY_TTL".format(
+                         contracts.once_key("<keyId>")))
             for failed in (failures, failures2):
                 if failed:
                     self.notes.append("memory: failed requests {}".format(failed))
 
             marks, mark_bytes, cursor = 0, None, 0
             while True:
-                cursor, keys = store.scan(cursor, match="votes:applied:*", count=1000)
+                cursor, keys = store.scan(cursor, match=contracts.APPLIED_KEY_PATTERN, count=1000)
                 marks += len(keys)
                 if keys and mark_bytes is None:
                     mark_bytes = store.memory_usage(keys[0])
@@ -603,7 +604,7 @@ class Bench:
         cursor = 0
         try:
             while True:
-                cursor, keys = store.scan(cursor, match="votes:post:*", count=1000)
+                cursor, keys = store.scan(cursor, match=contracts.POST_KEY_PATTERN, count=1000)
                 if keys:
                     pipe = store.pipeline(transaction=False)
                     for key in keys:

@@ -27,6 +27,7 @@ from nameko.extensions import DependencyProvider
 from nameko.rpc import get_rpc_exchange
 from nameko.standalone.events import get_event_exchange
 
+from services import contracts
 from services.gateway import metrics
 from services.gateway.batching import Expired, GroupCommit
 from services.gateway.exceptions import BrokerUnavailable, ServiceUnavailable
@@ -34,11 +35,6 @@ from services.settings import number
 
 _log = logging.getLogger(__name__)
 
-EVENT_TYPE = "vote_cast"
-# the queue nameko's event_handler declares for votes.handle_vote_cast;
-# declared here too so that no vote is dropped before the votes service
-# has ever run
-VOTES_QUEUE = "evt-gateway-vote_cast--votes.handle_vote_cast"
 
 PUBLISH_TIMEOUT_CONFIG_KEY = "PUBLISH_TIMEOUT"
 READ_TIMEOUT_CONFIG_KEY = "READ_TIMEOUT"
@@ -115,9 +111,10 @@ class VotePublisher(DependencyProvider):
                               DEFAULT_PUBLISH_TIMEOUT, 0.1, 60)
         number(config, MAX_WORKERS_CONFIG_KEY, DEFAULT_MAX_WORKERS, 1, 10_000,
                integer=True)
-        self.exchange = get_event_exchange("gateway", config)
+        self.exchange = get_event_exchange(contracts.GATEWAY_SERVICE, config)
         queue = Queue(
-            VOTES_QUEUE, exchange=self.exchange, routing_key=EVENT_TYPE,
+            contracts.VOTES_QUEUE, exchange=self.exchange,
+            routing_key=contracts.VOTE_CAST,
             durable=True, auto_delete=False, exclusive=False,
         )
         self.links = [
@@ -176,7 +173,7 @@ class VotePublisher(DependencyProvider):
             try:
                 with eventlet.Timeout(left):
                     link.get_producer().publish(
-                        body, exchange=self.exchange, routing_key=EVENT_TYPE,
+                        body, exchange=self.exchange, routing_key=contracts.VOTE_CAST,
                         serializer="json", delivery_mode=2, mandatory=True,
                         retry=False, confirm_timeout=left,
                     )
@@ -243,7 +240,7 @@ class VotesReader(DependencyProvider):
             raise ServiceUnavailable("the votes service did not answer in time") from None
 
     def top(self, limit):
-        return self.call("top", limit)
+        return self.call(contracts.RPC_TOP, limit)
 
     def readiness(self):
         """(ready, checks): the broker, the votes service and its Redis, and
@@ -252,14 +249,15 @@ class VotesReader(DependencyProvider):
         try:
             with self.link.lock:
                 channel = self.link.get_producer().channel
-                _, waiting, consumers = channel.queue_declare(VOTES_QUEUE, passive=True)
+                _, waiting, consumers = channel.queue_declare(
+                    contracts.VOTES_QUEUE, passive=True)
             checks["queue"] = {"waiting": waiting, "consumers": consumers}
         except Exception as exc:
             self.link.reset()
             if "NOT_FOUND" not in str(exc):  # no vote was ever sent: still ok
                 checks["broker"] = "unavailable"
         try:
-            checks["redis"] = self.call("health")["redis"]
+            checks["redis"] = self.call(contracts.RPC_HEALTH)["redis"]
         except ServiceUnavailable:
             checks["votes"] = "unavailable"
         ready = all(checks[name] == "ok" for name in ("broker", "votes", "redis"))
@@ -269,7 +267,7 @@ class VotesReader(DependencyProvider):
 
     def _read_group(self, queries):
         return self.call(
-            "get_counts_many", [list(query) for query in queries],
+            contracts.RPC_GET_COUNTS_MANY, [list(query) for query in queries],
             timeout=self.timeout * 0.6)
 
     def call(self, method, *args, timeout=None):
@@ -298,7 +296,7 @@ class VotesReader(DependencyProvider):
                 self.link.get_producer().publish(
                     {"args": args, "kwargs": {}},
                     exchange=self.exchange,
-                    routing_key="votes.{}".format(method),
+                    routing_key=contracts.rpc_routing_key(method),
                     serializer="json", delivery_mode=1, retry=False,
                     reply_to=self.reply_queue_name,
                     correlation_id=correlation_id,

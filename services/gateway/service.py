@@ -5,7 +5,7 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Response
 
-from services import rules
+from services import contracts, rules
 from services.gateway import metrics, schemas
 from services.gateway.dependencies import RecentKeys, VotePublisher, VotesReader
 from services.gateway.entrypoints import http, json_response
@@ -57,7 +57,7 @@ def _vote_fields(request):
 class GatewayService:
     """HTTP front door: validates, queues votes as events, answers reads."""
 
-    name = "gateway"
+    name = contracts.GATEWAY_SERVICE
 
     cast_votes = VotePublisher()
     votes_rpc = VotesReader()

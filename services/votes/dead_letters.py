@@ -54,10 +54,10 @@ import yaml
 from kombu import Connection
 from nameko.cli.main import setup_yaml_parser
 
+from services import contracts
 from services.settings import number
 from services.votes.dependencies import (
     DEFAULT_MARK_TTL,
-    KEY_APPLIED,
     MARK_TTL_CONFIG_KEY,
     REDIS_KEY,
 )
@@ -133,7 +133,7 @@ def why_not(message, store, mark_ttl, now):
     event_id = _event_id(message)
     if event_id is None:
         return "status unknown: dead-lettered by its handler, and no event id"
-    mark = KEY_APPLIED.format(event_id)
+    mark = contracts.applied_key(event_id)
     if headers.get(APPLIED_MARK_HEADER) == MARK_PRESENT:
         return ("applied: event {} had its mark when it was dead-lettered "
                 "(the mark is kept for good)".format(event_id))

@@ -24,6 +24,7 @@ from nameko_redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from services import contracts
 from services.settings import number
 from services.votes import metrics
 from services.votes.exceptions import NotFound, StoreUnavailable
@@ -38,12 +39,6 @@ DEFAULT_CLOCK_SKEW = 2.0
 RETRACTION_TTL_CONFIG_KEY = "RETRACTION_TTL"
 DEFAULT_RETRACTION_TTL = 60 * 60
 
-KEY_POST = "votes:post:{}"
-KEY_VOTERS = "votes:voters:{}"
-KEY_TOP = "votes:top"
-KEY_APPLIED = "votes:applied:{}"
-KEY_RETRACTED = "votes:retracted:{}"
-KEY_ONCE = "votes:once:{}"
 
 # One atomic step per event: the mark, every vote and the leaderboard.
 # A redelivered event finds its mark and changes nothing; a vote sent with
@@ -264,10 +259,10 @@ class VoteStorage:
         had been applied before)."""
         # every key is named in KEYS (as Redis Cluster requires); the votes
         # travel as one JSON argument, far cheaper to pack than five each
-        keys = [KEY_APPLIED.format(event_id), KEY_TOP]
+        keys = [contracts.applied_key(event_id), contracts.KEY_TOP]
         for vote in votes:
-            keys += [KEY_POST.format(vote.postId), KEY_VOTERS.format(vote.postId),
-                     KEY_RETRACTED.format(vote.postId)]
+            keys += [contracts.post_key(vote.postId), contracts.voters_key(vote.postId),
+                     contracts.retracted_key(vote.postId)]
         once = {}
         packed = []
         for vote in votes:
@@ -275,7 +270,7 @@ class VoteStorage:
             if vote.key is not None:
                 slot = once.get(vote.key)
                 if slot is None:
-                    keys.append(KEY_ONCE.format(vote.key))
+                    keys.append(contracts.once_key(vote.key))
                     slot = once[vote.key] = len(keys)  # Lua counts from 1
             packed.append([vote.postId, vote.score, vote.voterId or "",
                            str(vote.ts), vote.voteId, slot, vote.fp or ""])
@@ -297,9 +292,9 @@ class VoteStorage:
         try:
             with self.client.pipeline(transaction=True) as pipe:
                 for post_id, voter_id in queries:
-                    pipe.hmget(KEY_POST.format(post_id), "upvote", "downvote")
+                    pipe.hmget(contracts.post_key(post_id), "upvote", "downvote")
                     if voter_id is not None:
-                        pipe.hget(KEY_VOTERS.format(post_id), voter_id)
+                        pipe.hget(contracts.voters_key(post_id), voter_id)
                 replies = iter(pipe.execute())
         except REDIS_ERRORS as exc:
             store_error(exc)
@@ -330,7 +325,8 @@ class VoteStorage:
 
     def top(self, limit):
         try:
-            flat = self._top(keys=[KEY_TOP], args=[limit, KEY_POST.format("")])
+            flat = self._top(keys=[contracts.KEY_TOP],
+                             args=[limit, contracts.post_key("")])
         except REDIS_ERRORS as exc:
             store_error(exc)
             raise

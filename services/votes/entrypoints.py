@@ -37,17 +37,19 @@ from nameko.messaging import QueueConsumer
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import parse_address
 
+from services import contracts
 from services.http_server import EdgeWebServer
 from services.shutdown import arm_stop_deadline
 from services.votes import metrics
-from services.votes.dependencies import KEY_APPLIED, VoteStore
+from services.votes.dependencies import VoteStore
 
 _log = logging.getLogger(__name__)
 
-DEAD_LETTER_EXCHANGE = Exchange("votes.dead-letter", type="direct", durable=True)
+DEAD_LETTER_EXCHANGE = Exchange(contracts.DEAD_LETTER_EXCHANGE, type="direct",
+                                durable=True)
 DEAD_LETTER_QUEUE = Queue(
-    "votes.dead-letter", exchange=DEAD_LETTER_EXCHANGE,
-    routing_key="votes.dead-letter", durable=True, auto_delete=False,
+    contracts.DEAD_LETTER_QUEUE, exchange=DEAD_LETTER_EXCHANGE,
+    routing_key=contracts.DEAD_LETTER_ROUTING_KEY, durable=True, auto_delete=False,
 )
 METRICS_ADDRESS_CONFIG_KEY = "METRICS_ADDRESS"
 DEFAULT_METRICS_ADDRESS = "0.0.0.0:9100"
@@ -161,7 +163,7 @@ def seal_applied_mark(client, event_id):
     for good, so that a replay, however late, changes nothing."""
     if client is None:
         return MARK_UNKNOWN
-    key = KEY_APPLIED.format(event_id)
+    key = contracts.applied_key(event_id)
     try:
         with client.pipeline(transaction=True) as pipe:
             pipe.exists(key)
@@ -317,6 +319,21 @@ class Rpc(nameko.rpc.Rpc):
 
     rpc_consumer = ResilientRpcConsumer()
 
+    def unpack_message_headers(self, message):
+        context_data = super().unpack_message_headers(message)
+        correlation_id = message.properties.get("correlation_id")
+        if correlation_id:
+            context_data[REQUEST_ID_CONTEXT_KEY] = hashlib.sha256(
+                str(correlation_id).encode()).hexdigest()[:32]
+        return context_data
+
+
+class RequestId(ContextDataProvider):
+    """Injects the id of the RPC request being served (None if the caller
+    sent no correlation id)."""
+
+    context_key = REQUEST_ID_CONTEXT_KEY
+
 
 rpc = Rpc.decorator
 
@@ -348,21 +365,6 @@ class MetricsServer(EdgeWebServer):
 
 class MetricsHttp(HttpRequestHandler):
     server = MetricsServer()
-
-    def unpack_message_headers(self, message):
-        context_data = super().unpack_message_headers(message)
-        correlation_id = message.properties.get("correlation_id")
-        if correlation_id:
-            context_data[REQUEST_ID_CONTEXT_KEY] = hashlib.sha256(
-                str(correlation_id).encode()).hexdigest()[:32]
-        return context_data
-
-
-class RequestId(ContextDataProvider):
-    """Injects the id of the RPC request being served (None if the caller
-    sent no correlation id)."""
-
-    context_key = REQUEST_ID_CONTEXT_KEY
 
 
 metrics_http = MetricsHttp.decorator

@@ -5,7 +5,7 @@ import uuid
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Response
 
-from services import rules
+from services import contracts, rules
 from services.votes import metrics, schemas
 from services.votes.dependencies import VoteStore
 from services.votes.entrypoints import RequestId, event_handler, metrics_http, rpc
@@ -17,13 +17,13 @@ MAX_TOP = 100
 class VotesService:
     """Applies votes to the counts in Redis and answers reads."""
 
-    name = "votes"
+    name = contracts.VOTES_SERVICE
 
     store = VoteStore()
     request_id = RequestId()
 
     @event_handler(
-        "gateway", "vote_cast",
+        contracts.GATEWAY_SERVICE, contracts.VOTE_CAST,
         schema=schemas.parse_event,
         retry_on=(StoreUnavailable,),
         expected_exceptions=(StoreUnavailable,),

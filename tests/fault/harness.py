@@ -29,6 +29,8 @@ from nameko.standalone.events import get_event_exchange
 from nameko.testing.utils import find_free_port
 from prometheus_client.parser import text_string_to_metric_families
 
+from services import contracts
+
 with warnings.catch_warnings():  # it imports pkg_resources, deprecated
     warnings.simplefilter("ignore")
     from nameko.cli.main import setup_yaml_parser
@@ -37,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[2]
 NAMEKO = str(Path(sys.executable).parent / "nameko")
 GATEWAY = "services.gateway.service"
 VOTES = "services.votes.service"
-VOTES_QUEUE = "evt-gateway-vote_cast--votes.handle_vote_cast"
-RPC_QUEUE = "rpc-votes"
-DEAD_LETTER_QUEUE = "votes.dead-letter"
+VOTES_QUEUE = contracts.VOTES_QUEUE
+RPC_QUEUE = contracts.RPC_QUEUE
+DEAD_LETTER_QUEUE = contracts.DEAD_LETTER_QUEUE
 
 START_TIMEOUT = 30      # a service process up and consuming / listening
 DRAIN_TIMEOUT = 60      # every accepted vote counted
@@ -355,9 +357,9 @@ class Cluster:
     def counted(self):
         """postId -> Counter(upvote=, downvote=) of every post in Redis."""
         counts = {}
-        for key in self.redis.scan_iter("votes:post:*", count=1000):
+        for key in self.redis.scan_iter(contracts.POST_KEY_PATTERN, count=1000):
             fields = self.redis.hgetall(key)
-            counts[key.split(":", 2)[2]] = collections.Counter({
+            counts[contracts.post_id_of(key)] = collections.Counter({
                 name: int(value) for name, value in fields.items()
                 if int(value)})
         return counts
@@ -672,7 +674,7 @@ def publish_malformed(amqp_uri, count, pause=0.005):
             body = make(n)
             if not isinstance(body, bytes):  # made unique by n
                 body = json.dumps(body).replace("{n}", str(n)).encode()
-            producer.publish(body, exchange=exchange, routing_key="vote_cast",
+            producer.publish(body, exchange=exchange, routing_key=contracts.VOTE_CAST,
                              content_type=content_type, content_encoding=encoding,
                              delivery_mode=2, declare=[exchange])
             reasons[body] = reason

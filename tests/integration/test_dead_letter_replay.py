@@ -12,6 +12,7 @@ from nameko.standalone.events import event_dispatcher
 from nameko.testing.services import entrypoint_waiter
 from nameko.testing.utils import find_free_port
 
+from services import contracts
 from services.votes import schemas
 from services.votes.dead_letters import replay
 from services.votes.dependencies import VoteStore
@@ -24,9 +25,9 @@ from services.votes.exceptions import StoreUnavailable
 from services.votes.service import VotesService
 from tests.conftest import make_event, make_vote
 
-EVENTS = Exchange("gateway.events", type="topic", durable=True)
-VOTES_QUEUE = Queue("evt-gateway-vote_cast--votes.handle_vote_cast",
-                    exchange=EVENTS, routing_key="vote_cast", durable=True)
+EVENTS = Exchange(contracts.EVENTS_EXCHANGE, type="topic", durable=True)
+VOTES_QUEUE = Queue(contracts.VOTES_QUEUE,
+                    exchange=EVENTS, routing_key=contracts.VOTE_CAST, durable=True)
 HANDLER_FAILED = "handler failed 5 times: KeyError: 'x'"
 INVALID = "invalid payload: votes: field required"
 
@@ -38,8 +39,8 @@ def declare(amqp_uri, *entities):
             entity.bind(channel).declare()
 
 
-def dead_letter(amqp_uri, body, reason, exchange="gateway.events",
-                routing_key="vote_cast", **headers):
+def dead_letter(amqp_uri, body, reason, exchange=contracts.EVENTS_EXCHANGE,
+                routing_key=contracts.VOTE_CAST, **headers):
     """Put a message in the dead-letter queue as the votes service does."""
     headers.setdefault("x-dead-lettered-at", int(time.time()))
     headers.update({"x-dead-letter-reason": reason,
@@ -108,7 +109,7 @@ class ApplyThenFail:
     name = "votes"
     store = VoteStore()
 
-    @event_handler("gateway", "vote_cast", schema=schemas.parse_event,
+    @event_handler(contracts.GATEWAY_SERVICE, contracts.VOTE_CAST, schema=schemas.parse_event,
                    retry_on=(StoreUnavailable,))
     def handle_vote_cast(self, event):
         self.store.apply(event.id, event.votes)
@@ -137,13 +138,13 @@ def test_applied_event_is_not_replayed_after_its_mark_would_have_expired(
     failing = container_factory(ApplyThenFail, config)
     failing.start()
     event = make_event(make_vote(postId="dl1"))
-    event_dispatcher(config)("gateway", "vote_cast", event)
+    event_dispatcher(config)(contracts.GATEWAY_SERVICE, contracts.VOTE_CAST, event)
     assert wait_for_depth(amqp_uri, DEAD_LETTER_QUEUE.name, 1) == 1
     failing.stop()
-    mark = "votes:applied:" + event["id"]
+    mark = contracts.applied_key(event["id"])
     # the service found the mark when it dead-lettered the event, and kept it
     assert redis_client.ttl(mark) == -1
-    assert redis_client.hgetall("votes:post:dl1") == {
+    assert redis_client.hgetall(contracts.post_key("dl1")) == {
         "upvote": "1", "downvote": "0"}
     with Connection(amqp_uri) as connection:
         message = connection.channel().basic_get(DEAD_LETTER_QUEUE.name,
@@ -169,13 +170,13 @@ def test_applied_event_is_not_replayed_after_its_mark_would_have_expired(
     # forced, it is replayed, and the mark kept for good makes it harmless
     votes = container_factory(VotesService, config)
     votes.start()
-    with entrypoint_waiter(votes, "handle_vote_cast"):
+    with entrypoint_waiter(votes, contracts.VOTE_CAST_HANDLER):
         (replayed, kept), lines = run_replay(
             amqp_uri, store=redis_client, mark_ttl=60, force=True,
             now=time.time() + 600)
     assert (replayed, kept) == (1, 0)
     assert lines[0].startswith("forced message {}".format(event["id"]))
-    assert redis_client.hgetall("votes:post:dl1") == {
+    assert redis_client.hgetall(contracts.post_key("dl1")) == {
         "upvote": "1", "downvote": "0"}
     assert wait_for_depth(amqp_uri, DEAD_LETTER_QUEUE.name, 0) == 0
 
@@ -187,7 +188,7 @@ def test_replay_looks_up_the_mark_of_events_its_handler_failed(
     ttl, now = 100, int(time.time())
     applied, old, recent, absent = (make_event(event_id=name) for name in (
         "applied", "old", "recent", "absent"))
-    redis_client.set("votes:applied:applied", "1", ex=ttl)
+    redis_client.set(contracts.applied_key("applied"), "1", ex=ttl)
     # dead-lettered before x-applied-mark was written: looked up in Redis
     dead_letter(amqp_uri, applied, HANDLER_FAILED)
     dead_letter(amqp_uri, old, HANDLER_FAILED, **{

@@ -5,6 +5,8 @@ import time
 
 import eventlet
 
+from services import contracts
+
 
 def wait_for_counts(web_session, expected, timeout=30):
     """Poll /vote-counts until every post shows `expected` (bounded)."""
@@ -48,7 +50,7 @@ def test_votes_on_many_posts_are_exact(services, web_session, redis_client):
 
     want = expected_counts(plan)
     assert wait_for_counts(web_session, want) == want
-    assert len(redis_client.keys("votes:post:*")) == len(want)
+    assert len(redis_client.keys(contracts.POST_KEY_PATTERN)) == len(want)
 
 
 def test_2000_concurrent_votes_on_50_posts(services, web_session):
@@ -85,7 +87,7 @@ def test_refused_batch_changes_nothing(services, web_session, redis_client):
     assert response.json()["message"].startswith("votes[10].score:")
     time.sleep(0.5)
     assert web_session.get("/vote-counts?postId=r1").status_code == 404
-    assert redis_client.keys("votes:*") == []
+    assert redis_client.keys(contracts.KEY_PREFIX + "*") == []
 
 
 def test_concurrent_large_batches_all_answered(services, web_session):

@@ -9,10 +9,10 @@ from amqp.exceptions import NotFound
 from kombu import Connection
 from nameko.rpc import rpc
 
-from services import rules
+from services import contracts, rules
 from services.gateway.service import GatewayService
 
-VOTES_QUEUE = "evt-gateway-vote_cast--votes.handle_vote_cast"
+VOTES_QUEUE = contracts.VOTES_QUEUE
 ID_RULE = "must be 1-64 characters of A-Z a-z 0-9 _ -"
 SCORE_RULE = "must be 1 or -1 (or 0, with a voterId, to retract)"
 

@@ -12,7 +12,7 @@ from nameko.standalone.events import event_dispatcher
 from nameko.standalone.rpc import ServiceRpcProxy
 from nameko.testing.services import entrypoint_waiter
 
-from services import rules
+from services import contracts, rules
 from services.votes import dead_letters as dead_letter_tool
 from services.votes import schemas
 from services.votes.dependencies import Limits, VoteStorage
@@ -21,8 +21,8 @@ from services.votes.entrypoints import DEAD_LETTER_QUEUE as DEAD_LETTERS
 from services.votes.service import VotesService
 from tests.conftest import make_event, make_vote
 
-DEAD_LETTER_QUEUE = "votes.dead-letter"
-VOTES_QUEUE = "evt-gateway-vote_cast--votes.handle_vote_cast"
+DEAD_LETTER_QUEUE = contracts.DEAD_LETTER_QUEUE
+VOTES_QUEUE = contracts.VOTES_QUEUE
 
 
 @pytest.fixture
@@ -44,8 +44,8 @@ def rpc(config):
 
 
 def cast(container, dispatch, event):
-    with entrypoint_waiter(container, "handle_vote_cast") as result:
-        dispatch("gateway", "vote_cast", event)
+    with entrypoint_waiter(container, contracts.VOTE_CAST_HANDLER) as result:
+        dispatch(contracts.GATEWAY_SERVICE, contracts.VOTE_CAST, event)
     result.get()
 
 
@@ -81,9 +81,9 @@ def test_event_creates_and_updates_a_post(votes, dispatch, rpc, redis_client):
 
     assert rpc.get_counts("348") == {
         "postId": "348", "upvote": 2, "downvote": 1, "score": 1}
-    assert redis_client.hgetall("votes:post:348") == {
+    assert redis_client.hgetall(contracts.post_key("348")) == {
         "upvote": "2", "downvote": "1"}
-    assert redis_client.zscore("votes:top", "348") == -1
+    assert redis_client.zscore(contracts.KEY_TOP, "348") == -1
 
 
 def test_redelivered_event_counts_once(votes, dispatch, rpc, redis_client):
@@ -93,7 +93,7 @@ def test_redelivered_event_counts_once(votes, dispatch, rpc, redis_client):
 
     assert rpc.get_counts("348")["upvote"] == 1
     assert rpc.get_counts("9")["downvote"] == 1
-    mark_ttl = redis_client.ttl("votes:applied:" + event["id"])
+    mark_ttl = redis_client.ttl(contracts.applied_key(event["id"]))
     assert 86390 < mark_ttl <= 86400
 
 
@@ -113,15 +113,15 @@ def test_redelivered_event_counts_once(votes, dispatch, rpc, redis_client):
 ])
 def test_invalid_event_is_dead_lettered(votes, dispatch, rpc, config, payload,
                                         reason, redis_client):
-    dispatch("gateway", "vote_cast", payload)
+    dispatch(contracts.GATEWAY_SERVICE, contracts.VOTE_CAST, payload)
     (message,) = dead_letters(config["AMQP_URI"], 1)
 
     assert message.headers["x-dead-letter-reason"] == reason
-    assert message.headers["x-original-routing-key"] == "vote_cast"
-    assert message.headers["x-original-exchange"] == "gateway.events"
+    assert message.headers["x-original-routing-key"] == contracts.VOTE_CAST
+    assert message.headers["x-original-exchange"] == contracts.EVENTS_EXCHANGE
     assert json.loads(message.body) == payload
     # nothing changed, and the service goes on
-    assert redis_client.keys("votes:post:*") == []
+    assert redis_client.keys(contracts.POST_KEY_PATTERN) == []
     cast(votes, dispatch, make_event(make_vote()))
     assert rpc.get_counts("348")["upvote"] == 1
     assert queue_depth(config["AMQP_URI"], VOTES_QUEUE) == 0
@@ -139,8 +139,8 @@ def test_undecodable_message_is_dead_lettered(votes, dispatch, rpc, config, body
                                               content_type, reason):
     with Connection(config["AMQP_URI"]) as connection:
         Producer(connection.channel()).publish(
-            body, exchange=Exchange("gateway.events", type="topic", durable=True),
-            routing_key="vote_cast", content_type=content_type,
+            body, exchange=Exchange(contracts.EVENTS_EXCHANGE, type="topic", durable=True),
+            routing_key=contracts.VOTE_CAST, content_type=content_type,
             content_encoding="binary")
     (message,) = dead_letters(config["AMQP_URI"], 1)
 
@@ -185,7 +185,7 @@ def test_rpc_errors(votes, rpc, call, error, redis_client):
     with pytest.raises(Exception) as raised:
         call(rpc)
     assert "{} {}".format(raised.value.exc_type, raised.value.value) == error
-    assert redis_client.keys("votes:*") == []
+    assert redis_client.keys(contracts.KEY_PREFIX + "*") == []
 
 
 def test_latest_vote_wins_out_of_order_and_redelivered(votes, dispatch, rpc):
@@ -214,8 +214,8 @@ def test_retracting_nothing_creates_nothing(votes, dispatch, rpc, redis_client):
     with pytest.raises(RemoteError) as raised:
         rpc.get_counts("empty")
     assert raised.value.exc_type == "NotFound"
-    assert redis_client.keys("votes:post:*") == []
-    assert redis_client.zrange("votes:top", 0, -1) == []
+    assert redis_client.keys(contracts.POST_KEY_PATTERN) == []
+    assert redis_client.zrange(contracts.KEY_TOP, 0, -1) == []
     with pytest.raises(RemoteError) as raised:
         rpc.vote("empty", 0, voter_id="bob")
     assert raised.value.exc_type == "NotFound"
@@ -225,17 +225,17 @@ def test_retraction_removes_the_voter_entry(votes, dispatch, rpc, redis_client):
     cast(votes, dispatch, make_event(make_vote(voterId="ann", score=1, ts=10)))
     cast(votes, dispatch, make_event(make_vote(voterId="bob", score=-1, ts=11)))
     cast(votes, dispatch, make_event(make_vote(voterId="ann", score=0, ts=12)))
-    assert redis_client.hkeys("votes:voters:348") == ["bob"]
+    assert redis_client.hkeys(contracts.voters_key("348")) == ["bob"]
     cast(votes, dispatch, make_event(make_vote(voterId="bob", score=0, ts=13)))
-    assert redis_client.exists("votes:voters:348") == 0
+    assert redis_client.exists(contracts.voters_key("348")) == 0
     # what remembers the retractions expires on its own
-    assert 0 < redis_client.ttl("votes:retracted:348") <= 3600
+    assert 0 < redis_client.ttl(contracts.retracted_key("348")) <= 3600
     assert rpc.get_counts("348", "ann") == {
         "postId": "348", "upvote": 0, "downvote": 0, "score": 0, "myVote": 0}
     # a later vote of ann's counts again
     cast(votes, dispatch, make_event(make_vote(voterId="ann", score=-1, ts=14)))
     assert rpc.get_counts("348", "ann")["downvote"] == 1
-    assert redis_client.hkeys("votes:retracted:348") == ["bob"]
+    assert redis_client.hkeys(contracts.retracted_key("348")) == ["bob"]
 
 
 def now_us():
@@ -249,7 +249,7 @@ def test_votes_from_the_future_do_not_lock_a_voter(votes, dispatch, rpc, redis_c
     its own time for such a vote, so the voter's next vote wins."""
     future = min(now_us() + ahead_us, 2 ** 53 - 1)
     cast(votes, dispatch, make_event(make_vote(voterId="ann", score=1, ts=future)))
-    entry_ts = int(redis_client.hget("votes:voters:348", "ann").split(":")[0])
+    entry_ts = int(redis_client.hget(contracts.voters_key("348"), "ann").split(":")[0])
     assert entry_ts <= now_us()
     cast(votes, dispatch, make_event(make_vote(voterId="ann", score=-1, ts=now_us())))
     assert rpc.get_counts("348", "ann") == {
@@ -259,7 +259,7 @@ def test_votes_from_the_future_do_not_lock_a_voter(votes, dispatch, rpc, redis_c
 def test_a_time_within_the_allowed_skew_is_kept(votes, dispatch, redis_client):
     ts = now_us() + 1_000_000  # 1 s ahead; MAX_CLOCK_SKEW is 2 s
     cast(votes, dispatch, make_event(make_vote(voterId="ann", score=1, ts=ts)))
-    assert redis_client.hget("votes:voters:348", "ann").startswith(str(ts) + ":")
+    assert redis_client.hget(contracts.voters_key("348"), "ann").startswith(str(ts) + ":")
 
 
 def test_keyed_votes_count_once_per_key(votes, dispatch, rpc, redis_client):
@@ -281,8 +281,8 @@ def test_keyed_votes_count_once_per_key(votes, dispatch, rpc, redis_client):
     cast(votes, dispatch, make_event(*batch))
     assert rpc.get_counts("348") == {
         "postId": "348", "upvote": 2, "downvote": 1, "score": 1}
-    assert redis_client.get("votes:once:" + key) == fp
-    assert 86000 < redis_client.ttl("votes:once:" + key) <= 86400
+    assert redis_client.get(contracts.once_key(key)) == fp
+    assert 86000 < redis_client.ttl(contracts.once_key(key)) <= 86400
 
 
 def test_rpc_vote_with_an_idempotency_key(votes, rpc):
@@ -297,7 +297,7 @@ def test_rpc_vote_with_an_idempotency_key(votes, rpc):
 def test_redelivered_rpc_vote_counts_once(votes, rpc, config):
     """The same request (one correlation id) delivered twice, as after a
     votes process dies before it acks: one vote."""
-    rpc_exchange = Exchange("nameko-rpc", type="topic", durable=True)
+    rpc_exchange = Exchange(contracts.RPC_EXCHANGE, type="topic", durable=True)
     with Connection(config["AMQP_URI"]) as connection:
         channel = connection.channel()
         reply_queue = Queue("test-replies", exchange=rpc_exchange,
@@ -309,7 +309,7 @@ def test_redelivered_rpc_vote_counts_once(votes, rpc, config):
             producer.publish(
                 {"args": ["348", -1], "kwargs": {}},
                 exchange=rpc_exchange,
-                routing_key="votes.vote", reply_to="test-replies",
+                routing_key=contracts.rpc_routing_key(contracts.RPC_VOTE), reply_to="test-replies",
                 correlation_id="request-1", serializer="json")
         replies = []
         deadline = time.monotonic() + 10
@@ -352,7 +352,7 @@ def test_the_apply_script_writes_nothing_on_bad_arguments(redis_uri, redis_clien
 def test_voter_storage_layout(votes, dispatch, redis_client):
     vote = make_vote(voterId="ann", score=-1, ts=42)
     cast(votes, dispatch, make_event(vote))
-    assert redis_client.hgetall("votes:voters:348") == {
+    assert redis_client.hgetall(contracts.voters_key("348")) == {
         "ann": "42:{}:-1".format(vote["voteId"])}
 
 
@@ -364,8 +364,8 @@ def test_dead_letters_shown_then_replayed(votes, dispatch, rpc, config, tmp_path
         Producer(connection.channel()).publish(
             good, exchange=DEAD_LETTER_EXCHANGE, routing_key=DEAD_LETTERS.routing_key,
             headers={"x-dead-letter-reason": "handler failed 5 times: KeyError: 'x'",
-                     "x-original-exchange": "gateway.events",
-                     "x-original-routing-key": "vote_cast",
+                     "x-original-exchange": contracts.EVENTS_EXCHANGE,
+                     "x-original-routing-key": contracts.VOTE_CAST,
                      # within the mark TTL: replayed, since no mark exists
                      "x-dead-lettered-at": int(time.time())},
             serializer="json")
@@ -377,10 +377,10 @@ def test_dead_letters_shown_then_replayed(votes, dispatch, rpc, config, tmp_path
         assert dead_letter_tool.show(connection, out) == 1
     assert [json.loads(line) for line in shown.read_text().splitlines()] == [{
         "reason": "handler failed 5 times: KeyError: 'x'",
-        "routingKey": "vote_cast",
+        "routingKey": contracts.VOTE_CAST,
         "body": json.dumps(good)}]
 
-    with entrypoint_waiter(votes, "handle_vote_cast"):
+    with entrypoint_waiter(votes, contracts.VOTE_CAST_HANDLER):
         assert dead_letter_tool.main(["replay", "--config", str(config_file)]) == 0
     assert rpc.get_counts("dl") == {"postId": "dl", "upvote": 0, "downvote": 1, "score": -1}
     assert queue_depth(config["AMQP_URI"], DEAD_LETTER_QUEUE) == 0

@@ -4,7 +4,7 @@ from unittest import mock
 import pytest
 from nameko.testing.services import worker_factory
 
-from services import rules
+from services import contracts, rules
 from services.votes import entrypoints, schemas
 from services.votes.dependencies import Applied
 from services.votes.entrypoints import ReliableEventHandler, backoff
@@ -87,15 +87,15 @@ def handler(mock_container):
     mock_container.shared_extensions = {}
     mock_container.service_name = "votes"
     handler = ReliableEventHandler(
-        "gateway", "vote_cast", schema=schemas.parse_event,
-        retry_on=(StoreUnavailable,)).bind(mock_container, "handle_vote_cast")
+        contracts.GATEWAY_SERVICE, contracts.VOTE_CAST, schema=schemas.parse_event,
+        retry_on=(StoreUnavailable,)).bind(mock_container, contracts.VOTE_CAST_HANDLER)
     handler.queue_consumer = mock.Mock()
     handler.dead_letter_publisher = mock.Mock()
     return handler
 
 
 def test_invalid_payload_never_reaches_a_worker(handler, mock_container):
-    message = mock.Mock(headers={}, delivery_info={"routing_key": "vote_cast"})
+    message = mock.Mock(headers={}, delivery_info={"routing_key": contracts.VOTE_CAST})
     handler.handle_message({"votes": []}, message)
 
     mock_container.spawn_worker.assert_not_called()
@@ -118,7 +118,7 @@ def test_transient_failure_is_retried_not_acked(handler, mock_container):
 
 
 def test_repeated_unexpected_failure_is_dead_lettered(handler):
-    message = mock.Mock(headers={}, delivery_info={"routing_key": "vote_cast"})
+    message = mock.Mock(headers={}, delivery_info={"routing_key": contracts.VOTE_CAST})
     handler._handle_result(
         message, entrypoints.MAX_UNEXPECTED_FAILURES, mock.Mock(args=("p",)),
         exc_info=(KeyError, KeyError("bug"), None))
