@@ -7,6 +7,7 @@ after.
 """
 import itertools
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -19,6 +20,8 @@ from nameko.testing.utils import find_free_port
 
 AMQP_HOST = os.environ.get("TEST_AMQP_HOST", "127.0.0.1:5672")
 REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1:6379")
+# as in config.yml: the stop deadline
+SERVICE_CONTAINER_CLS = "services.platform.container.DeadlineContainer"
 # databases 1-15 in turn; 0 is left to `make run`
 _redis_dbs = itertools.cycle(range(1, 16))
 
@@ -36,12 +39,16 @@ def _erlang_list(names):
 class VhostPool:
     """A fresh vhost for each test, made and deleted in batches: every
     rabbitmqctl call starts an Erlang VM (about 0.8 s), so one ``eval`` per
-    BATCH vhosts instead of three calls per test saves minutes."""
+    BATCH vhosts instead of three calls per test saves minutes. Few vhosts
+    live at once: RabbitMQ starts each one's message stores when its app
+    starts, and with hundreds a fault test's start_app takes minutes."""
 
-    BATCH = 25
+    BATCH = 10
+    STALE = 3600  # seconds: a vhost this old was left by a run that died
 
     def __init__(self):
-        self.prefix = "test-{}".format(uuid.uuid4().hex[:8])
+        # the creation time in the name tells stale vhosts apart
+        self.prefix = "test-{}-{}".format(int(time.time()), uuid.uuid4().hex[:6])
         self.serial = itertools.count()
         self.free = []
         self.used = []
@@ -65,21 +72,42 @@ class VhostPool:
         if len(self.used) >= self.BATCH:
             self.delete(self.used)
 
-    def delete(self, names):
-        names, names[:] = list(names), []
+    @staticmethod
+    def delete(names):
+        """Delete the vhosts named, and empty the list."""
+        doomed = list(names)
+        names.clear()
+        if not doomed:
+            return
         # clean-up only: a broker restarted by a fault test may refuse for a while
         for _ in range(10):
             if rabbitmqctl("eval", "[rabbit_vhost:delete(V, <<\"guest\">>) || V <- {}], ok.".format(
-                    _erlang_list(names)), check=False) == 0:
+                    _erlang_list(doomed)), check=False) == 0:
                 return
             time.sleep(1)
 
+    @classmethod
+    def delete_stale(cls):
+        """Vhosts of test runs that died before their clean-up."""
+        listed = subprocess.run(["rabbitmqctl", "-q", "list_vhosts", "--no-table-headers"],
+                                capture_output=True, text=True, timeout=60).stdout
+        now = time.time()
+        stale = []
+        for name in listed.split():
+            match = re.fullmatch(
+                r"test-(\d+)-[0-9a-f]+-\d+|test-[0-9a-f]{12}|test-[0-9a-f]{8}-\d+", name)
+            if match and (match.group(1) is None or now - int(match.group(1)) > cls.STALE):
+                stale.append(name)
+        cls.delete(stale)
+
     def close(self):
-        self.delete(self.used + self.free)
+        self.delete(self.used)
+        self.delete(self.free)
 
 
 @pytest.fixture(scope="session")
 def vhost_pool():
+    VhostPool.delete_stale()
     pool = VhostPool()
     yield pool
     pool.close()
@@ -129,6 +157,7 @@ def config(rabbit_config, redis_uri, web_port):
         "METRICS_ADDRESS": "127.0.0.1:{}".format(find_free_port()),
         "HEARTBEAT": 10,
         "max_workers": 50,
+        "SERVICE_CONTAINER_CLS": SERVICE_CONTAINER_CLS,
     }
 
 
