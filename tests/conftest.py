@@ -7,9 +7,6 @@ after.
 """
 import itertools
 import os
-import re
-import subprocess
-import time
 import uuid
 from urllib.parse import urljoin
 
@@ -17,6 +14,8 @@ import pytest
 import redis
 import requests
 from nameko.testing.utils import find_free_port
+
+from harness.rabbit import VhostPool, amqp_uri
 
 AMQP_HOST = os.environ.get("TEST_AMQP_HOST", "127.0.0.1:5672")
 REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1:6379")
@@ -26,87 +25,10 @@ SERVICE_CONTAINER_CLS = "services.platform.container.DeadlineContainer"
 _redis_dbs = itertools.cycle(range(1, 16))
 
 
-def rabbitmqctl(*args, check=True):
-    return subprocess.run(["rabbitmqctl", "-q", *args], check=check,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          timeout=60).returncode
-
-
-def _erlang_list(names):
-    return "[{}]".format(", ".join('<<"{}">>'.format(name) for name in names))
-
-
-class VhostPool:
-    """A fresh vhost for each test, made and deleted in batches: every
-    rabbitmqctl call starts an Erlang VM (about 0.8 s), so one ``eval`` per
-    BATCH vhosts instead of three calls per test saves minutes. Few vhosts
-    live at once: RabbitMQ starts each one's message stores when its app
-    starts, and with hundreds a fault test's start_app takes minutes."""
-
-    BATCH = 10
-    STALE = 3600  # seconds: a vhost this old was left by a run that died
-
-    def __init__(self):
-        # the creation time in the name tells stale vhosts apart
-        self.prefix = "test-{}-{}".format(int(time.time()), uuid.uuid4().hex[:6])
-        self.serial = itertools.count()
-        self.free = []
-        self.used = []
-
-    def take(self):
-        if not self.free:
-            names = ["{}-{}".format(self.prefix, next(self.serial))
-                     for _ in range(self.BATCH)]
-            rabbitmqctl("eval", (
-                "[begin ok = rabbit_vhost:add(V, <<\"guest\">>), "
-                "ok = rabbit_auth_backend_internal:set_permissions(<<\"guest\">>, V, "
-                "<<\".*\">>, <<\".*\">>, <<\".*\">>, <<\"guest\">>) end "
-                "|| V <- {}], ok.").format(_erlang_list(names)))
-            self.free = names[::-1]
-        vhost = self.free.pop()
-        self.used.append(vhost)
-        return vhost
-
-    def release(self, vhost):
-        """Done with: deleted with the next batch (or at the end)."""
-        if len(self.used) >= self.BATCH:
-            self.delete(self.used)
-
-    @staticmethod
-    def delete(names):
-        """Delete the vhosts named, and empty the list."""
-        doomed = list(names)
-        names.clear()
-        if not doomed:
-            return
-        # clean-up only: a broker restarted by a fault test may refuse for a while
-        for _ in range(10):
-            if rabbitmqctl("eval", "[rabbit_vhost:delete(V, <<\"guest\">>) || V <- {}], ok.".format(
-                    _erlang_list(doomed)), check=False) == 0:
-                return
-            time.sleep(1)
-
-    @classmethod
-    def delete_stale(cls):
-        """Vhosts of test runs that died before their clean-up."""
-        listed = subprocess.run(["rabbitmqctl", "-q", "list_vhosts", "--no-table-headers"],
-                                capture_output=True, text=True, timeout=60).stdout
-        now = time.time()
-        stale = []
-        for name in listed.split():
-            match = re.fullmatch(
-                r"test-(\d+)-[0-9a-f]+-\d+|test-[0-9a-f]{12}|test-[0-9a-f]{8}-\d+", name)
-            if match and (match.group(1) is None or now - int(match.group(1)) > cls.STALE):
-                stale.append(name)
-        cls.delete(stale)
-
-    def close(self):
-        self.delete(self.used)
-        self.delete(self.free)
-
-
 @pytest.fixture(scope="session")
 def vhost_pool():
+    """A fresh vhost for each test (see harness.rabbit.VhostPool: one
+    rabbitmqctl call per 10 vhosts, each call starts an Erlang VM)."""
     VhostPool.delete_stale()
     pool = VhostPool()
     yield pool
@@ -119,7 +41,7 @@ def rabbit_config(vhost_pool):
     before (see VhostPool; no management plugin is needed)."""
     vhost = vhost_pool.take()
     yield {
-        "AMQP_URI": "amqp://guest:guest@{}/{}".format(AMQP_HOST, vhost),
+        "AMQP_URI": amqp_uri(AMQP_HOST, vhost),
         "vhost": vhost,
     }
     vhost_pool.release(vhost)

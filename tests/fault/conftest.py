@@ -2,7 +2,7 @@
 one test, killed at teardown, their logs printed when the test failed."""
 import pytest
 
-from tests.fault.harness import Cluster, RedisServer
+from tests.fault.harness import Cluster, FaultRedis
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -14,7 +14,7 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def private_redis(tmp_path):
-    server = RedisServer(tmp_path)
+    server = FaultRedis(tmp_path)
     server.start()
     yield server
     server.kill()

@@ -11,12 +11,8 @@ import collections
 import contextlib
 import itertools
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,24 +22,25 @@ import requests
 import yaml
 from kombu import Connection, Producer
 from nameko.standalone.events import get_event_exchange
-from nameko.testing.utils import find_free_port
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness import rabbit
+from harness.process import (
+    GATEWAY,
+    START_TIMEOUT,
+    VOTES,
+    Process,
+    free_port,
+    wait_until,
+    write_config,
+)
+from harness.redis_server import RedisServer
 from services import contracts
 
-with warnings.catch_warnings():  # it imports pkg_resources, deprecated
-    warnings.simplefilter("ignore")
-    from nameko.cli.main import setup_yaml_parser
-
-ROOT = Path(__file__).resolve().parents[2]
-NAMEKO = str(Path(sys.executable).parent / "nameko")
-GATEWAY = "services.gateway.service"
-VOTES = "services.votes.service"
 VOTES_QUEUE = contracts.VOTES_QUEUE
 RPC_QUEUE = contracts.RPC_QUEUE
 DEAD_LETTER_QUEUE = contracts.DEAD_LETTER_QUEUE
 
-START_TIMEOUT = 30      # a service process up and consuming / listening
 DRAIN_TIMEOUT = 60      # every accepted vote counted
 RECOVERY_TIMEOUT = 10   # service answers again after a server came back
 REFUSAL_BOUND = 5.0     # a 503 comes within this
@@ -54,92 +51,6 @@ REFUSED_PAUSE = 0.2     # a client pauses after a 503, as Retry-After asks
 MAX_VOTES = 20000       # hard cap of one load run
 RATE = 400              # votes per second of one load run, at most
 SAMPLE_READS = 5        # posts also read back through GET /vote-counts
-# as the Makefile has it: eventlet and setuptools warn about their futures
-QUIET_WARNINGS = ("ignore::DeprecationWarning,"
-                  "ignore:pkg_resources is deprecated:UserWarning")
-
-
-def wait_until(predicate, timeout, what, interval=0.2):
-    """Poll ``predicate`` until it returns something true; return that."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError("timed out after {}s waiting for {}".format(
-                timeout, what))
-        time.sleep(interval)
-
-
-def rabbitmqctl(*args, timeout=60):
-    return subprocess.run(
-        ["rabbitmqctl", "-q", *args], check=True, capture_output=True,
-        text=True, timeout=timeout).stdout
-
-
-def write_config(path, amqp_uri, redis_uri, web_port):
-    """config.yml as the project has it, on the test's vhost, Redis and
-    port; a metrics port of its own, so that processes do not collide."""
-    setup_yaml_parser()
-    with open(ROOT / "config.yml") as handle:
-        config = yaml.safe_load(handle)
-    config.update({
-        "AMQP_URI": amqp_uri,
-        "WEB_SERVER_ADDRESS": "127.0.0.1:{}".format(web_port),
-        "METRICS_ADDRESS": "127.0.0.1:{}".format(find_free_port()),
-        "REDIS_URIS": {"votes": redis_uri},
-    })
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-class Process:
-    """One server process, its output in a log file."""
-
-    def __init__(self, label, argv, log_path):
-        self.label = label
-        self.argv = argv
-        self.log_path = log_path
-        self.proc = None
-
-    def start(self):
-        with open(self.log_path, "ab") as log:
-            log.write("--- start {}\n".format(" ".join(self.argv)).encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                self.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONWARNINGS=QUIET_WARNINGS))
-        return self
-
-    @property
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def signal(self, signum):
-        self.proc.send_signal(signum)
-
-    def wait_exit(self, timeout):
-        """The exit code, or None if still running after ``timeout``."""
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self):
-        if self.alive:
-            self.proc.kill()
-            self.proc.wait()
-
-    def tail(self, lines=60):
-        """The last lines of the log, without the access lines of 202s."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        kept = [line for line in text.splitlines()
-                if not ("nameko.web.server" in line and '" 202 ' in line)]
-        return "\n".join(kept[-lines:])
 
 
 def terminate(process, label):
@@ -164,45 +75,22 @@ def rabbitmq_stopped(cluster):
     going (stop asked), gone (stopped), back (answering again)."""
     outage = SimpleNamespace(going=time.monotonic(), gone=None, back=None)
     try:
-        rabbitmqctl("stop_app")
+        rabbit.rabbitmqctl("stop_app")
         outage.gone = time.monotonic()
         yield outage
     finally:
-        rabbitmqctl("start_app")
+        rabbit.rabbitmqctl("start_app")
         wait_until(cluster.broker_answers, 60, "RabbitMQ to answer again")
         outage.back = time.monotonic()
 
 
-class RedisServer:
-    """A private redis-server on a free port; stopping it saves its data
-    (SHUTDOWN SAVE) and starting it again loads it back. DEBUG is on, for
-    freeze()."""
+class FaultRedis(RedisServer):
+    """The private redis-server of a fault test: no persistence but what
+    stop() saves, and DEBUG on, for freeze()."""
 
     def __init__(self, tmp_path):
-        self.port = find_free_port()
-        self.dir = tmp_path / "redis"
-        self.dir.mkdir(exist_ok=True)
-        self.uri = "redis://127.0.0.1:{}/0".format(self.port)
-        self.process = Process("redis", [
-            "redis-server", "--bind", "127.0.0.1", "--port", str(self.port),
-            "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-            "--dbfilename", "dump.rdb", "--enable-debug-command", "yes",
-        ], tmp_path / "redis.log")
-
-    def client(self):
-        return redis.Redis.from_url(
-            self.uri, decode_responses=True, socket_timeout=5)
-
-    def answers(self):
-        try:
-            with self.client() as client:
-                return client.ping()
-        except redis.RedisError:
-            return False
-
-    def start(self):
-        self.process.start()
-        wait_until(self.answers, START_TIMEOUT, "redis-server to answer")
+        super().__init__(tmp_path, "--appendonly", "no",
+                         "--enable-debug-command", "yes")
 
     def freeze(self, seconds, lead=0.3):
         """Block the server for ``seconds`` (DEBUG SLEEP); return after
@@ -212,17 +100,6 @@ class RedisServer:
                 client.execute_command("DEBUG", "SLEEP", seconds)
         eventlet.spawn(sleep)
         time.sleep(lead)
-
-    def stop(self):
-        with self.client() as client:
-            try:
-                client.shutdown(save=True)
-            except redis.ConnectionError:  # the server closes on us
-                pass
-        assert self.process.wait_exit(10) is not None, "redis-server did not stop"
-
-    def kill(self):
-        self.process.kill()
 
     def used_memory(self):
         with self.client() as client:
@@ -269,33 +146,26 @@ class Cluster:
         self.vhost = vhost
         self.redis_server = redis_server
         self.redis = redis_server.client()
-        self.web_port = find_free_port()
+        self.web_port = free_port()
         self.base_url = "http://127.0.0.1:{}".format(self.web_port)
         self.processes = []
         self._serial = itertools.count(1)
 
     def _run(self, module, label, web_port=None):
         name = "{}-{}".format(label, next(self._serial))
+        port = web_port or self.web_port
         config = write_config(self.tmp_path / (name + ".yml"), self.amqp_uri,
-                              self.redis_server.uri, web_port or self.web_port)
-        process = Process(label, [NAMEKO, "run", "--config", str(config), module],
-                          self.tmp_path / (name + ".log"))
+                              self.redis_server.uri, port)
+        process = Process.nameko(label, module, config, self.tmp_path / (name + ".log"),
+                                 port=port)
         self.processes.append(process)
         return process.start()
 
     def start_gateway(self, web_port=None):
         """Start a gateway, on the cluster's port or on ``web_port``."""
         gateway = self._run(GATEWAY, "gateway", web_port)
-        base_url = "http://127.0.0.1:{}".format(web_port or self.web_port)
-
-        def listening():
-            assert gateway.alive, "gateway exited:\n" + gateway.tail()
-            try:  # any answer will do, a 404 comes quickest
-                requests.get(base_url + "/no-such-page", timeout=2)
-                return True
-            except requests.RequestException:
-                return False
-        wait_until(listening, START_TIMEOUT, "the gateway to listen")
+        # any answer will do, a 404 comes quickest
+        gateway.wait_http("/no-such-page", START_TIMEOUT)
         return gateway
 
     def start_votes(self, consumers=1):
@@ -311,23 +181,11 @@ class Cluster:
 
     def queue_state(self, name):
         """(ready messages, consumers); (0, 0) when it does not exist yet."""
-        try:
-            with Connection(self.amqp_uri, connect_timeout=2) as connection:
-                _, ready, consumers = connection.default_channel.queue_declare(
-                    name, passive=True)
-            return ready, consumers
-        except Exception:  # not declared yet, or the broker is away
-            return 0, 0
+        return rabbit.queue_state(self.amqp_uri, name)
 
     def queue_messages(self, name):
-        """Ready plus unacknowledged messages, which AMQP cannot tell."""
-        out = rabbitmqctl("list_queues", "-p", self.vhost, "name", "messages",
-                          "--no-table-headers")
-        for line in out.splitlines():
-            fields = line.split()
-            if fields and fields[0] == name:
-                return int(fields[1])
-        return 0
+        """Ready plus unacknowledged messages."""
+        return rabbit.queue_messages(self.vhost, name)
 
     def metrics(self, process):
         """{(name, ((label, value), ...)): value} of the samples a votes
@@ -344,12 +202,7 @@ class Cluster:
                 for sample in family.samples}
 
     def broker_answers(self):
-        try:
-            with Connection(self.amqp_uri, connect_timeout=2) as connection:
-                connection.connect()
-            return True
-        except Exception:
-            return False
+        return rabbit.broker_answers(self.amqp_uri)
 
     def load(self, base_urls=None, **options):
         return Load(base_urls or [self.base_url], **options)
