@@ -1,4 +1,4 @@
-"""``python -m bench [--quick]``: see bench/run.py."""
+"""``python -m bench [--quick]``: see bench/README.md."""
 import sys
 
 from bench.run import main

@@ -16,25 +16,21 @@ import subprocess
 import time
 import uuid
 
-from bench.env import busy_seconds, cpu_seconds
+from bench.machine import busy_seconds, cpu_seconds
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk.lua")
 
 
 class WrkResult:
 
-    def __init__(self, mode, connections, window, bench, text, cpu, command):
-        self.mode = mode
-        self.connections = connections
+    def __init__(self, window, bench, text, cpu, command):
         self.window = window
         self.sent = bench.get("sent", 0)
-        self.harmless = bench.get("harmless", 0)
         self.responses = bench.get("responses", 0)
         self.statuses = {int(key[1:]): value for key, value in bench.items()
                          if re.fullmatch(r"s\d+", key)}
         self.p50_ms = bench.get("p50us", 0) / 1000
         self.p99_ms = bench.get("p99us", 0) / 1000
-        self.text = text
         self.cpu = cpu
         self.command = command
         match = re.search(
@@ -53,11 +49,6 @@ class WrkResult:
 
     def count(self, status):
         return self.statuses.get(status, 0)
-
-    @property
-    def errors(self):
-        return {code: n for code, n in self.statuses.items()
-                if code >= 500 or code in (400, 413)}
 
     def rate(self, status):
         return self.count(status) / self.window
@@ -129,4 +120,4 @@ def run(wrk, url, mode, connections, window, tail, prefix, posts, batch=100,
     shown = "wrk -t1 -c{} {:g}s {} {}".format(
         connections, window, {"vote": "GET /vote", "read": "GET /vote-counts",
                               "batch": "POST /votes"}[mode], url.split("/")[2])
-    return WrkResult(mode, connections, elapsed, bench, text, cpu, shown)
+    return WrkResult(elapsed, bench, text, cpu, shown)

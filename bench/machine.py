@@ -1,0 +1,114 @@
+"""The machine the bench runs on: CPU time of processes and of the whole
+machine, and what the table's header says about hardware and software."""
+import importlib.metadata as md
+import os
+import platform
+import subprocess
+import time
+
+from harness.process import ROOT
+from harness.rabbit import broker_version
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process, or None once it is gone."""
+    try:
+        with open("/proc/{}/stat".format(pid)) as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def busy_seconds():
+    """CPU seconds spent busy by the whole machine (all cores) so far."""
+    with open("/proc/stat") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal ...
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
+
+
+def rabbitmq_pid():
+    """The RabbitMQ server's beam process (not a rabbitmqctl one)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/{}/cmdline".format(entry), "rb") as handle:
+                cmdline = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"beam.smp") and b"rabbit" in cmdline \
+                and b"boot" in cmdline:
+            return int(entry)
+    return None
+
+
+def machine_info():
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as handle:
+            mem_gb = int(handle.readline().split()[1]) / 1024 / 1024
+    except (OSError, ValueError, IndexError):
+        mem_gb = 0
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": model,
+        "memory": "{:.1f} GiB".format(mem_gb),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load": "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg()),
+    }
+
+
+def code_version():
+    """The commit measured, and whether the services differ from it."""
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", ROOT, "status", "--porcelain", "--", "services", "config.yml"],
+            capture_output=True, text=True, timeout=10).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "code: unknown (no git)"
+    return "code: commit {}{}".format(
+        head or "?", " + {} uncommitted file(s) in services/ or config.yml".format(
+            len(changed)) if changed else "")
+
+
+def versions(env):
+    parts = []
+    for package in ("nameko", "eventlet", "kombu", "redis"):
+        try:
+            parts.append("{} {}".format(package, md.version(package)))
+        except md.PackageNotFoundError:
+            pass
+    try:
+        parts.append("RabbitMQ {}".format(broker_version(env.amqp_uri)))
+    except Exception:
+        pass
+    store = env.redis()
+    try:
+        parts.append("Redis {}{}".format(
+            store.info("server")["redis_version"],
+            " (db 15 of the local server)" if env.redis_server is None
+            else " (private, AOF everysec)"))
+    finally:
+        store.close()
+    try:
+        out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+        parts.append(out.stdout.split(" [")[0].strip() or "wrk")
+    except OSError:
+        pass
+    return " | ".join(parts)

@@ -1,0 +1,1 @@
+"""One module per phase of the bench, each run with the shared Bench state."""

@@ -1,0 +1,86 @@
+"""Latency: an asyncio client votes in an open loop at half the best
+single-vote rate; a probe vote in k is polled in Redis from its 202 until
+it is counted."""
+import os
+import time
+
+from bench import client
+from bench.context import cpu_note, fmt
+from bench.machine import busy_seconds, cpu_seconds
+
+
+def run(bench):
+    rate = bench.figures["max_single"] / 2
+    host, port = bench.host_port("gateway")
+    duration = bench.p["latency_window"]
+    self_before = os.times()
+    watched = bench.watch("gateway", "votes")
+    before = {name: cpu_seconds(pid) for name, pid in watched.items()}
+    busy_before = busy_seconds()
+    rewrites_before = aof_rewrites(bench)
+    start = time.perf_counter()
+    stats = client.latency(host, port, bench.env.redis_uri, rate, duration,
+                           probe_rate=bench.p["probe_rate"])
+    elapsed = time.perf_counter() - start
+    rewrites = aof_rewrites(bench) - rewrites_before
+    self_after = os.times()
+    bench.env.sample_memory()
+    cpu = {name: (cpu_seconds(pid) - before[name]) / elapsed
+           for name, pid in watched.items()
+           if before[name] is not None and cpu_seconds(pid) is not None}
+    cpu["bench"] = (self_after.user + self_after.system
+                    - self_before.user - self_before.system) / elapsed
+    cpu["other"] = max(0.0, (busy_seconds() - busy_before) / elapsed
+                       - sum(cpu.values()))
+    bench.note_other(cpu)
+    bench.accepted["latency"] = stats["accepted"]
+    background = ["lt-{}".format(i) for i in range(1000)]
+    probes = stats["probes"]
+    refused = sum(n for code, n in stats["failed"].items()
+                  if isinstance(code, int) and code >= 500)
+    bench.settle("latency", background + probes, stats["accepted"], refused=refused)
+    if stats["lost"]:
+        bench.problems.append("latency: {} probes never became visible".format(
+            len(stats["lost"])))
+    if stats["failed"]:
+        bench.notes.append("latency: failed requests {}".format(stats["failed"]))
+    # the API agrees with what was polled: each probe counts one upvote
+    paths = ["/vote-counts?postId={}".format(post) for post in probes[:200]]
+    for _attempt in range(5):  # a 503 says nothing about the counts
+        answers = client.get_all(host, port, paths)
+        if all(status != 503 for status, _ in answers):
+            break
+        time.sleep(0.5)
+    wrong = [a for a in answers if a[0] != 200 or a[1].get("upvote") != 1]
+    if wrong:
+        bench.problems.append("latency: {} probes wrong in /vote-counts: {}".format(
+            len(wrong), wrong[:3]))
+    visible = stats["visible_ms"]
+    achieved = stats["sent"] / stats["send_seconds"]
+    p50, p99 = client.percentile(visible, 50), client.percentile(visible, 99)
+    bench.figures["latency_p99"] = p99
+    bench.row("202 -> visible in /vote-counts, p50 / p99",
+              "{:.1f} / {:.1f} ms".format(p50, p99),
+              "at {} votes/s".format(fmt(achieved)),
+              "asyncio open loop GET /vote {:g} s at max/2; probes polled "
+              "in Redis".format(duration),
+              "{} probes (own post each), max {:.1f} ms; target {} votes/s; "
+              "request -> 202 p50 {:.1f} p99 {:.1f} ms; {} connections; "
+              "poller gaps up to {:.0f} ms; {} AOF rewrites; {}".format(
+                 len(visible), max(visible) if visible else float("nan"),
+                 fmt(rate), client.percentile(stats["ack_ms"], 50),
+                 client.percentile(stats["ack_ms"], 99), stats["connections"],
+                 stats["max_poll_gap_ms"], rewrites, cpu_note(cpu)))
+    if stats["late_sends"]:
+        bench.notes.append(
+            "latency: {} of {} votes sent more than 5 ms after their time "
+            "(max {:.1f} ms): the client shares the 2 cores".format(
+                stats["late_sends"], stats["sent"], stats["max_send_lag_ms"]))
+
+
+def aof_rewrites(bench):
+    store = bench.env.redis()
+    try:
+        return int(store.info("persistence").get("aof_rewrites", 0))
+    finally:
+        store.close()

@@ -1,0 +1,112 @@
+"""Memory: Redis bytes per post, per voter vote and per Idempotency-Key
+(MEMORY STATS deltas), and the peak RSS of each service."""
+from bench import client
+from bench.context import fmt
+from services import contracts
+
+
+def run(bench):
+    store = bench.env.redis()
+    host, port = bench.host_port("gateway")
+    try:
+        n = bench.p["memory_posts"]
+        posts = ["m-{}".format(i) for i in range(n)]
+        before = data_bytes(store)
+        bodies = [client.batch_body([{"postId": post, "score": 1}
+                                     for post in posts[i:i + 1000]])
+                  for i in range(0, n, 1000)]
+        accepted, failures, _ = client.post_batches(host, port, bodies, 4)
+        bench.accepted["memory posts"] = accepted
+        bench.settle("memory posts", posts, accepted)
+        after = data_bytes(store)
+        per_post = (after - before) / n
+        bench.row("Redis memory per post", "{} B".format(fmt(per_post)), "",
+                  "{} new posts via POST /votes x1000; MEMORY STATS "
+                  "delta".format(fmt(n)),
+                  "post hash + votes:top member + its share of exactly-once marks")
+
+        m = bench.p["memory_voter_votes"]
+        targets = posts[:bench.p["memory_voter_posts"]]
+        votes = [{"postId": targets[k % len(targets)], "score": 1,
+                  "voterId": "u{}".format(k)} for k in range(m)]
+        before = data_bytes(store)
+        bodies = [client.batch_body(votes[i:i + 1000]) for i in range(0, m, 1000)]
+        accepted, failures2, _ = client.post_batches(host, port, bodies, 4)
+        bench.accepted["memory voters"] = accepted
+        bench.settle("memory voters", posts, bench.accepted["memory posts"] + accepted)
+        after = data_bytes(store)
+        per_vote = (after - before) / m
+        bench.row("Redis memory per voter vote", "{} B".format(fmt(per_vote)), "",
+                  "{} votes with voterId via POST /votes x1000; MEMORY "
+                  "STATS delta".format(fmt(m)),
+                  "{} existing posts, {} distinct voters each; voters hash "
+                  "encoding {}, votes:top {}".format(
+                     len(targets), fmt(m // len(targets)),
+                     store.execute_command("OBJECT", "ENCODING",
+                                           contracts.voters_key(targets[0])),
+                     store.execute_command("OBJECT", "ENCODING", contracts.KEY_TOP)))
+        # the same 1-vote requests without and with a key: the
+        # difference is what the keys' marks cost
+        k = bench.p["memory_keys"]
+        body = client.batch_body([{"postId": targets[0], "score": 1}])
+        deltas = []
+        for keys in (None, ["bench-key-{}".format(i) for i in range(k)]):
+            before = data_bytes(store)
+            accepted, failed, _ = client.post_batches(
+                host, port, [body] * k, 16, keys=keys)
+            bench.accepted["memory keys"] = (
+                bench.accepted.get("memory keys", 0) + accepted)
+            bench.settle("memory keys", posts, bench.accepted["memory posts"]
+                         + bench.accepted["memory voters"]
+                         + bench.accepted["memory keys"])
+            deltas.append(data_bytes(store) - before)
+            if failed:
+                bench.notes.append("memory keys: failed requests {}".format(failed))
+        bench.figures["key_bytes"] = (deltas[1] - deltas[0]) / k
+        bench.row("Redis memory per Idempotency-Key", "{} B".format(
+                     fmt(bench.figures["key_bytes"])), "",
+                  "{} 1-vote POST /votes with a key each, less the same "
+                  "without; MEMORY STATS delta".format(fmt(k)),
+                  "{} with its fingerprint, kept for IDEMPOTENCY_TTL".format(
+                     contracts.once_key("<keyId>")))
+        for failed in (failures, failures2):
+            if failed:
+                bench.notes.append("memory: failed requests {}".format(failed))
+
+        marks, mark_bytes, cursor = 0, None, 0
+        while True:
+            cursor, keys = store.scan(cursor, match=contracts.APPLIED_KEY_PATTERN, count=1000)
+            marks += len(keys)
+            if keys and mark_bytes is None:
+                mark_bytes = store.memory_usage(keys[0])
+            if not cursor:
+                break
+        bench.figures["marks"] = (marks, mark_bytes)
+        info = store.info("memory")
+        bench.notes.append(
+            "Redis at the end: used_memory {} MB, {} exactly-once marks "
+            "(votes:applied:*, ~{} B each by MEMORY USAGE, kept for "
+            "APPLIED_MARK_TTL)".format(
+                fmt(int(info["used_memory"]) / 1e6, 1), fmt(marks), mark_bytes))
+    finally:
+        store.close()
+
+
+def data_bytes(store):
+    """Memory of the data set: what Redis allocated, less the client
+    and AOF buffers, which come and go with the traffic."""
+    stats = store.memory_stats()
+    return (int(stats["total.allocated"]) - int(stats.get("clients.normal", 0))
+            - int(stats.get("clients.slaves", 0)) - int(stats.get("aof.buffer", 0)))
+
+
+def rss(bench):
+    bench.env.sample_memory()
+    for name in ("gateway", "votes", "bare"):
+        if name not in bench.env.peak_kb:
+            continue
+        bench.row("peak RSS, {}{}".format(
+                     name, " (reference)" if name == "bare" else ""),
+                  "{} MB".format(fmt(bench.env.peak_kb[name] / 1024, 1)), "",
+                  "VmHWM in /proc/<pid>/status, sampled around every phase{}".format(
+                     " (max of its 2 processes)" if name == "votes" else ""))
