@@ -10,10 +10,6 @@ import redis.asyncio
 from services import contracts
 
 
-class HttpError(Exception):
-    pass
-
-
 class Connection:
 
     def __init__(self, host, port):
@@ -179,7 +175,7 @@ async def _latency(host, port, redis_uri, rate, duration, probe_rate,
     stats = {
         "sent": 0, "accepted": 0, "failed": {}, "ack_ms": [], "visible_ms": [],
         "lost": [], "late_sends": 0, "max_send_lag_ms": 0.0, "probes": [],
-        "visible_at": [], "max_poll_gap_ms": 0.0, "poll_gaps": [],
+        "max_poll_gap_ms": 0.0,
     }
     pending = {}  # probe key -> time of its 202
     done_sending = asyncio.Event()
@@ -217,8 +213,6 @@ async def _latency(host, port, redis_uri, rate, duration, probe_rate,
             if last is not None and pending:
                 gap = (now - last) * 1000
                 stats["max_poll_gap_ms"] = max(stats["max_poll_gap_ms"], gap)
-                if gap > 5:
-                    stats["poll_gaps"].append((last - start, gap))
             last = now
             if pending:
                 keys = list(pending)
@@ -231,7 +225,6 @@ async def _latency(host, port, redis_uri, rate, duration, probe_rate,
                     acked = pending[key]
                     if exists:
                         stats["visible_ms"].append((now - acked) * 1000)
-                        stats["visible_at"].append(acked - start)
                         del pending[key]
                     elif now - acked > visible_timeout:
                         stats["lost"].append(key)
