@@ -1,3 +1,6 @@
+from services.platform.web import TooManyFields
+
+
 class ValidationError(ValueError):
     """A request field breaks the API rules."""
 
@@ -16,3 +19,15 @@ class ServiceUnavailable(Exception):
 
 class IdempotencyKeyReused(Exception):
     """An Idempotency-Key came back with a different request."""
+
+
+# The gateway's answers: exception -> (status, error code), matched with
+# isinstance, in order. This table alone decides what is a 4xx (or 503)
+# and what is an unexpected 500 (services.platform.web).
+ERRORS = (
+    ((ValidationError, TooManyFields), 400, "VALIDATION_ERROR"),
+    (PostNotFound, 404, "POST_NOT_FOUND"),
+    (IdempotencyKeyReused, 422, "IDEMPOTENCY_KEY_REUSED"),
+    (BrokerUnavailable, 503, "BROKER_UNAVAILABLE"),
+    (ServiceUnavailable, 503, "SERVICE_UNAVAILABLE"),
+)

@@ -8,18 +8,15 @@ from werkzeug.wrappers import Response
 from services import contracts, rules
 from services.gateway import metrics, schemas
 from services.gateway.dependencies import RecentKeys, VotePublisher, VotesReader
-from services.gateway.entrypoints import http, json_response
-from services.gateway.exceptions import (
-    BrokerUnavailable,
-    IdempotencyKeyReused,
-    PostNotFound,
-    ServiceUnavailable,
-    ValidationError,
-)
+from services.gateway.exceptions import ERRORS, IdempotencyKeyReused, PostNotFound
+from services.platform.web import json_http, json_response
 
 OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
 with open(OPENAPI_PATH, "rb") as _spec:
     OPENAPI_DOCUMENT = _spec.read()
+
+# every route answers errors from the gateway's table (exceptions.ERRORS)
+http = json_http(ERRORS, label="gateway", observe=metrics.observe_request)
 
 
 class VoteIds:
@@ -108,9 +105,7 @@ class GatewayService:
             stamped.append(entry)
         return stamped
 
-    @http("GET,POST", "/vote",
-          expected_exceptions=(ValidationError, IdempotencyKeyReused,
-                               BrokerUnavailable))
+    @http("GET,POST", "/vote")
     def vote(self, request):
         (entry,) = self._accept(request, [_vote_fields(request)])
         body = {"success": True}
@@ -119,16 +114,13 @@ class GatewayService:
             body.pop(internal, None)
         return json_response(202, body)
 
-    @http("POST", "/votes",
-          expected_exceptions=(ValidationError, IdempotencyKeyReused,
-                               BrokerUnavailable))
+    @http("POST", "/votes")
     def votes(self, request):
         votes = schemas.batch_from_json(schemas.parse_json(request.get_data()))
         self._accept(request, votes)
         return json_response(202, {"success": True, "accepted": len(votes)})
 
-    @http("GET", "/vote-counts",
-          expected_exceptions=(ValidationError, PostNotFound, ServiceUnavailable))
+    @http("GET", "/vote-counts")
     def vote_counts(self, request):
         query = schemas.counts_query(request.args)
         counts = self.votes_rpc.counts(query.postId, query.voterId)
@@ -136,8 +128,7 @@ class GatewayService:
             raise PostNotFound("post {} has no votes".format(query.postId))
         return json_response(200, counts)
 
-    @http("GET", "/posts/top",
-          expected_exceptions=(ValidationError, ServiceUnavailable))
+    @http("GET", "/posts/top")
     def top(self, request):
         limit = schemas.top_query(request.args)
         return json_response(200, {"posts": self.votes_rpc.top(limit)})

@@ -25,7 +25,6 @@ from functools import partial
 import amqp
 import eventlet
 import nameko.rpc
-import redis
 from eventlet.event import Event
 from kombu import Exchange, Queue
 from kombu.exceptions import OperationalError
@@ -34,30 +33,26 @@ from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.contextdata import ContextDataProvider
 from nameko.events import EventHandler
 from nameko.messaging import QueueConsumer
-from nameko.web.handlers import HttpRequestHandler
-from nameko.web.server import parse_address
-
-from services import contracts
-from services.http_server import EdgeWebServer
-from services.shutdown import arm_stop_deadline
-from services.votes import metrics
-from services.votes.dependencies import VoteStore
 
 _log = logging.getLogger(__name__)
 
-DEAD_LETTER_EXCHANGE = Exchange(contracts.DEAD_LETTER_EXCHANGE, type="direct",
-                                durable=True)
-DEAD_LETTER_QUEUE = Queue(
-    contracts.DEAD_LETTER_QUEUE, exchange=DEAD_LETTER_EXCHANGE,
-    routing_key=contracts.DEAD_LETTER_ROUTING_KEY, durable=True, auto_delete=False,
-)
-METRICS_ADDRESS_CONFIG_KEY = "METRICS_ADDRESS"
-DEFAULT_METRICS_ADDRESS = "0.0.0.0:9100"
 RETRY_BASE_DELAY = 0.1
 RETRY_MAX_DELAY = 5.0
 MAX_UNEXPECTED_FAILURES = 5
 RECONNECT_INTERVAL = 1.0  # seconds between attempts to reach the broker
 LOST_CONNECTION = amqp.Connection.connection_errors + amqp.Connection.channel_errors
+
+# headers of a dead-lettered message (read by a replay tool)
+REASON_HEADER = "x-dead-letter-reason"
+ORIGIN_EXCHANGE_HEADER = "x-original-exchange"
+ORIGIN_ROUTING_KEY_HEADER = "x-original-routing-key"
+DEAD_LETTERED_AT_HEADER = "x-dead-lettered-at"
+
+
+def dead_letter_queue(exchange, queue, routing_key):
+    """A durable dead-letter queue on a direct exchange of its own."""
+    return Queue(queue, exchange=Exchange(exchange, type="direct", durable=True),
+                 routing_key=routing_key, durable=True, auto_delete=False)
 
 
 def backoff(attempt):
@@ -149,43 +144,35 @@ class DeadLetteringQueueConsumer(ResilientQueueConsumer):
             partial(provider.dead_letter, message, reason))
 
 
-# set on a message dead-lettered after its handler kept failing
-EVENT_ID_HEADER = "x-event-id"
-APPLIED_MARK_HEADER = "x-applied-mark"
-MARK_PRESENT = "present"  # applied (perhaps in part); the mark is kept for good
-MARK_ABSENT = "absent"    # no mark: not applied, as far as Redis could tell
-MARK_UNKNOWN = "unknown"  # Redis could not be asked
-
-
-def seal_applied_mark(client, event_id):
-    """Whether the event's exactly-once mark exists, in one MULTI with a
-    PERSIST of it: an applied event that is dead-lettered keeps its mark
-    for good, so that a replay, however late, changes nothing."""
-    if client is None:
-        return MARK_UNKNOWN
-    key = contracts.applied_key(event_id)
-    try:
-        with client.pipeline(transaction=True) as pipe:
-            pipe.exists(key)
-            pipe.persist(key)
-            exists, _ = pipe.execute()
-    except redis.RedisError as exc:
-        _log.error("could not look up the mark of dead-lettered event %s: %r",
-                   event_id, exc)
-        return MARK_UNKNOWN
-    return MARK_PRESENT if exists else MARK_ABSENT
+def _nothing(*args):
+    return {}
 
 
 class ReliableEventHandler(EventHandler):
+    """nameko's ``event_handler``, which acks a message whose worker raised
+    (a vote is lost whenever Redis is down) and lets a body that cannot be
+    decoded stop the consumer. This one validates each body before any
+    worker runs, retries transient failures with back-off while the message
+    stays unacked, and dead-letters what it cannot handle (see the module
+    docstring). Its queue consumer survives a lost broker."""
 
     queue_consumer = DeadLetteringQueueConsumer()
 
-    def __init__(self, source_service, event_type, schema, retry_on=(),
-                 **kwargs):
+    def __init__(self, source_service, event_type, schema, dead_letter_queue,
+                 retry_on=(), on_retry=None, on_dead_letter=None,
+                 failed_headers=None, **kwargs):
         """``schema(body)`` returns what the handler receives, or raises
-        ValueError to dead-letter the message."""
+        ValueError to dead-letter the message. ``dead_letter_queue`` (see
+        dead_letter_queue()) is where such messages go. ``on_retry()`` and
+        ``on_dead_letter()`` are called for each retry and dead letter (for
+        metrics); ``failed_headers(container, payload)`` returns headers to
+        add to a message dead-lettered after its worker kept failing."""
         self.schema = schema
+        self.dead_letter_queue = dead_letter_queue
         self.retry_on = tuple(retry_on)
+        self.on_retry = on_retry or _nothing
+        self.on_dead_letter = on_dead_letter or _nothing
+        self.failed_headers = failed_headers or _nothing
         self._stopping = False
         super().__init__(source_service, event_type, **kwargs)
 
@@ -194,12 +181,11 @@ class ReliableEventHandler(EventHandler):
         self._stopping = False
         self.dead_letter_publisher = Publisher(
             self.container.config[AMQP_URI_CONFIG_KEY],
-            declare=[DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE],
+            declare=[self.dead_letter_queue.exchange, self.dead_letter_queue],
         )
 
     def stop(self):
         self._stopping = True
-        arm_stop_deadline(self.container)
         super().stop()
 
     def handle_message(self, body, message):
@@ -232,7 +218,7 @@ class ReliableEventHandler(EventHandler):
             self.dead_letter(message, "handler failed {} times: {}: {}".format(
                 attempt, type(exc).__name__, exc), event=worker_ctx.args[0])
         else:
-            metrics.retries.inc()
+            self.on_retry()
             self.container.spawn_managed_thread(
                 partial(self._retry, worker_ctx.args[0], message, attempt + 1))
         return result, exc_info
@@ -246,27 +232,23 @@ class ReliableEventHandler(EventHandler):
         ack it. If the copy fails the message is requeued, never dropped.
 
         ``event`` is the parsed payload of a message whose handler kept
-        failing: it may have been applied, so its exactly-once mark is
-        looked up and, if found, kept for good (see seal_applied_mark);
-        the answer goes in the header x-applied-mark, for the replay tool."""
+        failing: ``failed_headers`` adds what the service knows about it
+        (whether it was applied, say)."""
         delivery = message.delivery_info
         headers = dict(message.headers or {})
         headers.update({
-            "x-dead-letter-reason": reason[:1000],
-            "x-original-exchange": delivery.get("exchange"),
-            "x-original-routing-key": delivery.get("routing_key"),
-            "x-dead-lettered-at": int(time.time()),
+            REASON_HEADER: reason[:1000],
+            ORIGIN_EXCHANGE_HEADER: delivery.get("exchange"),
+            ORIGIN_ROUTING_KEY_HEADER: delivery.get("routing_key"),
+            DEAD_LETTERED_AT_HEADER: int(time.time()),
         })
-        event_id = getattr(event, "id", None)
-        if event_id is not None:
-            headers[EVENT_ID_HEADER] = event_id
-            headers[APPLIED_MARK_HEADER] = seal_applied_mark(
-                self._store_client(), event_id)
+        extra = self.failed_headers(self.container, event) if event is not None else {}
+        headers.update(extra)
         try:
             self.dead_letter_publisher.publish(
                 message.body,
-                exchange=DEAD_LETTER_EXCHANGE,
-                routing_key=DEAD_LETTER_QUEUE.routing_key,
+                exchange=self.dead_letter_queue.exchange,
+                routing_key=self.dead_letter_queue.routing_key,
                 headers=headers,
                 content_type=message.content_type,
                 content_encoding=message.content_encoding,
@@ -277,25 +259,22 @@ class ReliableEventHandler(EventHandler):
             eventlet.sleep(1)
             self.queue_consumer.requeue_message(message)
             return
-        metrics.dead_lettered.inc()
+        self.on_dead_letter()
         _log.warning("dead-lettered a %s message: %s%s",
                      delivery.get("routing_key"), reason,
-                     "" if event_id is None else " (event {}, mark {})".format(
-                         event_id, headers[APPLIED_MARK_HEADER]))
+                     " ({})".format(", ".join("{} {}".format(name, value)
+                                             for name, value in extra.items()))
+                     if extra else "")
         self.queue_consumer.ack_message(message)
-
-    def _store_client(self):
-        """The Redis client of the service's VoteStore, or None."""
-        for provider in getattr(self.container, "dependencies", ()):
-            if isinstance(provider, VoteStore):
-                return provider.client
-        return None
 
 
 event_handler = ReliableEventHandler.decorator
 
 
 class ResilientRpcConsumer(nameko.rpc.RpcConsumer):
+    """nameko's RpcConsumer on a ResilientQueueConsumer, whose reply to a
+    request does not kill the container when the broker has gone: upstream
+    lets the publish error escape into the worker's result handling."""
 
     queue_consumer = ResilientQueueConsumer()
 
@@ -336,35 +315,3 @@ class RequestId(ContextDataProvider):
 
 
 rpc = Rpc.decorator
-
-
-class MetricsServer(EdgeWebServer):
-    """A web server of the votes service's own, on METRICS_ADDRESS, apart
-    from the gateway's WEB_SERVER_ADDRESS (both may run in one process),
-    with the same limits as the gateway's (services.http_server)."""
-
-    label = "votes-metrics"
-
-    @property
-    def bind_addr(self):
-        return parse_address(self.container.config.get(
-            METRICS_ADDRESS_CONFIG_KEY, DEFAULT_METRICS_ADDRESS))
-
-    def start(self):
-        try:
-            super().start()
-        except OSError as exc:
-            # counting votes matters more than being watched
-            _log.error("metrics server not started on %s: %s",
-                       "{}:{}".format(*self.bind_addr), exc)
-
-    def stop(self):
-        if self._gt is not None:
-            super().stop()
-
-
-class MetricsHttp(HttpRequestHandler):
-    server = MetricsServer()
-
-
-metrics_http = MetricsHttp.decorator

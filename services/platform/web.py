@@ -1,10 +1,18 @@
-"""``http``: nameko's HTTP entrypoint with JSON everywhere.
+"""``json_http``: nameko's HTTP entrypoint with JSON everywhere and one
+error table.
 
 Every response, errors included, is JSON with ``Cache-Control: no-store``:
 unknown routes (404), wrong methods (405, also HEAD where GET is declared),
-oversized bodies (413), and any unexpected error, which is logged with its
-traceback and answered with a generic 500 that reveals nothing. The server
-underneath, with its limits, is services.http_server.
+oversized bodies (413), and any unexpected error, answered with a generic
+500 that reveals nothing. The server underneath, with its limits, is
+services.platform.http_server.
+
+The service's table of exception -> (status, CODE) alone decides 4xx/503
+against 500: a route declares no ``expected_exceptions`` (the table's
+classes are), and every error is logged once: by nameko's container when a
+worker raised it (a table error as one line, see services.platform.logs; any
+other with its traceback), or here, with its traceback, when it came from
+outside any worker.
 """
 import json
 import logging
@@ -13,20 +21,11 @@ from functools import partial
 
 from eventlet.event import Event
 from nameko.web.handlers import HttpRequestHandler
-from nameko.web.server import WsgiApp
+from nameko.web.server import WsgiApp, parse_address
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from services.gateway import metrics
-from services.gateway.exceptions import (
-    BrokerUnavailable,
-    IdempotencyKeyReused,
-    PostNotFound,
-    ServiceUnavailable,
-    ValidationError,
-)
-from services.http_server import ERROR_CODES, EdgeWebServer
-from services.shutdown import arm_stop_deadline
+from services.platform.http_server import ERROR_CODES, EdgeWebServer
 
 _log = logging.getLogger(__name__)
 
@@ -34,15 +33,9 @@ MAX_BODY_BYTES = 1024 * 1024  # the default of HTTP_MAX_BODY_BYTES
 MAX_FORM_FIELDS = 100
 RETRY_AFTER_SECONDS = "1"
 
-# exception class -> (status, error code); matched with isinstance, in order
-ERRORS = (
-    (ValidationError, 400, "VALIDATION_ERROR"),
-    (PostNotFound, 404, "POST_NOT_FOUND"),
-    (IdempotencyKeyReused, 422, "IDEMPOTENCY_KEY_REUSED"),
-    (BrokerUnavailable, 503, "BROKER_UNAVAILABLE"),
-    (ServiceUnavailable, 503, "SERVICE_UNAVAILABLE"),
-)
-HTTP_ERROR_CODES = ERROR_CODES
+
+class TooManyFields(ValueError):
+    """A form body with more than MAX_FORM_FIELDS fields."""
 
 
 def json_response(status, body, headers=None):
@@ -61,7 +54,7 @@ def error_response(status, code, message, headers=None):
 
 
 def response_for_http_exception(exc):
-    code = HTTP_ERROR_CODES.get(exc.code, "HTTP_{}".format(exc.code))
+    code = ERROR_CODES.get(exc.code, "HTTP_{}".format(exc.code))
     headers = {}
     if exc.code == 405 and getattr(exc, "valid_methods", None):
         headers["Allow"] = ", ".join(sorted(exc.valid_methods))
@@ -73,18 +66,26 @@ def response_for_http_exception(exc):
     return error_response(exc.code, code, message, headers)
 
 
-def response_for_exception(exc):
-    for exc_type, status, code in ERRORS:
+def response_for_exception(exc, errors, logged=False):
+    """The answer to ``exc`` from ``errors`` ((exception class or tuple,
+    status, CODE), matched with isinstance, in order); anything else is a
+    500, logged with its traceback unless ``logged`` (nameko's container
+    has logged it already)."""
+    for exc_type, status, code in errors:
         if isinstance(exc, exc_type):
             headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
             return error_response(status, code, str(exc), headers)
     if isinstance(exc, HTTPException) and exc.code and exc.code < 500:
         return response_for_http_exception(exc)
-    _log.error("unexpected error", exc_info=(type(exc), exc, exc.__traceback__))
+    if not logged:
+        _log.error("unexpected error", exc_info=(type(exc), exc, exc.__traceback__))
     return error_response(500, "INTERNAL_ERROR", "unexpected error")
 
 
 class JsonWsgiApp(WsgiApp):
+    """nameko's WSGI application, whose errors (no route, wrong method, a
+    body over the limit, a bug) werkzeug answers in HTML: here in JSON, from
+    the server's error table."""
 
     def __call__(self, environ, start_response):
         try:
@@ -99,7 +100,7 @@ class JsonWsgiApp(WsgiApp):
             response = (response_for_http_exception(exc) if exc.code >= 400
                         else exc.get_response(environ))
         except Exception as exc:
-            response = response_for_exception(exc)
+            response = response_for_exception(exc, self.server.errors)
         return response(environ, start_response)
 
 
@@ -109,39 +110,50 @@ def _refuse_large_forms(request, environ):
     if request.mimetype == "application/x-www-form-urlencoded":
         fields = environ.get("edge.body", b"").count(b"&") + 1
         if fields > MAX_FORM_FIELDS:
-            raise ValidationError("body: a form has at most {} fields".format(
+            raise TooManyFields("body: a form has at most {} fields".format(
                 MAX_FORM_FIELDS))
 
 
 class JsonWebServer(EdgeWebServer):
-    """The gateway's server (services.http_server), with JSON answers from
-    the WSGI application too."""
+    """The hardened server (services.platform.http_server) with nameko's
+    WSGI application replaced by JsonWsgiApp; ``errors`` is the service's
+    table."""
 
-    label = "gateway"
+    errors = ()
 
     def get_wsgi_app(self):
         return JsonWsgiApp(self)
 
 
-class HttpEntrypoint(HttpRequestHandler):
+class JsonHttp(HttpRequestHandler):
+    """nameko's ``http`` entrypoint, changed in four ways:
+
+    * ``expected_exceptions`` is the server's error table (a route may not
+      declare its own), so the table is the one source of 4xx against 500;
+    * HEAD only where declared: werkzeug answers HEAD on every GET route
+      by running the GET handler (HEAD /vote would cast a vote);
+    * no ``inspect.getcallargs`` signature check per request (6% of the
+      gateway's CPU): every method takes (self, request);
+    * ``handle_request`` without upstream's reference cycle (see there),
+      answering from the table, and timing each request for ``observe``.
+    """
 
     server = JsonWebServer()
+    observe = None  # observe(route, response, seconds), or None
 
-    def stop(self):
-        arm_stop_deadline(self.container)
-        super().stop()
+    def __init__(self, method, url, **kwargs):
+        if "expected_exceptions" in kwargs:
+            raise TypeError("the error table decides what is expected")
+        super().__init__(method, url, expected_exceptions=tuple(
+            exc_type for exc_type, _, _ in self.server.errors), **kwargs)
 
     def get_url_rule(self):
-        # werkzeug answers HEAD on every GET route by running the GET
-        # handler: HEAD /vote would cast a vote. HEAD only where declared.
         rule = super().get_url_rule()
         if "HEAD" not in self.method.upper().split(","):
             rule.methods.discard("HEAD")
         return rule
 
     def check_signature(self, args, kwargs):
-        # every method takes (self, request); nameko's inspect.getcallargs
-        # check on each request cost 6% of the gateway's CPU
         pass
 
     def handle_request(self, request):
@@ -154,23 +166,82 @@ class HttpEntrypoint(HttpRequestHandler):
         started = time.perf_counter()
         request.shallow = False
         event = Event()
+        errors = self.server.errors
         try:
             args, kwargs = self.get_entrypoint_parameters(request)
             self.container.spawn_worker(
                 self, args, kwargs,
                 context_data=self.server.context_data_from_headers(request),
                 handle_result=partial(self.handle_result, event))
-            response = self.response_from_result(event.wait())
-        except Exception as exc:
-            response = self.response_from_exception(exc)
-        finally:
-            if event.ready():
-                event.reset()  # drops the exception Event.wait's frame holds
-        metrics.observe_request(self.url, response, time.perf_counter() - started)
+        except Exception as exc:  # no worker ran: nobody logged it
+            response = response_for_exception(exc, errors)
+        else:
+            try:
+                response = self.response_from_result(event.wait())
+            except Exception as exc:  # the container logged the worker's
+                response = response_for_exception(exc, errors, logged=True)
+            finally:
+                if event.ready():
+                    event.reset()  # drops the exception Event.wait's frame holds
+        if self.observe is not None:
+            self.observe(self.url, response, time.perf_counter() - started)
         return response
 
-    def response_from_exception(self, exc):
-        return response_for_exception(exc)
+
+def json_http(errors, label, observe=None):
+    """An ``http`` decorator for one service: ``errors`` its table of
+    (exception class or tuple, status, CODE), ``label`` the server's name
+    in the http_* metrics, ``observe`` a per-request metrics hook."""
+
+    class Server(JsonWebServer):
+        pass
+
+    Server.errors, Server.label = tuple(errors), label
+
+    class Http(JsonHttp):
+        server = Server()
+
+    Http.observe = staticmethod(observe) if observe is not None else None
+    return Http.decorator
 
 
-http = HttpEntrypoint.decorator
+class MetricsServer(EdgeWebServer):
+    """nameko's WebServer binds WEB_SERVER_ADDRESS, one per process: this
+    one binds ``address_config_key`` instead, so that a service's /health
+    and /metrics have a port of their own (two services may run in one
+    process), with the same limits. Failing to bind is logged, not fatal:
+    a service's work matters more than being watched."""
+
+    address_config_key = "METRICS_ADDRESS"
+    default_address = "0.0.0.0:9100"
+
+    @property
+    def bind_addr(self):
+        return parse_address(self.container.config.get(
+            self.address_config_key, self.default_address))
+
+    def start(self):
+        try:
+            super().start()
+        except OSError as exc:
+            _log.error("metrics server not started on %s: %s",
+                       "{}:{}".format(*self.bind_addr), exc)
+
+    def stop(self):
+        if self._gt is not None:  # never started: nothing to drain
+            super().stop()
+
+
+def metrics_http(label):
+    """An ``http`` decorator for routes on the MetricsServer; ``label``
+    names it in the http_* metrics."""
+
+    class Server(MetricsServer):
+        pass
+
+    Server.label = label
+
+    class MetricsHttp(HttpRequestHandler):
+        server = Server()
+
+    return MetricsHttp.decorator

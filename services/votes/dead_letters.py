@@ -55,24 +55,23 @@ from kombu import Connection
 from nameko.cli.main import setup_yaml_parser
 
 from services import contracts
+from services.platform import events
 from services.settings import number
 from services.votes.dependencies import (
-    DEFAULT_MARK_TTL,
-    MARK_TTL_CONFIG_KEY,
-    REDIS_KEY,
-)
-from services.votes.entrypoints import (
     APPLIED_MARK_HEADER,
     DEAD_LETTER_QUEUE,
+    DEFAULT_MARK_TTL,
     EVENT_ID_HEADER,
     MARK_ABSENT,
     MARK_PRESENT,
+    MARK_TTL_CONFIG_KEY,
+    REDIS_KEY,
 )
 
-REASON = "x-dead-letter-reason"
-ORIGIN_EXCHANGE = "x-original-exchange"
-ORIGIN_ROUTING_KEY = "x-original-routing-key"
-DEAD_LETTERED_AT = "x-dead-lettered-at"
+REASON = events.REASON_HEADER
+ORIGIN_EXCHANGE = events.ORIGIN_EXCHANGE_HEADER
+ORIGIN_ROUTING_KEY = events.ORIGIN_ROUTING_KEY_HEADER
+DEAD_LETTERED_AT = events.DEAD_LETTERED_AT_HEADER
 OUR_HEADERS = (REASON, ORIGIN_EXCHANGE, ORIGIN_ROUTING_KEY, DEAD_LETTERED_AT,
                EVENT_ID_HEADER, APPLIED_MARK_HEADER)
 # reasons of messages that never reached a worker

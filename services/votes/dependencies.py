@@ -16,6 +16,7 @@ Redis layout (every key starts with ``votes:``):
 """
 import collections
 import json
+import logging
 import re
 
 import redis
@@ -25,9 +26,12 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from services import contracts
+from services.platform.events import dead_letter_queue
 from services.settings import number
 from services.votes import metrics
 from services.votes.exceptions import NotFound, StoreUnavailable
+
+_log = logging.getLogger(__name__)
 
 REDIS_KEY = "votes"  # the entry of REDIS_URIS this service uses
 MARK_TTL_CONFIG_KEY = "APPLIED_MARK_TTL"
@@ -386,3 +390,49 @@ class VoteStore(Redis):
 
     def get_dependency(self, worker_ctx):
         return self.storage
+
+
+# where the event handler puts what it cannot apply
+DEAD_LETTER_QUEUE = dead_letter_queue(
+    contracts.DEAD_LETTER_EXCHANGE, contracts.DEAD_LETTER_QUEUE,
+    contracts.DEAD_LETTER_ROUTING_KEY)
+DEAD_LETTER_EXCHANGE = DEAD_LETTER_QUEUE.exchange
+# headers of an event dead-lettered after its handler kept failing (read by
+# services.votes.dead_letters)
+EVENT_ID_HEADER = "x-event-id"
+APPLIED_MARK_HEADER = "x-applied-mark"
+MARK_PRESENT = "present"  # applied (perhaps in part); the mark is kept for good
+MARK_ABSENT = "absent"    # no mark: not applied, as far as Redis could tell
+MARK_UNKNOWN = "unknown"  # Redis could not be asked
+
+
+def seal_applied_mark(client, event_id):
+    """Whether the event's exactly-once mark exists, in one MULTI with a
+    PERSIST of it: an applied event that is dead-lettered keeps its mark
+    for good, so that a replay, however late, changes nothing."""
+    if client is None:
+        return MARK_UNKNOWN
+    key = contracts.applied_key(event_id)
+    try:
+        with client.pipeline(transaction=True) as pipe:
+            pipe.exists(key)
+            pipe.persist(key)
+            exists, _ = pipe.execute()
+    except redis.RedisError as exc:
+        _log.error("could not look up the mark of dead-lettered event %s: %r",
+                   event_id, exc)
+        return MARK_UNKNOWN
+    return MARK_PRESENT if exists else MARK_ABSENT
+
+
+def failed_event_headers(container, event):
+    """The event handler's ``failed_headers``: an event whose handler kept
+    failing may have been applied, so its mark is looked up and sealed
+    (seal_applied_mark), and the answer goes with it for the replay tool."""
+    event_id = getattr(event, "id", None)
+    if event_id is None:
+        return {}
+    client = next((provider.client for provider in container.dependencies
+                   if isinstance(provider, VoteStore)), None)
+    return {EVENT_ID_HEADER: event_id,
+            APPLIED_MARK_HEADER: seal_applied_mark(client, event_id)}

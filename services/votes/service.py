@@ -1,17 +1,33 @@
 import json
 import time
 import uuid
+from functools import partial
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Response
 
 from services import contracts, rules
+from services.platform.events import ReliableEventHandler, RequestId, rpc
+from services.platform.web import metrics_http
 from services.votes import metrics, schemas
-from services.votes.dependencies import VoteStore
-from services.votes.entrypoints import RequestId, event_handler, metrics_http, rpc
+from services.votes.feed import CountsFeed
+from services.votes.dependencies import (
+    DEAD_LETTER_QUEUE,
+    VoteStore,
+    failed_event_headers,
+)
 from services.votes.exceptions import InvalidVote, NotFound, StoreUnavailable
 
 MAX_TOP = 100
+
+# the platform's event handler with this service's dead-letter queue, its
+# metrics, and the mark lookup of an event whose handler kept failing
+event_handler = partial(
+    ReliableEventHandler.decorator, dead_letter_queue=DEAD_LETTER_QUEUE,
+    on_retry=metrics.retries.inc, on_dead_letter=metrics.dead_lettered.inc,
+    failed_headers=failed_event_headers)
+# /health and /metrics on METRICS_ADDRESS
+status_http = metrics_http(label="votes-metrics")
 
 
 class VotesService:
@@ -20,6 +36,7 @@ class VotesService:
     name = contracts.VOTES_SERVICE
 
     store = VoteStore()
+    counts_changed = CountsFeed()  # announces the posts _apply changed
     request_id = RequestId()
 
     @event_handler(
@@ -37,6 +54,7 @@ class VotesService:
         applied = self.store.apply(event_id, votes)
         if applied.votes:
             metrics.votes_applied.inc(applied.votes)
+            self.counts_changed(vote.postId for vote in votes)
         elif not (applied.replayed or applied.conflicts):
             metrics.events_duplicate.inc()
         metrics.key_replays.inc(applied.replayed)
@@ -88,11 +106,11 @@ class VotesService:
         """What the gateway's /ready reports for this service."""
         return {"redis": "ok" if self.store.ping() else "unavailable"}
 
-    @metrics_http("GET", "/health")
+    @status_http("GET", "/health")
     def liveness(self, request):
         return Response(json.dumps({"status": "ok"}, separators=(",", ":")),
                         mimetype="application/json")
 
-    @metrics_http("GET", "/metrics")
+    @status_http("GET", "/metrics")
     def prometheus_metrics(self, request):
         return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)

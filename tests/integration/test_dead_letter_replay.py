@@ -15,14 +15,13 @@ from nameko.testing.utils import find_free_port
 from services import contracts
 from services.votes import schemas
 from services.votes.dead_letters import replay
-from services.votes.dependencies import VoteStore
-from services.votes.entrypoints import (
+from services.votes.dependencies import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_QUEUE,
-    event_handler,
+    VoteStore,
 )
 from services.votes.exceptions import StoreUnavailable
-from services.votes.service import VotesService
+from services.votes.service import VotesService, event_handler
 from tests.conftest import make_event, make_vote
 
 EVENTS = Exchange(contracts.EVENTS_EXCHANGE, type="topic", durable=True)

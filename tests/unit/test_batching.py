@@ -2,7 +2,7 @@
 import eventlet
 import pytest
 
-from services.gateway.batching import Expired, GroupCommit
+from services.platform.batching import Expired, GroupCommit
 
 
 @pytest.fixture

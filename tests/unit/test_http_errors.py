@@ -1,16 +1,22 @@
-"""The exception -> HTTP answer table of the gateway."""
+"""The exception -> HTTP answer table of the gateway, through the platform's
+http entrypoint."""
 import json
 
 import pytest
 from werkzeug.exceptions import MethodNotAllowed, NotFound, RequestEntityTooLarge
 
-from services.gateway.entrypoints import response_for_exception
 from services.gateway.exceptions import (
+    ERRORS,
     BrokerUnavailable,
     PostNotFound,
     ServiceUnavailable,
     ValidationError,
 )
+from services.platform import web
+
+
+def response_for_exception(exc):
+    return web.response_for_exception(exc, ERRORS)
 
 
 @pytest.mark.parametrize("exc, status, body, extra_headers", [

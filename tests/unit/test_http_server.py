@@ -1,14 +1,12 @@
-"""services.http_server without sockets: its settings, its escaping, and the
-upstream internals it relies on (so that an upgrade fails here, loudly)."""
+"""services.platform.http_server without sockets: its settings, its escaping, and the
+upstream internals it relies on (checked in test_upstream.py)."""
 import io
 
 import pytest
-from eventlet.wsgi import HttpProtocol
 from nameko.exceptions import ConfigurationError
-from nameko.web.server import WebServer
 
-from services import http_server
-from services.http_server import Limits, escape_controls
+from services.platform import http_server
+from services.platform.http_server import Limits, escape_controls
 
 
 def test_defaults():
@@ -47,13 +45,3 @@ def test_header_budget_counts_all_lines():
     with pytest.raises(http_server._HeadersTooLarge):
         budget.readline(65537)
 
-
-def test_upstream_internals_still_there():
-    # eventlet's protocol: the methods EdgeProtocol overrides or calls
-    for name in ("_read_request_line", "handle_one_request", "handle_one_response",
-                 "parse_request", "get_client_address"):
-        assert callable(getattr(HttpProtocol, name)), name
-    # nameko's WebServer: the attributes EdgeWebServer uses
-    server = WebServer()
-    for name in ("_gt", "_sock", "_serv", "_is_accepting"):
-        assert hasattr(server, name), name

@@ -5,9 +5,10 @@ import pytest
 from nameko.testing.services import worker_factory
 
 from services import contracts, rules
-from services.votes import entrypoints, schemas
-from services.votes.dependencies import Applied
-from services.votes.entrypoints import ReliableEventHandler, backoff
+from services.platform import events
+from services.platform.events import ReliableEventHandler, backoff
+from services.votes import schemas
+from services.votes.dependencies import DEAD_LETTER_QUEUE, Applied
 from services.votes.exceptions import InvalidVote, StoreUnavailable
 from services.votes.service import VotesService
 from tests.conftest import make_event, make_vote
@@ -88,7 +89,8 @@ def handler(mock_container):
     mock_container.service_name = "votes"
     handler = ReliableEventHandler(
         contracts.GATEWAY_SERVICE, contracts.VOTE_CAST, schema=schemas.parse_event,
-        retry_on=(StoreUnavailable,)).bind(mock_container, contracts.VOTE_CAST_HANDLER)
+        dead_letter_queue=DEAD_LETTER_QUEUE, retry_on=(StoreUnavailable,),
+    ).bind(mock_container, contracts.VOTE_CAST_HANDLER)
     handler.queue_consumer = mock.Mock()
     handler.dead_letter_publisher = mock.Mock()
     return handler
@@ -120,7 +122,7 @@ def test_transient_failure_is_retried_not_acked(handler, mock_container):
 def test_repeated_unexpected_failure_is_dead_lettered(handler):
     message = mock.Mock(headers={}, delivery_info={"routing_key": contracts.VOTE_CAST})
     handler._handle_result(
-        message, entrypoints.MAX_UNEXPECTED_FAILURES, mock.Mock(args=("p",)),
+        message, events.MAX_UNEXPECTED_FAILURES, mock.Mock(args=("p",)),
         exc_info=(KeyError, KeyError("bug"), None))
 
     _, kwargs = handler.dead_letter_publisher.publish.call_args
@@ -138,7 +140,7 @@ def test_retry_after_stop_requeues(handler, mock_container):
 
 
 def test_failed_dead_letter_copy_requeues(handler, monkeypatch):
-    monkeypatch.setattr(entrypoints.eventlet, "sleep", lambda seconds: None)
+    monkeypatch.setattr(events.eventlet, "sleep", lambda seconds: None)
     handler.dead_letter_publisher.publish.side_effect = ConnectionError("down")
     message = mock.Mock(headers={}, delivery_info={})
     handler.dead_letter(message, "why")

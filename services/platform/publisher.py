@@ -1,0 +1,195 @@
+"""A publisher that answers only once the broker has the message.
+
+nameko's ``EventDispatcher`` publishes on a pooled connection with kombu's
+retry policy: a worker may wait as long as the broker takes to come back,
+and publishes are neither mandatory nor grouped. ConfirmedPublisher keeps
+one long-lived connection per round trip in flight, groups concurrent
+callers into one message (services.platform.batching), and answers within a
+fixed deadline: confirmed, or an error.
+"""
+import logging
+import time
+from functools import partial
+
+import eventlet
+from eventlet.semaphore import Semaphore
+from kombu import Connection, Producer, Queue
+from kombu.exceptions import ChannelError
+from nameko.constants import (
+    AMQP_URI_CONFIG_KEY,
+    DEFAULT_MAX_WORKERS,
+    MAX_WORKERS_CONFIG_KEY,
+)
+from nameko.extensions import DependencyProvider
+from nameko.standalone.events import get_event_exchange
+
+from services.platform.batching import Expired, GroupCommit
+from services.settings import number
+
+_log = logging.getLogger(__name__)
+
+RECONNECT_PAUSE = 0.5  # after a failed connect, fail fast for this long
+# a caller waits in the group queue at most this share of the deadline, and
+# the round trip takes at most the rest
+QUEUED_SHARE = 0.4
+
+
+class Link:
+    """One AMQP connection, made on demand; hold ``lock`` to use it, since
+    frames of two threads must not interleave on one socket. kombu's own
+    ``Connection`` would reconnect inside a publish with its retry policy,
+    past any deadline; this one fails at once and reconnects on next use."""
+
+    def __init__(self, amqp_uri, declare=(), confirms=False):
+        self.lock = Semaphore()
+        self.amqp_uri = amqp_uri
+        self.declare = declare
+        self.confirms = confirms
+        self.connection = None
+        self.producer = None
+        self._failed_at = 0.0
+
+    def get_producer(self):
+        """The producer, connecting first if needed; raises on failure."""
+        if self.producer is not None:
+            return self.producer
+        if time.monotonic() - self._failed_at < RECONNECT_PAUSE:
+            raise ConnectionError("broker unreachable a moment ago")
+        connection = Connection(
+            # no heartbeat: nothing reads this connection between publishes;
+            # a dead one fails the next publish, which reconnects once
+            self.amqp_uri, connect_timeout=2, heartbeat=0,
+            transport_options={"confirm_publish": self.confirms},
+        )
+        try:
+            connection.connect()
+            channel = connection.channel()
+            for entity in self.declare:
+                entity.bind(channel).declare()
+        except BaseException:
+            self._failed_at = time.monotonic()
+            close_quietly(connection)
+            raise
+        self.connection = connection
+        self.producer = Producer(channel)
+        return self.producer
+
+    def reset(self):
+        close_quietly(self.connection)
+        self.connection = self.producer = None
+
+
+def close_quietly(connection):
+    if connection is not None:
+        try:
+            connection.close()
+        except Exception:  # already broken: nothing to release
+            pass
+
+
+class ConfirmedPublisher(DependencyProvider):
+    """Injects ``publish(item)``: returns once the item is in the broker
+    (one confirmed, persistent, mandatory message per group of items, to
+    the events exchange of ``source_service`` with ``routing_key``), or
+    raises ``unavailable`` within the ``timeout_config_key`` seconds.
+
+    ``queue`` (name) is declared, bound to that routing key, on every
+    connect, so that nothing is dropped before its consumer has ever run.
+    A subclass sets the class attributes and ``message(groups)``, the body
+    of one message from the items of a group."""
+
+    source_service = None
+    routing_key = None
+    queue = None
+    timeout_config_key = "PUBLISH_TIMEOUT"
+    default_timeout = 5.0
+    max_group_weight = 1000
+    weigh = staticmethod(len)
+    links = 2  # round trips in flight at once
+    unavailable = ConnectionError  # what callers get when the broker fails
+    what = "the message"  # in the error messages
+
+    def message(self, groups):
+        raise NotImplementedError
+
+    def on_failure(self):
+        """Called once per failed round trip (a metric, say)."""
+
+    def setup(self):
+        config = self.container.config
+        self.timeout = number(config, self.timeout_config_key,
+                              self.default_timeout, 0.1, 60)
+        number(config, MAX_WORKERS_CONFIG_KEY, DEFAULT_MAX_WORKERS, 1, 10_000,
+               integer=True)
+        self.exchange = get_event_exchange(self.source_service, config)
+        declare = [self.exchange]
+        if self.queue is not None:
+            declare.append(Queue(
+                self.queue, exchange=self.exchange, routing_key=self.routing_key,
+                durable=True, auto_delete=False, exclusive=False))
+        self.connections = [
+            Link(config[AMQP_URI_CONFIG_KEY], declare=declare, confirms=True)
+            for _ in range(self.links)
+        ]
+        self.publish_time = self.timeout * (1 - QUEUED_SHARE)
+        self.group = GroupCommit(
+            self._publish, max_weight=self.max_group_weight,
+            max_wait=self.timeout * QUEUED_SHARE, weigh=self.weigh,
+            deadline=self.timeout,
+        )
+
+    def start(self):
+        for link in self.connections:
+            self.container.spawn_managed_thread(
+                partial(self.group.run, partial(self._publish, link)))
+
+    def stop(self):
+        for link in self.connections:
+            link.reset()
+
+    kill = stop
+
+    def get_dependency(self, worker_ctx):
+        return self.publish
+
+    def publish(self, item):
+        try:
+            self.group.submit(item)
+        except Expired:
+            raise self.unavailable(
+                "RabbitMQ did not take {} in time".format(self.what)) from None
+
+    def _publish(self, link, groups):
+        body = self.message(groups)
+        try:
+            with link.lock:
+                return self._publish_message(link, body, len(groups))
+        except self.unavailable:
+            self.on_failure()
+            raise
+
+    def _publish_message(self, link, body, groups):
+        deadline = time.monotonic() + self.publish_time
+        # a connection that was already open may have died while idle:
+        # then reconnect once (the message's consumer must bear a double)
+        for attempt in (1, 2):
+            was_open = link.producer is not None
+            left = deadline - time.monotonic()
+            try:
+                with eventlet.Timeout(left):
+                    link.get_producer().publish(
+                        body, exchange=self.exchange, routing_key=self.routing_key,
+                        serializer="json", delivery_mode=2, mandatory=True,
+                        retry=False, confirm_timeout=left,
+                    )
+                return [None] * groups
+            except ChannelError as exc:
+                link.reset()
+                _log.error("%s publish refused: %s", self.routing_key, exc)
+                raise self.unavailable(
+                    "RabbitMQ refused {}".format(self.what)) from exc
+            except (Exception, eventlet.Timeout) as exc:
+                link.reset()
+                if not was_open or attempt == 2 or time.monotonic() >= deadline:
+                    _log.warning("%s publish failed: %r", self.routing_key, exc)
+                    raise self.unavailable("RabbitMQ is unavailable") from None

@@ -1,0 +1,185 @@
+"""A client of nameko's RPC protocol with a deadline on every call.
+
+nameko's ``RpcProxy`` waits for a reply for as long as it takes (no
+timeout in nameko 2), sends one request per call, and starts its reply
+consumer inside the container's QueueConsumer, whose reconnects are
+kombu's. RpcClient speaks the same wire protocol (requests to nameko's RPC
+exchange with ``reply_to`` and ``correlation_id``, JSON ``{"args",
+"kwargs"}`` in, ``{"result", "error"}`` out) on connections of its own,
+fails every call within its timeout, drops requests nobody took in time
+(per-message expiry), and can group concurrent calls of one method into
+one request (services.platform.batching).
+"""
+import logging
+import socket
+import uuid
+
+import eventlet
+from kombu import Connection, Consumer, Queue
+from nameko.constants import (
+    AMQP_URI_CONFIG_KEY,
+    DEFAULT_HEARTBEAT,
+    HEARTBEAT_CONFIG_KEY,
+)
+from nameko.extensions import DependencyProvider
+from nameko.rpc import get_rpc_exchange
+
+from services.platform.batching import Expired, GroupCommit
+from services.platform.publisher import QUEUED_SHARE, Link, close_quietly
+from services.settings import number
+
+_log = logging.getLogger(__name__)
+
+LISTEN_RETRY = 1.0  # seconds between attempts of the reply listener
+
+
+class RpcClient(DependencyProvider):
+    """Calls the RPC methods of ``target_service``; every call raises
+    ``unavailable`` after the ``timeout_config_key`` seconds, or when the
+    method raised. With ``group_method`` set, ``call_grouped(item)`` joins
+    concurrent callers into one call of that method with the list of their
+    items (it must return one result per item, in order). A subclass sets
+    the class attributes and adds the verbs its service uses."""
+
+    target_service = None
+    timeout_config_key = "READ_TIMEOUT"
+    default_timeout = 2.0
+    group_method = None
+    max_group = 500
+    readers = 2  # grouped calls in flight at once
+    unavailable = ConnectionError
+
+    def setup(self):
+        config = self.container.config
+        self.amqp_uri = config[AMQP_URI_CONFIG_KEY]
+        self.heartbeat = number(config, HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT,
+                                0, 3600)
+        self.timeout = number(config, self.timeout_config_key,
+                              self.default_timeout, 0.1, 60)
+        self.exchange = get_rpc_exchange(config)
+        self.reply_queue_name = "rpc.reply-{}-{}".format(
+            self.container.service_name, uuid.uuid4())
+        self.link = Link(self.amqp_uri, declare=(self.exchange,))
+        self.replies = {}  # correlation id -> Event
+        self.listening = False
+        self._running = True
+        self.group = GroupCommit(
+            self._call_group, max_weight=self.max_group,
+            max_wait=self.timeout * QUEUED_SHARE, deadline=self.timeout,
+        )
+
+    def start(self):
+        self._running = True
+        self.container.spawn_managed_thread(self._listen)
+        if self.group_method is not None:
+            for _ in range(self.readers):
+                self.container.spawn_managed_thread(self.group.run)
+
+    def stop(self):
+        self._running = False
+        self.link.reset()
+
+    kill = stop
+
+    def get_dependency(self, worker_ctx):
+        return self
+
+    def _late(self):
+        return self.unavailable(
+            "the {} service did not answer in time".format(self.target_service))
+
+    def call_grouped(self, item):
+        try:
+            return self.group.submit(item)
+        except Expired:
+            raise self._late() from None
+
+    def _call_group(self, items):
+        return self.call(self.group_method, list(items),
+                         timeout=self.timeout * (1 - QUEUED_SHARE))
+
+    def call(self, method, *args, timeout=None):
+        timeout = timeout or self.timeout
+        correlation_id = uuid.uuid4().hex
+        reply = self.replies[correlation_id] = eventlet.event.Event()
+        try:
+            with eventlet.Timeout(timeout, False):
+                while not self.listening:  # (re)connecting: a reply needs it
+                    eventlet.sleep(0.05)
+                self._request(method, args, correlation_id, timeout)
+                body = reply.wait()
+                error = body.get("error")
+                if error:
+                    _log.warning("%s.%s failed: %s", self.target_service,
+                                 method, error)
+                    raise self.unavailable("the {} service could not answer".format(
+                        self.target_service))
+                return body["result"]
+            raise self._late() from None
+        finally:
+            self.replies.pop(correlation_id, None)
+
+    def _request(self, method, args, correlation_id, timeout):
+        try:
+            with self.link.lock:
+                self.link.get_producer().publish(
+                    {"args": args, "kwargs": {}},
+                    exchange=self.exchange,
+                    routing_key="{}.{}".format(self.target_service, method),
+                    serializer="json", delivery_mode=1, retry=False,
+                    reply_to=self.reply_queue_name,
+                    correlation_id=correlation_id,
+                    # a request nobody took in time is dropped by the broker
+                    expiration=timeout,
+                )
+        except Exception as exc:
+            self.link.reset()
+            raise self.unavailable("no connection to RabbitMQ") from exc
+
+    def queue_state(self, queue):
+        """(messages waiting, consumers) of ``queue``; raises if the broker
+        does not answer, or (NOT_FOUND) the queue does not exist."""
+        try:
+            with self.link.lock:
+                channel = self.link.get_producer().channel
+                _, waiting, consumers = channel.queue_declare(queue, passive=True)
+            return waiting, consumers
+        except Exception:
+            self.link.reset()
+            raise
+
+    def _on_reply(self, body, message):
+        # a reply to a call that gave up (or never was) finds no Event
+        reply = self.replies.get(message.properties.get("correlation_id"))
+        if reply is not None and not reply.ready():
+            reply.send(body)
+
+    def _listen(self):
+        """Consume replies for as long as the service runs, reconnecting."""
+        while self._running:
+            queue = Queue(
+                self.reply_queue_name, exchange=self.exchange,
+                routing_key=self.reply_queue_name, exclusive=True,
+                auto_delete=True,
+            )
+            connection = Connection(
+                self.amqp_uri, connect_timeout=2, heartbeat=self.heartbeat)
+            try:
+                connection.connect()
+                with Consumer(connection.channel(), queues=[queue],
+                              callbacks=[self._on_reply], accept=["json"],
+                              no_ack=True):
+                    self.listening = True
+                    while self._running:
+                        try:
+                            connection.drain_events(timeout=1)
+                        except socket.timeout:
+                            pass
+                        connection.heartbeat_check()
+            except Exception as exc:
+                if self.listening:
+                    _log.warning("lost the RPC reply connection: %r", exc)
+                eventlet.sleep(LISTEN_RETRY)
+            finally:
+                self.listening = False
+                close_quietly(connection)
