@@ -50,17 +50,21 @@ def test_weight_caps_a_group(flushed):
     assert sorted(v for g in flushed for item in g for v in item) == list(range(1, 10))
 
 
-def test_a_failed_flush_fails_its_whole_group(flushed):
-    group, runner = make(flushed, fail=ConnectionError("down"))
-    pool = eventlet.GreenPool()
-
+def outcomes(group, items, error):
+    """What each concurrent submit got: its result, or the text of its
+    ``error``."""
     def submit(item):
         try:
             return group.submit(item)
-        except ConnectionError as exc:
+        except error as exc:
             return str(exc)
+    with eventlet.Timeout(2):
+        return list(eventlet.GreenPool().imap(submit, items))
 
-    assert list(pool.imap(submit, range(3))) == ["down"] * 3
+
+def test_a_failed_flush_fails_its_whole_group(flushed):
+    group, runner = make(flushed, fail=ConnectionError("down"))
+    assert outcomes(group, range(3), ConnectionError) == ["down"] * 3
     runner.kill()
 
 
@@ -154,3 +158,34 @@ def test_deadline_bounds_a_submit_whose_flush_hangs():
     eventlet.sleep(0.05)
     runner.kill()
     assert calls == [[0]]  # the abandoned item was never sent
+
+
+def test_each_flusher_sends_its_groups_and_its_carry_on_its_own_flush():
+    """Two loops, each with its own flush (its own connection): an item
+    carried by a loop goes out on that loop's flush."""
+    sent = {"one": [], "two": []}
+
+    def flush_on(name):
+        def flush(items):
+            sent[name].append(list(items))
+            eventlet.sleep(0.05)
+            return [name] * len(items)
+        return flush
+
+    group = GroupCommit(None, max_weight=10, max_wait=5.0, weigh=len)
+    runners = [eventlet.spawn(group.run, flush_on(name)) for name in ("one", "two")]
+    pool = eventlet.GreenPool()
+    with eventlet.Timeout(2):
+        results = list(pool.imap(group.submit, ["aaaaaa", "bbbbbb"]))
+    for runner in runners:
+        runner.kill()
+    # the first loop took "aaaaaa" and carried "bbbbbb" (too heavy to join)
+    assert results == ["one", "one"]
+    assert sent == {"one": [["aaaaaa"], ["bbbbbb"]], "two": []}
+
+
+def test_a_flush_with_the_wrong_number_of_results_fails_its_group(flushed):
+    group = GroupCommit(lambda items: [None], max_weight=10, max_wait=5.0)
+    runner = eventlet.spawn(group.run)
+    assert outcomes(group, range(2), RuntimeError) == ["1 results for 2 items"] * 2
+    runner.kill()

@@ -1,0 +1,176 @@
+"""GatewayService's routes with worker_factory: the publisher and the votes
+reader replaced (no broker), the answers and what is queued."""
+import json
+
+import pytest
+from nameko.testing.services import worker_factory
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Request
+
+from services import rules
+from services.gateway.exceptions import (
+    ERRORS,
+    IdempotencyKeyReused,
+    PostNotFound,
+    ServiceUnavailable,
+    ValidationError,
+)
+from services.gateway.service import GatewayService
+from services.platform.web import response_for_exception
+
+COUNTS = {"postId": "348", "upvote": 2, "downvote": 1, "score": 1}
+
+
+class Keys:
+    """RecentKeys' interface, without its provider."""
+
+    def __init__(self):
+        self.entries = {}
+
+    def get(self, key_id):
+        return self.entries.get(key_id)
+
+    def remember(self, key_id, fingerprint):
+        self.entries[key_id] = fingerprint
+
+
+@pytest.fixture
+def service():
+    return worker_factory(GatewayService, recent_keys=Keys())
+
+
+def request(path, method="GET", **kwargs):
+    return Request(EnvironBuilder(path=path, method=method, **kwargs).get_environ())
+
+
+def body(response):
+    return json.loads(response.get_data())
+
+
+def queued(service):
+    """Every vote handed to the publisher, in order."""
+    return [vote for (votes,), _ in service.cast_votes.call_args_list for vote in votes]
+
+
+def test_get_vote_is_queued_and_answered_202(service):
+    response = service.vote(request("/vote?postId=348&score=1"))
+    assert response.status_code == 202
+    (vote,) = queued(service)
+    assert set(vote) == {"voteId", "postId", "score", "ts"}
+    assert (vote["postId"], vote["score"]) == ("348", 1)
+    assert body(response) == {"success": True, "voteId": vote["voteId"],
+                              "postId": "348", "score": 1}
+
+
+def test_post_vote_as_json_with_a_voter(service):
+    response = service.vote(request("/vote", "POST", json={
+        "postId": "9", "score": -1, "voterId": "ann"}))
+    assert response.status_code == 202
+    (vote,) = queued(service)
+    assert (vote["postId"], vote["score"], vote["voterId"]) == ("9", -1, "ann")
+    assert body(response)["voterId"] == "ann"
+
+
+def test_votes_are_stamped_with_increasing_times_and_distinct_ids(service):
+    for _ in range(3):
+        service.vote(request("/vote?postId=1&score=1"))
+    votes = queued(service)
+    assert len({vote["voteId"] for vote in votes}) == 3
+    assert [vote["ts"] for vote in votes] == sorted({vote["ts"] for vote in votes})
+
+
+def test_an_invalid_vote_queues_nothing(service):
+    with pytest.raises(ValidationError, match="^score: must be 1 or -1"):
+        service.vote(request("/vote?postId=348&score=2"))
+    service.cast_votes.assert_not_called()
+
+
+def test_a_batch_is_queued_in_one_call(service):
+    response = service.votes(request("/votes", "POST", json={"votes": [
+        {"postId": "1", "score": 1}, {"postId": "2", "score": -1, "voterId": "bo"}]}))
+    assert (response.status_code, body(response)) == (
+        202, {"success": True, "accepted": 2})
+    service.cast_votes.assert_called_once()
+    assert [(v["postId"], v["score"]) for v in queued(service)] == [("1", 1), ("2", -1)]
+
+
+def test_vote_counts(service):
+    service.votes_rpc.counts.return_value = COUNTS
+    response = service.vote_counts(request("/vote-counts?postId=348&voterId=ann"))
+    assert (response.status_code, body(response)) == (200, COUNTS)
+    service.votes_rpc.counts.assert_called_once_with("348", "ann")
+
+
+def test_vote_counts_of_an_unknown_post(service):
+    service.votes_rpc.counts.return_value = None
+    with pytest.raises(PostNotFound, match="^post 999 has no votes$"):
+        service.vote_counts(request("/vote-counts?postId=999"))
+
+
+def test_vote_counts_when_the_votes_service_is_slow(service):
+    service.votes_rpc.counts.side_effect = ServiceUnavailable("late")
+    with pytest.raises(ServiceUnavailable):
+        service.vote_counts(request("/vote-counts?postId=1"))
+
+
+def test_top(service):
+    service.votes_rpc.top.return_value = [COUNTS]
+    response = service.top(request("/posts/top?limit=2"))
+    assert (response.status_code, body(response)) == (200, {"posts": [COUNTS]})
+    service.votes_rpc.top.assert_called_once_with(2)
+
+
+def test_top_refuses_a_bad_limit(service):
+    with pytest.raises(ValidationError):
+        service.top(request("/posts/top?limit=0"))
+    service.votes_rpc.top.assert_not_called()
+
+
+def test_ready(service):
+    checks = {"broker": "ok", "votes": "ok", "redis": "ok",
+              "queue": {"waiting": 0, "consumers": 1}}
+    service.votes_rpc.readiness.return_value = (True, checks)
+    response = service.ready(request("/ready"))
+    assert (response.status_code, body(response)) == (
+        200, {"status": "ready", "checks": checks})
+
+
+def test_not_ready_names_what_fails(service):
+    checks = {"broker": "ok", "votes": "unavailable", "redis": "unknown"}
+    service.votes_rpc.readiness.return_value = (False, checks)
+    response = service.ready(request("/ready"))
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert body(response) == {"error": "NOT_READY", "message": "failing: votes",
+                              "checks": checks}
+
+
+def test_a_keyed_vote_is_queued_once_and_answered_again_from_recent_keys(service):
+    headers = {"Idempotency-Key": "order-17"}
+    first = service.vote(request("/vote?postId=348&score=1", headers=headers))
+    again = service.vote(request("/vote?postId=348&score=1", headers=headers))
+    service.cast_votes.assert_called_once()
+    assert body(first) == body(again)
+    assert body(first)["voteId"] == rules.key_id("order-17")
+    (vote,) = queued(service)
+    assert (vote["key"], vote["fp"]) == (
+        rules.key_id("order-17"), rules.fingerprint([("348", 1, None)]))
+
+
+def test_a_reused_key_is_refused_422_and_queues_nothing_more(service):
+    headers = {"Idempotency-Key": "order-17"}
+    service.vote(request("/vote?postId=348&score=1", headers=headers))
+    with pytest.raises(IdempotencyKeyReused) as error:
+        service.vote(request("/vote?postId=348&score=-1", headers=headers))
+    service.cast_votes.assert_called_once()
+    response = response_for_exception(error.value, ERRORS)
+    assert (response.status_code, body(response)["error"]) == (
+        422, "IDEMPOTENCY_KEY_REUSED")
+
+
+def test_a_key_is_remembered_only_once_queued(service):
+    service.cast_votes.side_effect = ConnectionError("down")
+    with pytest.raises(ConnectionError):
+        service.vote(request("/vote?postId=1&score=1",
+                             headers={"Idempotency-Key": "k1"}))
+    assert service.recent_keys.entries == {}
