@@ -10,7 +10,6 @@ from services import contracts, rules
 from services.platform.events import ReliableEventHandler, RequestId, rpc
 from services.platform.web import metrics_http
 from services.votes import metrics, schemas
-from services.votes.feed import CountsFeed
 from services.votes.dependencies import (
     DEAD_LETTER_QUEUE,
     VoteStore,
@@ -36,7 +35,6 @@ class VotesService:
     name = contracts.VOTES_SERVICE
 
     store = VoteStore()
-    counts_changed = CountsFeed()  # announces the posts _apply changed
     request_id = RequestId()
 
     @event_handler(
@@ -54,7 +52,6 @@ class VotesService:
         applied = self.store.apply(event_id, votes)
         if applied.votes:
             metrics.votes_applied.inc(applied.votes)
-            self.counts_changed(vote.postId for vote in votes)
         elif not (applied.replayed or applied.conflicts):
             metrics.events_duplicate.inc()
         metrics.key_replays.inc(applied.replayed)
