@@ -38,6 +38,8 @@ class _Pending:
 
 
 class GroupCommit:
+    """Many callers' items, one ``flush`` per round trip (see the module
+    docstring); used by the publisher and the RPC client."""
 
     def __init__(self, flush, max_weight, max_wait, weigh=lambda item: 1,
                  deadline=None):

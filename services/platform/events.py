@@ -1,7 +1,8 @@
 """An ``event_handler`` that neither loses nor jams on a message.
 
-Nameko's own handler acks a message whose handler raised, so a vote is lost
-whenever Redis is down, and a body that cannot be decoded stops the consumer.
+Nameko's own handler acks a message whose handler raised, so a message is
+lost whenever the store its handler writes to is down, and a body that
+cannot be decoded stops the consumer.
 This one:
 
 * validates the payload before any worker runs; a message that fails (or
