@@ -83,3 +83,26 @@ def post_id_of(key):
 
 POST_KEY_PATTERN = post_key("*")       # for SCAN MATCH
 APPLIED_KEY_PATTERN = applied_key("*")
+
+# the counts_changed event: published by the votes service after it applied
+# votes, {"posts": [counts, ...], "top": [counts, ...]}, best effort (not
+# persistent, not mandatory); every gateway process reads every one
+COUNTS_CHANGED = "counts_changed"
+VOTES_EVENTS_EXCHANGE = "{}.events".format(VOTES_SERVICE)  # nameko's rule
+LIVE_COUNTS_CONSUMER = "live_counts"
+
+
+def broadcast_queue(source_service, event_type, service_name, method_name,
+                    identifier):
+    """The queue of one process of a broadcast handler, by nameko's rule
+    for ``handler_type=BROADCAST`` (nameko 2.14, EventHandler.setup); with
+    reliable_delivery=False it is exclusive, non-durable and auto-deleted."""
+    return "{}-{}".format(
+        event_queue(source_service, event_type, service_name, method_name),
+        identifier)
+
+
+def counts_changed_queue(identifier):
+    """The counts_changed queue of one gateway process."""
+    return broadcast_queue(VOTES_SERVICE, COUNTS_CHANGED, GATEWAY_SERVICE,
+                           LIVE_COUNTS_CONSUMER, identifier)

@@ -16,6 +16,7 @@ from services.votes.dependencies import (
     failed_event_headers,
 )
 from services.votes.exceptions import InvalidVote, NotFound, StoreUnavailable
+from services.votes.feed import CountsFeed
 
 MAX_TOP = 100
 
@@ -35,6 +36,7 @@ class VotesService:
     name = contracts.VOTES_SERVICE
 
     store = VoteStore()
+    counts_changed = CountsFeed()  # announces the posts _apply changed
     request_id = RequestId()
 
     @event_handler(
@@ -52,6 +54,7 @@ class VotesService:
         applied = self.store.apply(event_id, votes)
         if applied.votes:
             metrics.votes_applied.inc(applied.votes)
+            self.counts_changed(vote.postId for vote in votes)
         elif not (applied.replayed or applied.conflicts):
             metrics.events_duplicate.inc()
         metrics.key_replays.inc(applied.replayed)

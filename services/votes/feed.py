@@ -1,0 +1,209 @@
+"""The change feed: after votes are applied, the new absolute counts of the
+posts they changed go out as a ``counts_changed`` event.
+
+Announcements are coalesced: the handler only notes which posts changed;
+a managed thread flushes every FLUSH_INTERVAL seconds, reads the counts of
+all of them in one Redis pipeline, and publishes one event. So a post is
+announced at most once per interval per process, however hot it is.
+
+Best effort throughout: the event is neither persistent nor mandatory, a
+failed read or publish is logged and dropped (a gateway re-reads the truth
+when a page reconnects), and nothing here ever blocks or fails the handler.
+
+Payload::
+
+    {"posts": [{"postId", "upvote", "downvote", "score"}, ...],
+     "top": [{"postId", "upvote", "downvote", "score"}, ...]}
+
+``top`` is the leaderboard (TOP_SIZE posts) read in the same flush; it is
+left out when it could not be read.
+"""
+import logging
+import time
+
+import eventlet
+from kombu import Connection, Exchange, Producer
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.extensions import DependencyProvider
+
+from services import contracts
+from services.settings import number
+
+_log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL_CONFIG_KEY = "COUNTS_FLUSH_INTERVAL"
+DEFAULT_FLUSH_INTERVAL = 0.25
+TOP_SIZE = 100           # the largest top=N a page may follow
+PUBLISH_TIMEOUT = 2.0    # seconds a publish may take before it is dropped
+RECONNECT_PAUSE = 1.0    # after a failed publish, none tried for this long
+
+# nameko's events exchange of the votes service (nameko.events: a durable
+# topic exchange named "<service>.events")
+EXCHANGE = Exchange(contracts.VOTES_EVENTS_EXCHANGE, type="topic",
+                    durable=True, auto_delete=False)
+
+
+class Coalescer:
+    """Changed post ids, collected and flushed as one announcement.
+
+    ``read_counts(post_ids)`` returns a list of counts dicts (or None for a
+    post with no counts); ``read_top()`` the leaderboard, a list of counts;
+    ``publish(payload)`` sends it. Any of them may raise: the flush is then
+    logged and dropped."""
+
+    def __init__(self, read_counts, read_top, publish):
+        self.read_counts = read_counts
+        self.read_top = read_top
+        self.publish = publish
+        self.pending = set()
+        self.published = 0
+        self.dropped = 0
+
+    def changed(self, post_ids):
+        """Note that these posts changed; cheap, never raises."""
+        self.pending.update(post_ids)
+
+    def flush(self):
+        """Announce the posts changed since the last flush, if any. Returns
+        the payload published, or None."""
+        if not self.pending:
+            return None
+        post_ids, self.pending = sorted(self.pending), set()
+        try:
+            posts = [counts for counts in self.read_counts(post_ids)
+                     if counts is not None]
+            payload = {"posts": posts}
+            try:
+                payload["top"] = self.read_top()
+            except Exception as exc:
+                _log.warning("counts_changed without the top: %r", exc)
+            self.publish(payload)
+        except Exception as exc:
+            self.dropped += 1
+            _log.warning("counts_changed of %d posts dropped: %r",
+                         len(post_ids), exc)
+            return None
+        self.published += 1
+        return payload
+
+
+class EventLink:
+    """One AMQP connection for the announcements, made on demand; a publish
+    that fails drops the connection, and no new one is tried for
+    RECONNECT_PAUSE seconds."""
+
+    def __init__(self, amqp_uri, timeout=PUBLISH_TIMEOUT):
+        self.amqp_uri = amqp_uri
+        self.timeout = timeout
+        self.connection = None
+        self.producer = None
+        self.failed_at = 0.0
+
+    def _producer(self):
+        if self.producer is None:
+            if time.monotonic() - self.failed_at < RECONNECT_PAUSE:
+                raise ConnectionError("broker unreachable a moment ago")
+            connection = Connection(self.amqp_uri, connect_timeout=self.timeout,
+                                    heartbeat=0)
+            self.connection = connection
+            channel = connection.channel()
+            EXCHANGE.bind(channel).declare()
+            self.producer = Producer(channel)
+        return self.producer
+
+    def publish(self, payload):
+        try:
+            with eventlet.Timeout(self.timeout):
+                self._producer().publish(
+                    payload, exchange=EXCHANGE,
+                    routing_key=contracts.COUNTS_CHANGED,
+                    serializer="json", delivery_mode=1,  # not persistent
+                    mandatory=False, retry=False)
+        except BaseException:
+            self.failed_at = time.monotonic()
+            self.close()
+            raise
+
+    def close(self):
+        connection, self.connection, self.producer = self.connection, None, None
+        if connection is not None:
+            try:
+                connection.release()
+            except Exception:
+                pass
+
+
+def _storage(container):
+    """The VoteStorage of the container's VoteStore (started or not)."""
+    from services.votes.dependencies import VoteStore
+    for provider in container.dependencies:
+        if isinstance(provider, VoteStore):
+            return provider.storage
+    return None
+
+
+class CountsFeed(DependencyProvider):
+    """Injects ``changed(post_ids)``: note posts whose counts changed; they
+    are announced within COUNTS_FLUSH_INTERVAL seconds as one
+    ``counts_changed`` event (see the module docstring)."""
+
+    def __init__(self, read_counts=None, read_top=None, publish=None):
+        # the three may be given (tests); by default Redis and RabbitMQ
+        self._read_counts = read_counts
+        self._read_top = read_top
+        self._publish = publish
+        self.coalescer = None
+        self.link = None
+        self._thread = None
+        self._running = False
+
+    def setup(self):
+        self.interval = number(self.container.config, FLUSH_INTERVAL_CONFIG_KEY,
+                               DEFAULT_FLUSH_INTERVAL, 0.01, 60)
+        publish = self._publish
+        if publish is None:
+            self.link = EventLink(self.container.config[AMQP_URI_CONFIG_KEY])
+            publish = self.link.publish
+        self.coalescer = Coalescer(self._read_counts or self.read_counts,
+                                   self._read_top or self.read_top, publish)
+
+    def read_counts(self, post_ids):
+        return _storage(self.container).counts_many(
+            [(post_id, None) for post_id in post_ids])
+
+    def read_top(self):
+        return _storage(self.container).top(TOP_SIZE)
+
+    def start(self):
+        self._running = True
+        self._thread = self.container.spawn_managed_thread(
+            self._run, identifier="counts_feed")
+
+    def _run(self):
+        while self._running:
+            eventlet.sleep(self.interval)
+            self.coalescer.flush()
+
+    def _halt(self):
+        self._running = False
+        if self._thread is not None:
+            self._thread.kill()
+            self._thread = None
+
+    def stop(self):
+        # what is still pending goes out now, if it can, within the bound
+        self._halt()
+        try:
+            with eventlet.Timeout(PUBLISH_TIMEOUT, False):
+                self.coalescer.flush()
+        finally:
+            if self.link is not None:
+                self.link.close()
+
+    def kill(self):
+        self._halt()
+        if self.link is not None:
+            self.link.close()
+
+    def get_dependency(self, worker_ctx):
+        return self.coalescer.changed
