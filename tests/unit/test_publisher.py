@@ -145,7 +145,7 @@ def test_a_confirm_that_never_comes_fails_within_the_publish_share(publisher):
     started = time.monotonic()
     with pytest.raises(Unavailable):
         publisher._publish(link, [["a"]])
-    assert 0.25 <= time.monotonic() - started < 0.4  # 60% of 0.5 s
+    assert 0.25 <= time.monotonic() - started < 0.45  # 60% of 0.5 s, not all of it
     assert link.resets == 1
 
 

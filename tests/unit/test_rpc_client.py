@@ -102,7 +102,7 @@ def test_no_reply_times_out(client):
     started = time.monotonic()
     with pytest.raises(Unavailable, match="^the votes service did not answer in time$"):
         client.call("top", 1)
-    assert 0.45 <= time.monotonic() - started < 0.7
+    assert 0.45 <= time.monotonic() - started < 1.0
     assert client.replies == {}
 
 
