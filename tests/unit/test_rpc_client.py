@@ -14,7 +14,7 @@ class Unavailable(Exception):
 
 
 class Client(RpcClient):
-    target_service = "votes"
+    target_service = "tally"
     timeout_config_key = "READ_TIMEOUT"
     group_method = "get_many"
     max_group = 3
@@ -46,7 +46,7 @@ class FakeBroker:
 def client(mock_container):
     mock_container.config.update({"AMQP_URI": "memory://", "READ_TIMEOUT": 0.5})
     mock_container.service_name = "gateway"
-    provider = Client().bind(mock_container, "votes_rpc")
+    provider = Client().bind(mock_container, "tally_rpc")
     provider.setup()
     provider.listening = True  # as if the reply consumer were up
     return provider
@@ -100,7 +100,7 @@ def test_a_reply_for_an_unknown_id_is_ignored(client):
 def test_no_reply_times_out(client):
     broker(client, answer=lambda method, args: None)
     started = time.monotonic()
-    with pytest.raises(Unavailable, match="^the votes service did not answer in time$"):
+    with pytest.raises(Unavailable, match="^the tally service did not answer in time$"):
         client.call("top", 1)
     assert 0.45 <= time.monotonic() - started < 1.0
     assert client.replies == {}
@@ -118,7 +118,7 @@ def test_a_late_reply_after_the_timeout_is_ignored(client):
 def test_an_error_reply_is_unavailable(client):
     broker(client, answer=lambda method, args: {"result": None, "error": {
         "exc_type": "StoreUnavailable", "value": "redis down"}})
-    with pytest.raises(Unavailable, match="^the votes service could not answer$"):
+    with pytest.raises(Unavailable, match="^the tally service could not answer$"):
         client.call("top", 1)
 
 
@@ -145,7 +145,7 @@ def test_the_request_follows_nameko_rpc(client):
         client.call("top", 5, timeout=0.05)
     (body,), kwargs = producer.publish.call_args
     assert body == {"args": (5,), "kwargs": {}}
-    assert kwargs["routing_key"] == "votes.top"
+    assert kwargs["routing_key"] == "tally.top"
     assert kwargs["reply_to"] == client.reply_queue_name
     assert kwargs["correlation_id"]
     assert kwargs["expiration"] == 0.05  # nobody took it in time: dropped
@@ -174,7 +174,7 @@ def test_a_grouped_call_nobody_answers_is_unavailable_in_time(client):
     broker(client, answer=lambda method, args: None)
     runner = eventlet.spawn(client.group.run)
     started = time.monotonic()
-    with pytest.raises(Unavailable, match="^the votes service did not answer in time$"):
+    with pytest.raises(Unavailable, match="^the tally service did not answer in time$"):
         client.call_grouped("a")
     runner.kill()
     assert time.monotonic() - started < 0.6

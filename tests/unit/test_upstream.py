@@ -23,6 +23,8 @@ from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import HttpOnlyProtocol, WebServer, WsgiApp, parse_address
 from werkzeug.wrappers import Request
 
+from services import contracts
+
 
 def params(function):
     return list(inspect.signature(function).parameters)
@@ -186,9 +188,9 @@ def test_event_handler_and_rpc_hooks():
 # -- nameko's wire protocol: publisher.py, rpc_client.py ----------------------
 
 def test_exchanges():
-    assert get_event_exchange("gateway", {}).name == "gateway.events"
-    assert get_event_exchange("gateway", {}).type == "topic"
-    assert rpc.get_rpc_exchange({}).name == "nameko-rpc"
+    exchange = get_event_exchange(contracts.GATEWAY_SERVICE, {})
+    assert (exchange.name, exchange.type) == (contracts.EVENTS_EXCHANGE, "topic")
+    assert rpc.get_rpc_exchange({}).name == contracts.RPC_EXCHANGE
 
 
 def test_rpc_wire_protocol():
