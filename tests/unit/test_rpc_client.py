@@ -6,6 +6,7 @@ from unittest import mock
 import eventlet
 import pytest
 
+from services import contracts
 from services.platform.rpc_client import RpcClient
 
 
@@ -61,7 +62,7 @@ def broker(client, **kwargs):
 def test_setup(client):
     assert client.timeout == 0.5
     assert client.reply_queue_name.startswith("rpc.reply-gateway-")
-    assert client.exchange.name == "nameko-rpc"
+    assert client.exchange.name == contracts.RPC_EXCHANGE
     assert client.group.max_wait == pytest.approx(0.2)
     assert client.group.deadline == 0.5
 
