@@ -63,6 +63,11 @@ class VotesReader(RpcClient):
         """Counts of one post, or None when it has no votes."""
         return self.call_grouped([post_id, voter_id])
 
+    def counts_many(self, post_ids):
+        """Counts of each post, in order; None for a post with no votes."""
+        return self.call(contracts.RPC_GET_COUNTS_MANY,
+                         [[post_id, None] for post_id in post_ids])
+
     def top(self, limit):
         return self.call(contracts.RPC_TOP, limit)
 

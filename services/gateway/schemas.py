@@ -189,3 +189,27 @@ def idempotency_key(headers):
         raise InvalidRequest("{}: must be 1-128 visible ASCII characters".format(
             IDEMPOTENCY_KEY_HEADER))
     return key
+
+
+MAX_STREAM_POSTS = 100
+STREAM_RULE = "follow 1 to {} postId, or top from 1 to {}".format(MAX_STREAM_POSTS, MAX_TOP)
+
+
+def stream_query(multidict):
+    """(post ids in order, without repeats; top N) of GET /stream."""
+    post_ids = list(dict.fromkeys(multidict.getlist("postId")))
+    if len(post_ids) > MAX_STREAM_POSTS:
+        raise InvalidRequest("postId: at most {} posts".format(MAX_STREAM_POSTS))
+    for post_id in post_ids:
+        _validate(CountsQuery, {"postId": post_id})
+    top = 0
+    values = _single_values(multidict, ("top",))
+    if "top" in values:
+        text = values["top"]
+        if not (text.isascii() and text.isdigit() and len(text) < 4
+                and int(text) <= MAX_TOP):
+            raise InvalidRequest("top: must be an integer from 0 to {}".format(MAX_TOP))
+        top = int(text)
+    if not post_ids and not top:
+        raise InvalidRequest("stream: " + STREAM_RULE)
+    return post_ids, top

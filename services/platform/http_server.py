@@ -20,8 +20,9 @@ and on stop simply kills the connections. ``EdgeWebServer`` and
   body over LARGE_BODY_BYTES are read and handled at once;
 * every write to a client treats a vanished peer as normal;
 * request lines and headers reach the log with control characters escaped;
-* on stop it drains: no more accepting, idle connections closed, every
-  request already read answered with ``Connection: close``, the rest cut
+* on stop it drains: no more accepting, idle connections and streams
+  closed, every request already read answered with ``Connection: close``,
+  the rest cut
   after ``HTTP_DRAIN_TIMEOUT``; all this before the container waits for
   its workers and stops its dependencies (the entrypoints' stop).
 
@@ -82,6 +83,10 @@ ERROR_CODES = {
     431: "HEADERS_TOO_LARGE",
     503: "SERVER_BUSY",
 }
+
+# set by a response that streams until the client leaves: the drain cuts
+# it at once instead of waiting for its end
+STREAMING_ENVIRON_KEY = "edge.streaming"
 
 # connection phases, for the drain
 IDLE, READING, BUSY = "idle", "reading", "busy"
@@ -555,7 +560,10 @@ class EdgeWebServer(WebServer):
         self._stop_accepting()
         deadline = time.monotonic() + (self.limits.drain_timeout if self.limits else 0)
         for gt, protocol in list(self._connections.items()):
-            if protocol is not None and protocol.phase == BUSY:
+            # a stream (see web.event_stream) has no end to wait for
+            streaming = protocol is not None and getattr(
+                protocol, "environ", {}).get(STREAMING_ENVIRON_KEY)
+            if protocol is not None and protocol.phase == BUSY and not streaming:
                 protocol.close_connection = 1
                 protocol.conn_state[2] = wsgi.STATE_CLOSE
             else:

@@ -25,7 +25,11 @@ from nameko.web.server import WsgiApp, parse_address
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
-from services.platform.http_server import ERROR_CODES, EdgeWebServer
+from services.platform.http_server import (
+    ERROR_CODES,
+    STREAMING_ENVIRON_KEY,
+    EdgeWebServer,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -44,6 +48,33 @@ def json_response(status, body, headers=None):
         status=status, mimetype="application/json", headers=headers,
     )
     response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def sse_event(event, data, event_id=None, retry=None):
+    """One Server-Sent Event, as bytes."""
+    lines = []
+    if retry is not None:
+        lines.append("retry: {}".format(int(retry)))
+    if event_id is not None:
+        lines.append("id: {}".format(event_id))
+    lines.append("event: {}".format(event))
+    lines.append("data: " + json.dumps(data, separators=(",", ":")))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def event_stream(request, chunks):
+    """A ``text/event-stream`` answer that writes each chunk the iterable
+    ``chunks`` yields as soon as it comes. The iterable runs in the
+    connection's thread once the worker has returned, so a stream holds no
+    nameko worker; eventlet would otherwise gather writes up to 4 KiB, and
+    the server's drain would wait for an end that never comes."""
+    request.environ["eventlet.minimum_write_chunk_size"] = 0
+    request.environ[STREAMING_ENVIRON_KEY] = True
+    response = Response(chunks, mimetype="text/event-stream",
+                        direct_passthrough=True)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer
     return response
 
 
