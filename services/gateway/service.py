@@ -6,14 +6,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Response
 
 from services import contracts, rules
-from services.gateway import metrics, schemas
+from services.gateway import metrics, page, schemas
 from services.gateway.dependencies import RecentKeys, VotePublisher, VotesReader
 from services.gateway.exceptions import ERRORS, IdempotencyKeyReused, PostNotFound
-from services.platform.web import json_http, json_response
+from services.gateway.live import Closed, LiveCounts
+from services.platform.web import event_stream, json_http, json_response, sse_event
 
 OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
 with open(OPENAPI_PATH, "rb") as _spec:
     OPENAPI_DOCUMENT = _spec.read()
+
+STREAM_RETRY_MS = 2000  # EventSource's pause before it reconnects
+KEEPALIVE_SECONDS = 15
 
 # every route answers errors from the gateway's table (exceptions.ERRORS)
 http = json_http(ERRORS, label="gateway", observe=metrics.observe_request)
@@ -59,6 +63,7 @@ class GatewayService:
     cast_votes = VotePublisher()
     votes_rpc = VotesReader()
     recent_keys = RecentKeys()
+    live = LiveCounts()
 
     clock = AcceptClock()
     new_vote_id = VoteIds()
@@ -132,6 +137,48 @@ class GatewayService:
     def top(self, request):
         limit = schemas.top_query(request.args)
         return json_response(200, {"posts": self.votes_rpc.top(limit)})
+
+    @http("GET", "/stream")
+    def stream(self, request):
+        """Server-Sent Events: a snapshot of the followed posts and the top
+        N, then their changes as they land. The stream runs in the
+        connection's thread (it holds no worker) and ends when the client
+        leaves or the gateway stops; EventSource reconnects by itself and
+        gets a fresh snapshot."""
+        post_ids, top_n = schemas.stream_query(request.args)
+        counts = self.votes_rpc.counts_many(post_ids) if post_ids else []
+        top = self.votes_rpc.top(top_n) if top_n else []
+        snapshot = {
+            "posts": [found or {"postId": post_id, "upvote": 0, "downvote": 0,
+                                "score": 0}
+                      for post_id, found in zip(post_ids, counts, strict=True)],
+            "top": top,
+        }
+        subscription = self.live.subscribe(post_ids, top_n, top)
+        live = self.live
+        first = sse_event("snapshot", snapshot, live.next_id(), retry=STREAM_RETRY_MS)
+
+        def chunks():
+            try:
+                yield first
+                while True:
+                    updates = subscription.get(timeout=KEEPALIVE_SECONDS)
+                    if not updates:
+                        yield b": keep-alive\n\n"
+                    for update in updates:
+                        yield sse_event(update.event, update.data, update.id)
+            except Closed:
+                return
+            finally:
+                live.unsubscribe(subscription)
+        return event_stream(request, chunks())
+
+    @http("GET", "/")
+    def index(self, request):
+        """The live page."""
+        response = Response(page.index_html(), content_type=page.CONTENT_TYPE)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
     @http("GET", "/health")
     def health(self, request):
