@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 # eventlet and setuptools warn on import about their own futures
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore:pkg_resources is deprecated:UserWarning
 
-.PHONY: run test bench servers venv
+.PHONY: run test bench servers browser venv
 
 # the venv is rebuilt only when missing or older than the requirements
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -17,10 +17,14 @@ venv: $(VENV)/.installed
 servers: venv
 	$(BIN)/python scripts/servers.py
 
+# Debian's chromium for the browser tests (installed if missing, as root)
+browser: venv
+	$(BIN)/python scripts/browser.py
+
 run: servers
 	$(BIN)/nameko run --config config.yml services.votes.service services.gateway.service
 
-test: servers
+test: servers browser
 	$(BIN)/python -m pytest tests
 
 bench: servers

@@ -1,0 +1,137 @@
+"""The live page in a real Chromium against real `nameko run` processes of
+both services (fixtures in conftest.py).
+
+SAVE_SCREENSHOT=1 writes the screenshot to docs/live.png (commit it when
+the page changes); otherwise it goes to the test's tmp_path.
+"""
+import os
+import time
+import uuid
+from pathlib import Path
+
+import requests
+from nameko.standalone.rpc import ServiceRpcProxy
+from playwright.sync_api import expect
+
+from services import contracts
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT = ROOT / "docs" / "live.png"
+UPDATE_BOUND = 2.0      # seconds from a 202 to the page showing it
+RECONNECT_BOUND = 20.0  # seconds for the page to be live again after a restart
+PHONE = {"width": 390, "height": 844}
+
+
+def vote(cluster, post_id, score, voter_id=None):
+    body = {"postId": post_id, "score": score}
+    if voter_id:
+        body["voterId"] = voter_id
+    response = requests.post(cluster.base_url + "/vote", json=body, timeout=10,
+                             headers={"Idempotency-Key": str(uuid.uuid4())})
+    assert response.status_code == 202, response.text
+    return time.monotonic()
+
+
+def wait_counted(cluster, post_id, upvote, downvote=0, timeout=10):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = cluster.redis.hgetall(contracts.post_key(post_id))
+        if counts == {"upvote": str(upvote), "downvote": str(downvote)}:
+            return
+        time.sleep(0.05)
+    raise AssertionError("{} not counted: {}".format(post_id, counts))
+
+
+def row(page, post_id):
+    return page.locator('#top li[data-post="{}"]'.format(post_id))
+
+
+def test_live_page(cluster, browser, tmp_path):
+    cluster.start_votes()
+    gateway = cluster.start_gateway()
+    for _ in range(3):
+        vote(cluster, "alpha", 1)
+    vote(cluster, "beta", 1)
+    wait_counted(cluster, "alpha", 3)
+    wait_counted(cluster, "beta", 1)
+
+    page = browser.new_page(viewport=PHONE)
+    response = page.goto(cluster.base_url + "/")
+    assert response.status == 200
+    assert response.headers["content-type"].startswith("text/html")
+    status = page.locator("#status")
+    expect(status).to_have_text("live", timeout=10000)
+    expect(row(page, "alpha").locator(".upvote")).to_have_text("3")
+    expect(row(page, "beta").locator(".upvote")).to_have_text("1")
+    # readable at phone width: nothing wider than the screen
+    assert page.evaluate(
+        "document.documentElement.scrollWidth <= window.innerWidth")
+    page.evaluate("window.notReloaded = true")
+
+    # up on beta, as this browser's voter: its count changes
+    up = row(page, "beta").locator("button.up")
+    up.click()
+    expect(row(page, "beta").locator(".upvote")).to_have_text("2")
+    expect(up).to_have_attribute("aria-pressed", "true")
+    voter_id = page.evaluate("localStorage.getItem('votes.voterId')")
+    assert voter_id
+    # with the keyboard: the other button switches the vote, again retracts
+    down = row(page, "beta").locator("button.down")
+    down.focus()
+    page.keyboard.press("Enter")
+    expect(row(page, "beta").locator(".upvote")).to_have_text("1")
+    expect(row(page, "beta").locator(".downvote")).to_have_text("1")
+    expect(down).to_have_attribute("aria-pressed", "true")
+    page.keyboard.press("Space")
+    expect(row(page, "beta").locator(".downvote")).to_have_text("0")
+    expect(down).to_have_attribute("aria-pressed", "false")
+    wait_counted(cluster, "beta", 1, 0)
+
+    # votes from elsewhere show within UPDATE_BOUND, without a reload
+    for _ in range(2):
+        vote(cluster, "alpha", 1)
+    sent = vote(cluster, "alpha", -1)
+    expect(row(page, "alpha").locator(".upvote")).to_have_text(
+        "5", timeout=UPDATE_BOUND * 1000)
+    expect(row(page, "alpha").locator(".downvote")).to_have_text(
+        "1", timeout=UPDATE_BOUND * 1000)
+    assert time.monotonic() - sent <= UPDATE_BOUND + 0.5
+    vote(cluster, "gamma", 1)  # a new post enters the top
+    expect(row(page, "gamma").locator(".upvote")).to_have_text(
+        "1", timeout=UPDATE_BOUND * 1000)
+    assert page.evaluate("window.notReloaded === true")
+
+    # the gateway dies: the page says so, votes land meanwhile (through
+    # the votes service's RPC), and once it is back the page shows them
+    gateway.kill()
+    expect(status).to_have_text("reconnecting", timeout=10000)
+    with ServiceRpcProxy("votes", {"AMQP_URI": cluster.amqp_uri},
+                         timeout=10) as votes:
+        for _ in range(4):
+            votes.vote("gamma", 1)
+    cluster.start_gateway()
+    expect(status).to_have_text("live", timeout=RECONNECT_BOUND * 1000)
+    expect(row(page, "gamma").locator(".upvote")).to_have_text("5")
+    expect(row(page, "alpha").locator(".upvote")).to_have_text("5")
+    expect(page.locator("#top li").first).to_have_attribute("data-post", "gamma")
+    assert page.evaluate("window.notReloaded === true")
+
+    # and it is live again
+    vote(cluster, "beta", 1)
+    expect(row(page, "beta").locator(".upvote")).to_have_text(
+        "2", timeout=UPDATE_BOUND * 1000)
+
+    # following any post, from the box and with the keyboard
+    page.locator("#follow-id").fill("alpha")
+    page.keyboard.press("Enter")
+    followed = page.locator('#followed li[data-post="alpha"]')
+    expect(followed.locator(".upvote")).to_have_text("5")
+    expect(status).to_have_text("live", timeout=10000)
+    vote(cluster, "alpha", 1)
+    expect(followed.locator(".upvote")).to_have_text(
+        "6", timeout=UPDATE_BOUND * 1000)
+
+    page.set_viewport_size({"width": 800, "height": 600})
+    target = SCREENSHOT if os.environ.get("SAVE_SCREENSHOT") == "1" \
+        else tmp_path / "live.png"
+    page.screenshot(path=str(target), full_page=True)
