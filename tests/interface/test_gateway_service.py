@@ -152,7 +152,9 @@ def test_bad_input_gets_json_error_and_queues_nothing(
 
 @pytest.mark.parametrize("method, url, kwargs, status, body, allow", [
     ("GET", "/nope", {}, 404, {"error": "NOT_FOUND", "message": "no such resource"}, None),
-    ("GET", "/", {}, 404, {"error": "NOT_FOUND", "message": "no such resource"}, None),
+    ("GET", "/index.html", {}, 404, {"error": "NOT_FOUND", "message": "no such resource"}, None),
+    ("POST", "/", {}, 405,
+     {"error": "METHOD_NOT_ALLOWED", "message": "method not allowed"}, "GET"),
     ("GET", "/vote?postId=" + "x" * 100000 + "&score=1", {}, 414,
      {"error": "URI_TOO_LONG", "message": "request line is longer than 8192 bytes"},
      None),
