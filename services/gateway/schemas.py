@@ -178,13 +178,16 @@ def top_query(multidict):
 
 
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"
+_IDEMPOTENCY_KEY_ENVIRON = "HTTP_IDEMPOTENCY_KEY"
 _IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
-def idempotency_key(headers):
+def idempotency_key(environ):
     """The request's Idempotency-Key, or None; a malformed one is refused.
-    (WSGI joins a repeated header into one value, with commas.)"""
-    key = headers.get(IDEMPOTENCY_KEY_HEADER)
+    (WSGI joins a repeated header into one value, with commas.) Read from
+    the WSGI environ: werkzeug's header lookup costs more than the rest of
+    a vote's checks."""
+    key = environ.get(_IDEMPOTENCY_KEY_ENVIRON)
     if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
         raise InvalidRequest("{}: must be 1-128 visible ASCII characters".format(
             IDEMPOTENCY_KEY_HEADER))

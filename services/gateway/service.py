@@ -72,7 +72,7 @@ class GatewayService:
         """Stamp votes with an id and the accept time, then queue them.
         With an Idempotency-Key every try gets the same vote ids, and the
         votes service counts the key's votes once."""
-        key = schemas.idempotency_key(request.headers)
+        key = schemas.idempotency_key(request.environ)
         key_id = fingerprint = None
         if key is not None:
             key_id = rules.key_id(key)

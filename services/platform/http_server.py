@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 
 import eventlet
-from eventlet import wsgi
+from eventlet import hubs, wsgi
 from eventlet.event import Event
 from eventlet.semaphore import Semaphore
 from nameko.web.server import HttpOnlyProtocol, WebServer
@@ -65,6 +65,8 @@ LARGE_BODY_BYTES = 64 * 1024     # a body over this takes a large-body slot
 MAX_REQUEST_LINE = 8192          # longer: 414
 ACCEPT_LOG_INTERVAL = 10.0       # seconds between two logs of accept errors
 ACCEPT_PAUSE = 0.1               # seconds before accepting again after one
+REAP_TICK_MIN = 0.05             # seconds between two deadline checks, at least
+REAP_TICK_MAX = 0.5              # and at most
 FD_RESERVE = 64                  # descriptors kept for the broker, logs, ...
 LINGER_SECONDS = 2.0             # reading what a refused client still sends
 # accept failing for lack of resources: the server waits and goes on
@@ -218,19 +220,20 @@ class EdgeProtocol(HttpOnlyProtocol):
         self.limits = self.edge.limits
         self.phase = IDLE
         self.served = 0
-        self._deadline = None
+        self.deadline_at = None  # monotonic time, while a read is bounded
+        self.deadline_reason = None
         self.edge.track(self)
 
     # -- reading a request ------------------------------------------------
 
     def _start_deadline(self, seconds, reason):
-        self._cancel_deadline()
-        self._deadline = eventlet.Timeout(seconds, _Deadline(reason))
+        # enforced by the server's reaper (EdgeWebServer._reap): a timer per
+        # request would cost every request a heap push and a cancel
+        self.deadline_reason = reason
+        self.deadline_at = time.monotonic() + seconds
 
     def _cancel_deadline(self):
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self.deadline_at = None
 
     def handle_one_request(self):
         try:
@@ -448,6 +451,8 @@ class EdgeWebServer(WebServer):
         self._drained = None
         self._accept_failures = 0
         self._accept_logged = 0.0
+        self._reaper = None
+        self._tick = None
 
     def setup(self):
         self.limits = Limits.from_config(self.container.config)
@@ -464,17 +469,45 @@ class EdgeWebServer(WebServer):
                 "(ulimit -n) less %s: at that many connections accept fails "
                 "and new clients wait", self.limits.max_connections, soft,
                 FD_RESERVE)
+        # deadlines are checked this often, so a cut comes at most one tick late
+        self._tick = min(REAP_TICK_MAX, max(REAP_TICK_MIN, min(
+            self.limits.header_timeout, self.limits.body_timeout,
+            self.limits.idle_timeout) / 10))
         super().setup()
+
+    def start(self):
+        super().start()
+        if self._reaper is None:
+            self._reaper = hubs.get_hub().schedule_call_global(self._tick, self._reap)
+
+    def _reap(self):
+        """A hub timer: throw _Deadline into each connection past its
+        deadline, as eventlet.Timeout would (the check and the throw run in
+        the hub, so a connection cannot move on in between)."""
+        now = time.monotonic()
+        for gt, protocol in list(self._connections.items()):
+            at = getattr(protocol, "deadline_at", None)
+            if at is not None and at <= now and not gt.dead:
+                protocol.deadline_at = None
+                try:
+                    gt.throw(_Deadline(protocol.deadline_reason))
+                except Exception:  # the connection's own handler logs it
+                    pass
+        if self._is_accepting or self._connections:
+            self._reaper = hubs.get_hub().schedule_call_global(self._tick, self._reap)
+        else:
+            self._reaper = None
 
     def get_wsgi_server(self, sock, wsgi_app, protocol=None, debug=False):
         return EdgeWsgiServer(
             sock, sock.getsockname(), wsgi_app, edge=self,
             protocol=protocol or self.protocol, debug=debug,
             log=EscapingLog(ACCESS_LOG), url_length_limit=MAX_REQUEST_LINE,
-            # a backstop for writes: the deadlines bound the reads
+            # a backstop for writes: the deadlines bound the reads (and
+            # must come first, the reaper being up to a tick late)
             socket_timeout=max(self.limits.header_timeout,
                                self.limits.body_timeout,
-                               self.limits.idle_timeout))
+                               self.limits.idle_timeout) + 2 * REAP_TICK_MAX)
 
     # -- accepting --------------------------------------------------------
 
@@ -589,11 +622,18 @@ class EdgeWebServer(WebServer):
             connections_cut.labels(self.label, "drain").inc()
             gt.kill()
 
+    def _stop_reaping(self):
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+
     def stop(self):
         self.drain()
+        self._stop_reaping()
         super().stop()
 
     def kill(self):
+        self._stop_reaping()
         self.draining = True
         self._stop_accepting()
         self._kill_connections()
