@@ -15,9 +15,11 @@ class RabbitmqctlError(RuntimeError):
     pass
 
 
-def rabbitmqctl(*args, check=True, timeout=60):
+def rabbitmqctl(*args, check=True, timeout=60, node=None):
     """The finished run; RabbitmqctlError (with its stderr) if it failed
-    and ``check``."""
+    and ``check``. ``node``: another node than the machine's."""
+    if node is not None:
+        args = ("-n", node) + args
     done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True,
                           text=True, timeout=timeout)
     if check and done.returncode:
@@ -34,22 +36,22 @@ def _erlang_list(names):
     return "[{}]".format(", ".join('<<"{}">>'.format(name) for name in names))
 
 
-def add_vhosts(names):
+def add_vhosts(names, node=None):
     """Make the vhosts, all permissions for guest."""
     rabbitmqctl("eval", (
         "[begin ok = rabbit_vhost:add(V, <<\"guest\">>), "
         "ok = rabbit_auth_backend_internal:set_permissions(<<\"guest\">>, V, "
         "<<\".*\">>, <<\".*\">>, <<\".*\">>, <<\"guest\">>) end "
-        "|| V <- {}], ok.").format(_erlang_list(names)))
+        "|| V <- {}], ok.").format(_erlang_list(names)), node=node)
 
 
-def delete_vhosts(names, patience=10):
+def delete_vhosts(names, patience=10, node=None):
     """Delete the vhosts, trying again for up to ``patience`` s (a broker
     being restarted refuses for a while). None, or what went wrong."""
     deadline = time.monotonic() + patience
     while True:
         done = rabbitmqctl("eval", "[rabbit_vhost:delete(V, <<\"guest\">>) || V <- {}], ok."
-                           .format(_erlang_list(names)), check=False)
+                           .format(_erlang_list(names)), check=False, node=node)
         if done.returncode == 0:
             return None
         if time.monotonic() > deadline:
@@ -67,10 +69,11 @@ class VhostPool:
 
     STALE = 3600  # seconds: a vhost this old was left by a run that died
 
-    def __init__(self, prefix="test", batch=10):
+    def __init__(self, prefix="test", batch=10, node=None):
         # the creation time in the name tells stale vhosts apart
         self.prefix = "{}-{}-{}".format(prefix, int(time.time()), uuid.uuid4().hex[:6])
         self.batch = batch
+        self.node = node
         self.serial = itertools.count()
         self.free = []
         self.used = []
@@ -80,7 +83,7 @@ class VhostPool:
             names = ["{}-{}".format(self.prefix, next(self.serial))
                      for _ in range(self.batch)]
             try:
-                add_vhosts(names)
+                add_vhosts(names, node=self.node)
             except BaseException:  # some may exist: deleted at the end
                 self.used += names
                 raise
@@ -92,15 +95,15 @@ class VhostPool:
     def release(self, vhost):
         """Done with: deleted with the next batch (or at the end)."""
         if len(self.used) >= self.batch:
-            self.delete(self.used)
+            self.delete(self.used, node=self.node)
 
     @staticmethod
-    def delete(names, patience=10):
+    def delete(names, patience=10, node=None):
         """Delete the vhosts named, and empty the list. None, or what went
         wrong."""
         doomed = list(names)
         names.clear()
-        return delete_vhosts(doomed, patience) if doomed else None
+        return delete_vhosts(doomed, patience, node) if doomed else None
 
     @classmethod
     def delete_stale(cls, prefix="test"):
@@ -118,7 +121,7 @@ class VhostPool:
 
     def close(self, patience=10):
         """None, or what went wrong."""
-        return self.delete(self.used + self.free, patience)
+        return self.delete(self.used + self.free, patience, self.node)
 
 
 def queue_state(uri, name):
@@ -133,10 +136,10 @@ def queue_state(uri, name):
         return 0, 0
 
 
-def queue_messages(vhost, name):
+def queue_messages(vhost, name, node=None):
     """Ready plus unacknowledged messages, which AMQP cannot tell."""
     out = rabbitmqctl("list_queues", "-p", vhost, "name", "messages",
-                      "--no-table-headers").stdout
+                      "--no-table-headers", node=node).stdout
     for line in out.splitlines():
         fields = line.split()
         if fields and fields[0] == name:

@@ -1,8 +1,30 @@
-"""Fixtures of the fault tests: a private redis-server and the services of
-one test, killed at teardown, their logs printed when the test failed."""
+"""Fixtures of the fault tests: a private RabbitMQ node for the session (the
+tests stop it; the machine's broker stays up for everyone else), a private
+redis-server and the services of one test, killed at teardown, their logs
+printed when the test failed."""
+import os
+
 import pytest
 
+from harness.rabbit import VhostPool
+from harness.rabbit_node import RabbitNode
 from tests.fault.harness import Cluster, FaultRedis
+
+
+@pytest.fixture(scope="session")
+def fault_broker():
+    # its folder is in /tmp: pytest's tmp_path is closed to the rabbitmq user
+    node = RabbitNode("fault-{}".format(os.getpid()))
+    node.start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="session")
+def fault_vhosts(fault_broker):
+    pool = VhostPool(prefix="fault", batch=5, node=fault_broker.name)
+    yield pool
+    pool.close()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -21,9 +43,11 @@ def private_redis(tmp_path):
 
 
 @pytest.fixture
-def cluster(request, tmp_path, rabbit_config, private_redis):
-    cluster = Cluster(tmp_path, rabbit_config["AMQP_URI"],
-                      rabbit_config["vhost"], private_redis)
+def cluster(request, tmp_path, fault_broker, fault_vhosts, private_redis):
+    vhost = fault_vhosts.take()
+    cluster = Cluster(tmp_path, fault_broker.uri(vhost), vhost, private_redis,
+                      broker=fault_broker)
     yield cluster
     report = getattr(request.node, "report_call", None)
     cluster.close(show_logs=report is None or report.failed)
+    fault_vhosts.release(vhost)

@@ -70,16 +70,17 @@ def terminate(process, label):
 
 @contextlib.contextmanager
 def rabbitmq_stopped(cluster):
-    """The machine's RabbitMQ app stopped for the block, started again
-    (whatever happens) and answering after it. Yields the outage's times:
-    going (stop asked), gone (stopped), back (answering again)."""
+    """The test's RabbitMQ node (see conftest: a private one) stopped for
+    the block, started again (whatever happens) and answering after it.
+    Yields the outage's times: going (stop asked), gone (stopped), back
+    (answering again)."""
     outage = SimpleNamespace(going=time.monotonic(), gone=None, back=None)
     try:
-        rabbit.rabbitmqctl("stop_app")
+        cluster.broker.stop_app()
         outage.gone = time.monotonic()
         yield outage
     finally:
-        rabbit.rabbitmqctl("start_app")
+        cluster.broker.start_app()
         wait_until(cluster.broker_answers, 60, "RabbitMQ to answer again")
         outage.back = time.monotonic()
 
@@ -138,10 +139,13 @@ class FaultRedis(RedisServer):
 
 
 class Cluster:
-    """The services of one test, on its own vhost and its own Redis."""
+    """The services of one test, on its own vhost and its own Redis;
+    ``broker``: the harness.rabbit_node.RabbitNode of ``amqp_uri``, when
+    not the machine's RabbitMQ (rabbitmq_stopped needs one)."""
 
-    def __init__(self, tmp_path, amqp_uri, vhost, redis_server):
+    def __init__(self, tmp_path, amqp_uri, vhost, redis_server, broker=None):
         self.tmp_path = tmp_path
+        self.broker = broker
         self.amqp_uri = amqp_uri
         self.vhost = vhost
         self.redis_server = redis_server
@@ -185,7 +189,8 @@ class Cluster:
 
     def queue_messages(self, name):
         """Ready plus unacknowledged messages."""
-        return rabbit.queue_messages(self.vhost, name)
+        return rabbit.queue_messages(self.vhost, name,
+                                     node=self.broker.name if self.broker else None)
 
     def metrics(self, process):
         """{(name, ((label, value), ...)): value} of the samples a votes
