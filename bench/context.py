@@ -161,13 +161,14 @@ class Bench:
     def posts(self, prefix, count=None):
         return ["{}{}".format(prefix, i) for i in range(count or self.p["posts"])]
 
-    def vote_run(self, phase, connections, prefix, window=None):
-        """wrk single votes on the gateway; returns the result once every
-        accepted vote is counted."""
-        result = self.run_wrk("gateway", "vote", connections, prefix, window)
+    def vote_run(self, phase, connections, prefix, window=None, posts=None, held=0):
+        """wrk single votes on the gateway (on ``posts`` posts, by default
+        the profile's, which held ``held`` votes before); returns the
+        result once every accepted vote is counted."""
+        result = self.run_wrk("gateway", "vote", connections, prefix, window, posts)
         self.check_wrk(phase, result, 202)
         self.accepted[phase] = result.count(202)
         refused = sum(n for code, n in result.statuses.items() if code >= 500)
-        result.settle = self.settle(phase, self.posts(prefix), result.count(202),
-                                    refused=refused)
+        result.settle = self.settle(phase, self.posts(prefix, posts),
+                                    held + result.count(202), refused=refused)
         return result
