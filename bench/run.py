@@ -10,7 +10,7 @@ import traceback
 from bench.context import Bench
 from bench.env import Environment, SetupError, ensure_wrk
 from bench.machine import code_version, machine_info, versions
-from bench.phases import bare, batch, checks, drain, latency, memory, reads, single
+from bench.phases import bare, batch, checks, drain, latency, memory, reads, single, streams
 from harness.process import GATEWAY, ROOT, VOTES
 
 RESULTS = os.path.join(ROOT, "bench", "results", "latest.txt")
@@ -34,6 +34,10 @@ PROFILES = {
         "memory_voter_votes": 20_000,
         "memory_voter_posts": 20,
         "memory_keys": 10_000,
+        "streams": 1000,        # GET /stream clients on the gateway
+        "streams_probes": 1000,  # probe votes timed to their counts event
+        "announce_posts": 10_000,  # posts changed each second
+        "announce_seconds": 5,
         "settle_timeout": 120.0,
     },
     "quick": {
@@ -52,6 +56,10 @@ PROFILES = {
         "memory_voter_votes": 2_000,
         "memory_voter_posts": 4,
         "memory_keys": 1_000,
+        "streams": 20,
+        "streams_probes": 40,
+        "announce_posts": 1_000,
+        "announce_seconds": 2,
         "settle_timeout": 60.0,
     },
 }
@@ -66,6 +74,7 @@ PHASES = (
     ("drain", lambda bench: (drain.run(bench, "batches"), drain.run(bench, "single"))),
     ("latency", latency.run),
     ("memory", lambda bench: (memory.run(bench), memory.rss(bench))),
+    ("streams", streams.run),
 )
 # phases that use a figure of another
 NEEDS = {"drain": "single", "latency": "single"}
