@@ -37,6 +37,7 @@ BACKGROUND_FOLLOWED = 3   # of them, posts of the background votes; the rest pro
 TOP_N = 10
 TOP_MARGIN = 1000         # the top 10's lead: more than the phase gives another post
 DELIVERY_TIMEOUT = 10.0   # seconds after the last 202 for the last event
+PER_REQUEST = 1000        # votes per POST /votes when 10,000 posts change a second
 
 
 class StreamClients:
@@ -168,7 +169,7 @@ def stream_path(posts):
     return "/stream?{}&top={}".format("&".join("postId=" + post for post in posts), TOP_N)
 
 
-def changing_posts(host, port, posts, seconds, per_request=1000):
+def changing_posts(host, port, posts, seconds, per_request=PER_REQUEST):
     """Every post of ``posts`` voted on once a second for ``seconds``, as
     POST /votes of ``per_request`` votes sent at even intervals (open
     loop); returns (accepted, failures, seconds until the last answer)."""
@@ -281,8 +282,10 @@ def run(bench):
     again = bench.vote_run("streams: without streams, after", connections, "sm-")
     env.sample_memory()
     bench.settle("streams latency", background + stats["probes"],
-                 bench.accepted["streams: with streams"] + stats["accepted"])
-    bench.settle("streams changing posts", changing, accepted)
+                 bench.accepted["streams: with streams"] + stats["accepted"],
+                 refused=refused_votes(stats["failed"]))
+    bench.settle("streams changing posts", changing, accepted,
+                 refused=refused_votes(failures) * PER_REQUEST)
 
     latencies = []
     for post, acked in stats["acked_at"].items():
@@ -353,3 +356,7 @@ def run(bench):
                  fmt(posts / messages if messages else 0),
                  fmt(accepted / seconds), cpu_note(busy)))
 
+
+def refused_votes(failures):
+    """Requests answered 5xx, of a {status or error: n}."""
+    return sum(n for code, n in failures.items() if isinstance(code, int) and code >= 500)
