@@ -303,6 +303,11 @@ def run(bench):
     with_rate = watched.rate(202)
     alone_rate = (alone.rate(202) + again.rate(202)) / 2
     ratio = with_rate / alone_rate if alone_rate else 0
+    # the gateway is the bottleneck of single votes: its CPU per vote
+    # tells the capacity ratio also when other work on the machine takes
+    # a varying share of the cores
+    alone_cost = gateway_ms_per_vote(alone, again)
+    with_cost, hot_cost = gateway_ms_per_vote(watched), gateway_ms_per_vote(hot)
     what = "{:,} streams".format(count)
     bench.row("202 -> counts event at a stream, p50 / p99",
               "{:.0f} / {:.0f} ms".format(p50, p99),
@@ -319,24 +324,26 @@ def run(bench):
                  TOP_N, fmt(announced_rate, 1), cpu_note(cpu)))
     bench.row("single votes GET /vote, c={}, {}".format(connections, what),
               "{} votes/s".format(fmt(with_rate)),
-              "with/without {:.2f}".format(ratio),
+              "with/without {:.2f}, by gw CPU {:.2f}".format(ratio, alone_cost / with_cost),
               "{} (gateway): without, with, without the streams".format(
                  watched.command.replace("127.0.0.1:{}".format(port), "").strip()),
-              "without {} votes/s (mean of {} before and {} after); {} SSE "
-              "events/s delivered during the run; sse-clients cpu {:.0f}%; "
-              "with: {}".format(
+              "without {} votes/s (mean of {} before and {} after); gateway "
+              "CPU per vote {:.2f} ms without, {:.2f} ms with; {} SSE events/s "
+              "delivered during the run; sse-clients cpu {:.0f}%; with: {}".format(
                  fmt(alone_rate), fmt(alone.rate(202)), fmt(again.rate(202)),
-                 fmt(delivered), sse_share * 100, cpu_note(watched.cpu)))
+                 alone_cost, with_cost, fmt(delivered), sse_share * 100,
+                 cpu_note(watched.cpu)))
     bench.row("single votes GET /vote, c={}, on the top 10 {} follow".format(
                  connections, what),
               "{} votes/s".format(fmt(hot.rate(202))),
-              "with/without {:.2f}".format(hot.rate(202) / alone_rate if alone_rate else 0),
+              "with/without {:.2f}, by gw CPU {:.2f}".format(
+                 hot.rate(202) / alone_rate if alone_rate else 0, alone_cost / hot_cost),
               "the same wrk run on the {} posts of the top 10".format(len(top_posts)),
               "every stream gets each change of the 10 posts (at most one per "
               "post per flush) and the top when its order changes: {} counts and "
-              "{} top events/s delivered; {}".format(
+              "{} top events/s delivered; gateway CPU per vote {:.2f} ms; {}".format(
                  fmt(hot_delivered[0] / hot.window), fmt(hot_delivered[1] / hot.window),
-                 cpu_note(hot.cpu)))
+                 hot_cost, cpu_note(hot.cpu)))
     bench.row("gateway RSS, {} open".format(what),
               "{} MB".format(fmt(rss_peak / 1024, 1)),
               "HTTP_MAX_CONNECTIONS={}".format(limit),
@@ -360,3 +367,10 @@ def run(bench):
 def refused_votes(failures):
     """Requests answered 5xx, of a {status or error: n}."""
     return sum(n for code, n in failures.items() if isinstance(code, int) and code >= 500)
+
+
+def gateway_ms_per_vote(*results):
+    """The gateway's CPU milliseconds per vote answered 202 over wrk runs."""
+    seconds = sum(r.cpu.get("gateway", 0) * r.window for r in results)
+    votes = sum(r.count(202) for r in results)
+    return seconds * 1000 / votes if votes else float("nan")
