@@ -100,26 +100,34 @@ def batch_body(votes):
     return json.dumps({"votes": votes}, separators=(",", ":")).encode()
 
 
-async def _post_batches(host, port, bodies, concurrency, keys, interval):
+async def _post_batches(host, port, bodies, concurrency, keys, interval, retries):
     pool = Pool(host, port, concurrency)
     accepted = 0
     failures = {}
     start = time.perf_counter()
+
+    def failed(what):
+        failures[what] = failures.get(what, 0) + 1
 
     async def post(i, body, key):
         nonlocal accepted
         if interval:  # open loop: body i at its time, whatever came before
             await asyncio.sleep(max(0.0, start + i * interval - time.perf_counter()))
         headers = None if key is None else {"Idempotency-Key": key}
-        try:
-            status, data = await pool.request("POST", "/votes", body, headers)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
-            return
-        if status == 202:
-            accepted += json.loads(data)["accepted"]
-        else:
-            failures[status] = failures.get(status, 0) + 1
+        for attempt in range(1 + retries):
+            try:
+                status, data = await pool.request("POST", "/votes", body, headers)
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                status = type(exc).__name__
+            if status == 202:
+                accepted += json.loads(data)["accepted"]
+                return
+            if attempt == retries or (isinstance(status, int) and status < 500):
+                failed(status)
+                return
+            # the same key again: counted at most once (Retry-After: 1)
+            failed("retried after {}".format(status))
+            await asyncio.sleep(1.0)
 
     try:
         await asyncio.gather(*(post(i, body, key) for i, (body, key) in enumerate(
@@ -129,14 +137,16 @@ async def _post_batches(host, port, bodies, concurrency, keys, interval):
     return accepted, failures
 
 
-def post_batches(host, port, bodies, concurrency=16, keys=None, interval=0):
+def post_batches(host, port, bodies, concurrency=16, keys=None, interval=0, retries=0):
     """POST every body to /votes (body i with Idempotency-Key keys[i], if
     given; with an ``interval``, body i ``i * interval`` s after the start,
-    not before); returns (votes accepted, {failure: n}, seconds). Every
-    answer is read, so ``accepted`` is exact."""
+    not before; a 5xx or a broken connection tried again up to ``retries``
+    times, with its key: give keys then); returns (votes accepted,
+    {failure: n}, seconds). Every answer is read, so ``accepted`` is
+    exact."""
     start = time.perf_counter()
     accepted, failures = asyncio.run(
-        _post_batches(host, port, bodies, concurrency, keys, interval))
+        _post_batches(host, port, bodies, concurrency, keys, interval, retries))
     return accepted, failures, time.perf_counter() - start
 
 
