@@ -100,39 +100,53 @@ def batch_body(votes):
     return json.dumps({"votes": votes}, separators=(",", ":")).encode()
 
 
-async def _post_batches(host, port, bodies, concurrency, keys):
+async def _post_batches(host, port, bodies, concurrency, keys, interval, retries):
     pool = Pool(host, port, concurrency)
     accepted = 0
     failures = {}
+    start = time.perf_counter()
 
-    async def post(body, key):
+    def failed(what):
+        failures[what] = failures.get(what, 0) + 1
+
+    async def post(i, body, key):
         nonlocal accepted
+        if interval:  # open loop: body i at its time, whatever came before
+            await asyncio.sleep(max(0.0, start + i * interval - time.perf_counter()))
         headers = None if key is None else {"Idempotency-Key": key}
-        try:
-            status, data = await pool.request("POST", "/votes", body, headers)
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
-            return
-        if status == 202:
-            accepted += json.loads(data)["accepted"]
-        else:
-            failures[status] = failures.get(status, 0) + 1
+        for attempt in range(1 + retries):
+            try:
+                status, data = await pool.request("POST", "/votes", body, headers)
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                status = type(exc).__name__
+            if status == 202:
+                accepted += json.loads(data)["accepted"]
+                return
+            if attempt == retries or (isinstance(status, int) and status < 500):
+                failed(status)
+                return
+            # the same key again: counted at most once (Retry-After: 1)
+            failed("retried after {}".format(status))
+            await asyncio.sleep(1.0)
 
     try:
-        await asyncio.gather(*(post(body, key) for body, key in
-                               zip(bodies, keys or [None] * len(bodies), strict=True)))
+        await asyncio.gather(*(post(i, body, key) for i, (body, key) in enumerate(
+            zip(bodies, keys or [None] * len(bodies), strict=True))))
     finally:
         pool.close()
     return accepted, failures
 
 
-def post_batches(host, port, bodies, concurrency=16, keys=None):
+def post_batches(host, port, bodies, concurrency=16, keys=None, interval=0, retries=0):
     """POST every body to /votes (body i with Idempotency-Key keys[i], if
-    given); returns (votes accepted, {failure: n}, seconds). Every answer
-    is read, so ``accepted`` is exact."""
+    given; with an ``interval``, body i ``i * interval`` s after the start,
+    not before; a 5xx or a broken connection tried again up to ``retries``
+    times, with its key: give keys then); returns (votes accepted,
+    {failure: n}, seconds). Every answer is read, so ``accepted`` is
+    exact."""
     start = time.perf_counter()
     accepted, failures = asyncio.run(
-        _post_batches(host, port, bodies, concurrency, keys))
+        _post_batches(host, port, bodies, concurrency, keys, interval, retries))
     return accepted, failures, time.perf_counter() - start
 
 
@@ -161,21 +175,22 @@ def percentile(values, pct):
     return ordered[index]
 
 
-async def _latency(host, port, redis_uri, rate, duration, probe_rate,
+async def _latency(host, port, redis_uri, rate, duration, probe_every,
                    background_prefix, background_posts, probe_prefix,
                    max_connections, visible_timeout):
     """Open loop: vote i is sent at start + i/rate whatever the answers
     before it (on a free connection, or a new one up to max_connections).
     Every k-th vote is a probe on a post of its own; from its 202 on, Redis
-    is polled (what /vote-counts reads) until the vote is counted there."""
+    is polled (what /vote-counts reads) until the vote is counted there,
+    unless ``redis_uri`` is None. ``acked_at``: each probe's post -> the
+    time.perf_counter() of its 202."""
     pool = Pool(host, port, max_connections)
-    store = redis.asyncio.Redis.from_url(redis_uri)
+    store = redis.asyncio.Redis.from_url(redis_uri) if redis_uri else None
     total = int(rate * duration)
-    probe_every = max(1, round(rate / probe_rate))
     stats = {
         "sent": 0, "accepted": 0, "failed": {}, "ack_ms": [], "visible_ms": [],
         "lost": [], "late_sends": 0, "max_send_lag_ms": 0.0, "probes": [],
-        "max_poll_gap_ms": 0.0,
+        "max_poll_gap_ms": 0.0, "acked_at": {},
     }
     pending = {}  # probe key -> time of its 202
     done_sending = asyncio.Event()
@@ -203,7 +218,9 @@ async def _latency(host, port, redis_uri, rate, duration, probe_rate,
         stats["ack_ms"].append((now - scheduled) * 1000)
         if probe:
             stats["probes"].append(post)
-            pending[contracts.post_key(post)] = now
+            stats["acked_at"][post] = now
+            if store is not None:
+                pending[contracts.post_key(post)] = now
 
     async def poll():
         last = None
@@ -231,7 +248,7 @@ async def _latency(host, port, redis_uri, rate, duration, probe_rate,
                         del pending[key]
             await asyncio.sleep(0.0005)
 
-    poller = asyncio.ensure_future(poll())
+    poller = asyncio.ensure_future(poll() if store is not None else done_sending.wait())
     start = time.perf_counter()
     try:
         for i in range(total):
@@ -257,14 +274,28 @@ async def _latency(host, port, redis_uri, rate, duration, probe_rate,
         for task in list(tasks):
             task.cancel()
         pool.close()
-        await store.aclose()
+        if store is not None:
+            await store.aclose()
     stats["connections"] = pool.opened
     return stats
 
 
+def probe_every(rate, probe_rate):
+    """One vote in how many is a probe, for about ``probe_rate`` a second."""
+    return max(1, round(rate / probe_rate))
+
+
+def probe_posts(rate, duration, every, probe_prefix="lp-"):
+    """The posts the probes of latency() will vote on, known in advance."""
+    return ["{}{}".format(probe_prefix, i) for i in range(0, int(rate * duration), every)]
+
+
 def latency(host, port, redis_uri, rate, duration, probe_rate=100,
             background_prefix="lt-", background_posts=1000, probe_prefix="lp-",
-            max_connections=256, visible_timeout=10.0):
+            max_connections=256, visible_timeout=10.0, every=None):
+    """``every``: one vote in how many is a probe (by default, from
+    ``probe_rate``)."""
     return asyncio.run(_latency(
-        host, port, redis_uri, rate, duration, probe_rate, background_prefix,
+        host, port, redis_uri, rate, duration,
+        every or probe_every(rate, probe_rate), background_prefix,
         background_posts, probe_prefix, max_connections, visible_timeout))

@@ -1,10 +1,11 @@
 """What every phase of the bench shares: the table's rows and notes, the
 votes each phase had answered 202, wrk runs with CPU shares, and waiting
 until Redis counts exactly what was accepted."""
+import os
 import time
 
 from bench import wrk
-from bench.machine import rabbitmq_pid
+from bench.machine import busy_seconds, cpu_seconds, rabbitmq_pid
 from services import contracts
 
 
@@ -16,10 +17,38 @@ def fmt(value, digits=0):
 
 def cpu_note(cpu):
     short = {"gateway": "gw", "votes": "votes", "bare": "bare", "redis": "redis",
-             "rabbitmq": "mq", "wrk": "wrk", "bench": "client", "other": "OTHER"}
+             "rabbitmq": "mq", "wrk": "wrk", "bench": "client",
+             "streams": "sse-clients", "other": "OTHER"}
     parts = ["{} {:.0f}%".format(short.get(name, name), share * 100)
              for name, share in cpu.items() if share is not None and share >= 0.005]
     return "cpu " + " ".join(parts) if parts else ""
+
+
+class CpuMeter:
+    """The share of a core each process used since it was made: ``pids``
+    {name: pid}, the bench process itself as "bench", the rest of the
+    machine as "other"."""
+
+    def __init__(self, pids):
+        self.pids = dict(pids)
+        self.before = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self.self_before = os.times()
+        self.busy_before = busy_seconds()
+        self.start = time.perf_counter()
+
+    def shares(self):
+        elapsed = time.perf_counter() - self.start
+        cpu = {}
+        for name, pid in self.pids.items():
+            now = cpu_seconds(pid)
+            if self.before[name] is not None and now is not None:
+                cpu[name] = (now - self.before[name]) / elapsed
+        times = os.times()
+        cpu["bench"] = (times.user + times.system - self.self_before.user
+                        - self.self_before.system) / elapsed
+        cpu["other"] = max(0.0, (busy_seconds() - self.busy_before) / elapsed
+                           - sum(cpu.values()))
+        return cpu
 
 
 class Bench:
@@ -57,6 +86,11 @@ class Bench:
         if self.rabbit:
             pids["rabbitmq"] = self.rabbit
         return pids
+
+    def cpu_meter(self, *names, **pids):
+        """A CpuMeter of the services named (with Redis and RabbitMQ) and
+        of the other processes given as name=pid."""
+        return CpuMeter(dict(self.watch(*names), **pids))
 
     def host_port(self, name):
         return "127.0.0.1", self.env.services[name].port
@@ -127,13 +161,14 @@ class Bench:
     def posts(self, prefix, count=None):
         return ["{}{}".format(prefix, i) for i in range(count or self.p["posts"])]
 
-    def vote_run(self, phase, connections, prefix, window=None):
-        """wrk single votes on the gateway; returns the result once every
-        accepted vote is counted."""
-        result = self.run_wrk("gateway", "vote", connections, prefix, window)
+    def vote_run(self, phase, connections, prefix, window=None, posts=None, held=0):
+        """wrk single votes on the gateway (on ``posts`` posts, by default
+        the profile's, which held ``held`` votes before); returns the
+        result once every accepted vote is counted."""
+        result = self.run_wrk("gateway", "vote", connections, prefix, window, posts)
         self.check_wrk(phase, result, 202)
         self.accepted[phase] = result.count(202)
         refused = sum(n for code, n in result.statuses.items() if code >= 500)
-        result.settle = self.settle(phase, self.posts(prefix), result.count(202),
-                                    refused=refused)
+        result.settle = self.settle(phase, self.posts(prefix, posts),
+                                    held + result.count(202), refused=refused)
         return result

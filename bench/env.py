@@ -64,6 +64,7 @@ class Environment:
         self.vhost = self.amqp_uri = self.redis_uri = None
         self.redis_server = None
         self.services = {}  # name -> Process
+        self.web_ports = {}  # name -> WEB_SERVER_ADDRESS port
         self.peak_kb = {}   # name -> peak RSS of its processes so far
         self._closed = False
         self.failed = False
@@ -101,13 +102,25 @@ class Environment:
         service = self.services.get(name)
         if service is None:
             port = free_port()
-            config = write_config(self.tmp / (name + ".yml"), self.amqp_uri,
-                                  self.redis_uri, port, base=self.config_path,
-                                  log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
+            config = self._write_config(name, port)
             service = Process.nameko(name, module, config, self.tmp / (name + ".log"),
                                      port=port if http else None)
             self.services[name] = service
         return service.start()
+
+    def _write_config(self, name, port, settings=None):
+        self.web_ports[name] = port
+        return write_config(self.tmp / (name + ".yml"), self.amqp_uri,
+                            self.redis_uri, port, base=self.config_path,
+                            log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+                            settings=settings)
+
+    def restart_service(self, name, **settings):
+        """Stop the service and start it again, on the same port, with
+        these settings over the config's (none: the config as it is)."""
+        self.stop_service(name)
+        self._write_config(name, self.web_ports[name], settings)
+        return self.services[name].start()
 
     def stop_service(self, name):
         self.sample_memory()

@@ -10,7 +10,7 @@ import traceback
 from bench.context import Bench
 from bench.env import Environment, SetupError, ensure_wrk
 from bench.machine import code_version, machine_info, versions
-from bench.phases import bare, batch, checks, drain, latency, memory, reads, single
+from bench.phases import bare, batch, checks, drain, latency, memory, reads, single, streams
 from harness.process import GATEWAY, ROOT, VOTES
 
 RESULTS = os.path.join(ROOT, "bench", "results", "latest.txt")
@@ -34,6 +34,10 @@ PROFILES = {
         "memory_voter_votes": 20_000,
         "memory_voter_posts": 20,
         "memory_keys": 10_000,
+        "streams": 1000,        # GET /stream clients on the gateway
+        "streams_probes": 1000,  # probe votes timed to their counts event
+        "announce_posts": 10_000,  # posts changed each second
+        "announce_seconds": 5,
         "settle_timeout": 120.0,
     },
     "quick": {
@@ -52,9 +56,42 @@ PROFILES = {
         "memory_voter_votes": 2_000,
         "memory_voter_posts": 4,
         "memory_keys": 1_000,
+        "streams": 20,
+        "streams_probes": 40,
+        "announce_posts": 1_000,
+        "announce_seconds": 2,
         "settle_timeout": 60.0,
     },
 }
+
+
+# the phases in order; each takes the Bench. The warm-up always runs, and
+# the correctness line always ends the run.
+PHASES = (
+    ("single", single.run),
+    ("reads", reads.run),
+    ("batch", batch.run),
+    ("drain", lambda bench: (drain.run(bench, "batches"), drain.run(bench, "single"))),
+    ("latency", latency.run),
+    ("memory", lambda bench: (memory.run(bench), memory.rss(bench))),
+    ("streams", streams.run),
+)
+# phases that use a figure of another
+NEEDS = {"drain": "single", "latency": "single"}
+
+
+def chosen_phases(only):
+    """The phases to run: all, or those named (comma-separated) with the
+    ones they need."""
+    if not only:
+        return [run for _, run in PHASES]
+    names = set(only.split(","))
+    unknown = names - {name for name, _ in PHASES}
+    if unknown:
+        raise SystemExit("--only: no phase {}; phases: {}".format(
+            ", ".join(sorted(unknown)), ", ".join(name for name, _ in PHASES)))
+    names |= {NEEDS[name] for name in names if name in NEEDS}
+    return [run for name, run in PHASES if name in names]
 
 
 class Interrupted(BaseException):
@@ -99,10 +136,18 @@ def main(argv=None):
                         help="nameko config for the services (default config.yml)")
     parser.add_argument("--out", help="where to write the table too (default "
                         "bench/results/latest.txt, latest-quick.txt with --quick)")
+    parser.add_argument("--only", metavar="PHASE[,PHASE]",
+                        help="run only these phases (and those they need): "
+                        + ", ".join(name for name, _ in PHASES))
     args = parser.parse_args(argv)
+    phases = chosen_phases(args.only)
     mode = "quick" if args.quick else "full"
     out = args.out or (RESULTS_QUICK if args.quick else RESULTS)
+    if args.only and not args.out:  # nor a part of one
+        out = out.replace(".txt", "-only.txt")
     profile = PROFILES[mode]
+    if args.only:
+        mode += ", only " + args.only
     # Ctrl-C interrupts even when started with SIGINT ignored (as a
     # background job); SIGTERM and SIGHUP clean up the same way
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -130,14 +175,8 @@ def main(argv=None):
         soft = versions(env)
         bench = Bench(env, profile, wrk_path)
         bare.warm_up(bench)
-        single.run(bench)
-        reads.run(bench)
-        batch.run(bench)
-        drain.run(bench, "batches")
-        drain.run(bench, "single")
-        latency.run(bench)
-        memory.run(bench)
-        memory.rss(bench)
+        for phase in phases:
+            phase(bench)
         checks.redis_stalls(bench)
         ok = checks.correctness(bench)
         text = render(info, soft, bench.rows, bench.notes,

@@ -1,37 +1,23 @@
 """Latency: an asyncio client votes in an open loop at half the best
 single-vote rate; a probe vote in k is polled in Redis from its 202 until
 it is counted."""
-import os
 import time
 
 from bench import client
 from bench.context import cpu_note, fmt
-from bench.machine import busy_seconds, cpu_seconds
 
 
 def run(bench):
     rate = bench.figures["max_single"] / 2
     host, port = bench.host_port("gateway")
     duration = bench.p["latency_window"]
-    self_before = os.times()
-    watched = bench.watch("gateway", "votes")
-    before = {name: cpu_seconds(pid) for name, pid in watched.items()}
-    busy_before = busy_seconds()
+    meter = bench.cpu_meter("gateway", "votes")
     rewrites_before = aof_rewrites(bench)
-    start = time.perf_counter()
     stats = client.latency(host, port, bench.env.redis_uri, rate, duration,
                            probe_rate=bench.p["probe_rate"])
-    elapsed = time.perf_counter() - start
+    cpu = meter.shares()
     rewrites = aof_rewrites(bench) - rewrites_before
-    self_after = os.times()
     bench.env.sample_memory()
-    cpu = {name: (cpu_seconds(pid) - before[name]) / elapsed
-           for name, pid in watched.items()
-           if before[name] is not None and cpu_seconds(pid) is not None}
-    cpu["bench"] = (self_after.user + self_after.system
-                    - self_before.user - self_before.system) / elapsed
-    cpu["other"] = max(0.0, (busy_seconds() - busy_before) / elapsed
-                       - sum(cpu.values()))
     bench.note_other(cpu)
     bench.accepted["latency"] = stats["accepted"]
     background = ["lt-{}".format(i) for i in range(1000)]

@@ -128,6 +128,7 @@ class Fanout:
         self.subscriptions = set()
         self._by_post = collections.defaultdict(set)
         self._top_followers = set()
+        self._by_top_post = collections.defaultdict(set)
         self._ids = event_ids()
         self.last_id = None
         self.announcements = 0
@@ -147,11 +148,23 @@ class Fanout:
             self._by_post[post_id].add(subscription)
         if top_n:
             self._top_followers.add(subscription)
+            self._index_top(subscription, (), subscription.top_ids)
         return subscription
+
+    def _index_top(self, subscription, old, new):
+        for post_id in old:
+            followers = self._by_top_post.get(post_id)
+            if followers is not None:
+                followers.discard(subscription)
+                if not followers:
+                    del self._by_top_post[post_id]
+        for post_id in new:
+            self._by_top_post[post_id].add(subscription)
 
     def unsubscribe(self, subscription):
         self.subscriptions.discard(subscription)
         self._top_followers.discard(subscription)
+        self._index_top(subscription, subscription.top_ids, ())
         for post_id in subscription.post_ids:
             followers = self._by_post.get(post_id)
             if followers is not None:
@@ -179,8 +192,7 @@ class Fanout:
             post_id = counts["postId"]
             update = None
             receivers = set(self._by_post.get(post_id, ()))
-            receivers.update(s for s in self._top_followers
-                             if post_id in s._top_set)
+            receivers.update(self._by_top_post.get(post_id, ()))
             for subscription in receivers:
                 if update is None:
                     update = Update(event_id, COUNTS, counts)
@@ -196,6 +208,7 @@ class Fanout:
                               Update(event_id, TOP, {"top": members}))
             ids, update = by_size[n]
             if ids != subscription.top_ids:
+                self._index_top(subscription, subscription.top_ids, ids)
                 subscription._set_top(ids)
                 subscription._put((TOP,), update)
 
