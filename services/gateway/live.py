@@ -22,6 +22,7 @@ that only grows within the process (it starts from the clock, so it also
 grows across restarts), for the SSE ``id:`` field.
 """
 import collections
+import functools
 import itertools
 import logging
 import time
@@ -34,6 +35,7 @@ from nameko.constants import AMQP_URI_CONFIG_KEY, HEARTBEAT_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 
 from services import contracts
+from services.platform.web import sse_event
 
 _log = logging.getLogger(__name__)
 
@@ -46,7 +48,13 @@ DRAIN_TIMEOUT = 1.0    # seconds between looks at the heartbeat and at stop
 COUNTS = "counts"
 TOP = "top"
 
-Update = collections.namedtuple("Update", "id event data")
+class Update(collections.namedtuple("Update", "id event data")):
+    """One event for the streams; shared by every stream it goes to."""
+
+    @functools.cached_property
+    def wire(self):
+        """The event as bytes, encoded once for all its streams."""
+        return sse_event(self.event, self.data, self.id)
 
 EXCHANGE = Exchange(contracts.VOTES_EVENTS_EXCHANGE, type="topic",
                     durable=True, auto_delete=False)

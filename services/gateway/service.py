@@ -166,7 +166,7 @@ class GatewayService:
                     if not updates:
                         yield b": keep-alive\n\n"
                     for update in updates:
-                        yield sse_event(update.event, update.data, update.id)
+                        yield update.wire
             except Closed:
                 return
             finally:
