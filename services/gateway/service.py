@@ -163,10 +163,9 @@ class GatewayService:
                 yield first
                 while True:
                     updates = subscription.get(timeout=KEEPALIVE_SECONDS)
-                    if not updates:
-                        yield b": keep-alive\n\n"
-                    for update in updates:
-                        yield update.wire
+                    # one write for all that came at once
+                    yield b"".join(update.wire for update in updates) \
+                        if updates else b": keep-alive\n\n"
             except Closed:
                 return
             finally:

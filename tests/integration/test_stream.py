@@ -1,5 +1,6 @@
 """GET /stream: Server-Sent Events over real HTTP, both services in one
 runner on real RabbitMQ and Redis."""
+import collections
 import json
 import socket
 import time
@@ -22,6 +23,8 @@ class Stream:
         head += "".join("{}: {}\r\n".format(k, v) for k, v in headers)
         self.sock.sendall(head.encode() + b"\r\n")
         self.buffer = b""
+        self.body = b""  # an event not yet whole
+        self.events = collections.deque()  # whole, not yet taken
         self.status_line, self.headers = self._head()
 
     def _read(self):
@@ -47,30 +50,29 @@ class Stream:
             return line.decode()
 
     def event(self):
-        """The next event (comments skipped), as {"event", "id", "data", ...}."""
-        fields = {}
-        body = b""
-        while True:
+        """The next event (comments skipped), as {"event", "id", "data", ...};
+        a chunk may carry several (the gateway writes together what came
+        together)."""
+        while not self.events:
             size = int(self._line(), 16)
             if size == 0:
                 raise EOFError("stream ended")
             while len(self.buffer) < size + 2:
                 self._read()
-            body += self.buffer[:size]
+            self.body += self.buffer[:size]
             self.buffer = self.buffer[size + 2:]
-            while b"\n\n" in body:
-                block, body = body.split(b"\n\n", 1)
+            while b"\n\n" in self.body:
+                block, self.body = self.body.split(b"\n\n", 1)
+                fields = {}
                 for line in block.decode().split("\n"):
                     if line.startswith(":"):
                         continue
                     name, _, value = line.partition(": ")
                     fields[name] = value
                 if "event" in fields:
-                    if body:
-                        raise AssertionError("two events in one chunk")
                     fields["data"] = json.loads(fields["data"])
-                    return fields
-                fields = {}
+                    self.events.append(fields)
+        return self.events.popleft()
 
     def close(self):
         self.sock.close()
