@@ -3,8 +3,8 @@
 The fault tests spend most of their time waiting (for outages, restarts,
 queues to drain) on servers of their own: a private RabbitMQ node and
 private redis-servers. So they run next to the rest of the suite instead
-of after it. The rest streams to the terminal; the fault run's output is
-kept in a file and printed when it ends. The exit status is non-zero if
+of after it, with the edge tests. The rest streams to the terminal; the
+second run's output is kept in a file and printed when it ends. The exit status is non-zero if
 either run fails. Arguments are passed to both runs.
 
 pytest-xdist is no help here: its workers hang under eventlet's monkey
@@ -20,8 +20,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (label, pytest arguments); the first streams to the terminal
 GROUPS = (
-    ("suite", ["tests", "--ignore=tests/fault"]),
-    ("fault tests", ["tests/fault"]),
+    ("suite", ["tests", "--ignore=tests/fault", "--ignore=tests/edge"]),
+    # the edge tests too: they run gateway processes of their own, and
+    # the two runs then take about as long as each other
+    ("fault+edge", ["tests/fault", "tests/edge"]),
 )
 
 
