@@ -21,6 +21,7 @@ from services.votes.service import VotesService
 from tests.conftest import make_event, make_vote
 
 DEAD_LETTER_QUEUE = contracts.DEAD_LETTER_QUEUE
+TOP_348 = contracts.top_key(contracts.bucket_of("348"))
 VOTES_QUEUE = contracts.VOTES_QUEUE
 
 
@@ -82,7 +83,7 @@ def test_event_creates_and_updates_a_post(votes, dispatch, rpc, redis_client):
         "postId": "348", "upvote": 2, "downvote": 1, "score": 1}
     assert redis_client.hgetall(contracts.post_key("348")) == {
         "upvote": "2", "downvote": "1"}
-    assert redis_client.zscore(contracts.KEY_TOP, "348") == -1
+    assert redis_client.zscore(TOP_348, "348") == -1
 
 
 def test_redelivered_event_counts_once(votes, dispatch, rpc, redis_client):
@@ -92,8 +93,10 @@ def test_redelivered_event_counts_once(votes, dispatch, rpc, redis_client):
 
     assert rpc.get_counts("348")["upvote"] == 1
     assert rpc.get_counts("9")["downvote"] == 1
-    mark_ttl = redis_client.ttl(contracts.applied_key(event["id"]))
-    assert 86390 < mark_ttl <= 86400
+    for post_id in ("348", "9"):
+        bucket = contracts.bucket_of(post_id)
+        mark_ttl = redis_client.ttl(contracts.applied_key(bucket, event["id"]))
+        assert 86390 < mark_ttl <= 86400
 
 
 @pytest.mark.parametrize("payload, reason", [
@@ -214,7 +217,8 @@ def test_retracting_nothing_creates_nothing(votes, dispatch, rpc, redis_client):
         rpc.get_counts("empty")
     assert raised.value.exc_type == "NotFound"
     assert redis_client.keys(contracts.POST_KEY_PATTERN) == []
-    assert redis_client.zrange(contracts.KEY_TOP, 0, -1) == []
+    assert redis_client.zrange(contracts.top_key(contracts.bucket_of("empty")),
+                               0, -1) == []
     with pytest.raises(RemoteError) as raised:
         rpc.vote("empty", 0, voter_id="bob")
     assert raised.value.exc_type == "NotFound"
@@ -280,8 +284,10 @@ def test_keyed_votes_count_once_per_key(votes, dispatch, rpc, redis_client):
     cast(votes, dispatch, make_event(*batch))
     assert rpc.get_counts("348") == {
         "postId": "348", "upvote": 2, "downvote": 1, "score": 1}
-    assert redis_client.get(contracts.once_key(key)) == fp
-    assert 86000 < redis_client.ttl(contracts.once_key(key)) <= 86400
+    once = contracts.once_key(contracts.bucket_of("348"), key)
+    for mark in (contracts.claim_key(key), once):
+        assert redis_client.get(mark) == fp
+        assert 86000 < redis_client.ttl(mark) <= 86400
 
 
 def test_rpc_vote_with_an_idempotency_key(votes, rpc):

@@ -130,7 +130,8 @@ def storage_failing_with(exc):
         return_value=mock.Mock(execute=mock.Mock(side_effect=exc)))
     client.pipeline.return_value.__exit__ = mock.Mock(return_value=False)
     return VoteStorage(client, Limits(mark_ttl=60, idempotency_ttl=60,
-                                      clock_skew=2.0, retraction_ttl=60))
+                                      clock_skew=2.0, retraction_ttl=60,
+                                      min_replicas=0))
 
 
 def error_count(kind):
