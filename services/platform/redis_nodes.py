@@ -80,10 +80,13 @@ class NotReplicated(redis.ResponseError):
 class WriteRouter:
     """Sends commands to the master of their key's slot, per node in one
     pipeline, with ``WAIT min_replicas timeout_ms`` at its end when
-    ``min_replicas`` > 0. Safe to share between green threads."""
+    ``min_replicas`` > 0. ``on_redirect(kind)`` is called for each MOVED
+    and ASK followed. Safe to share between green threads."""
 
-    def __init__(self, client, min_replicas=0, wait_timeout_ms=1000):
+    def __init__(self, client, min_replicas=0, wait_timeout_ms=1000,
+                 on_redirect=None):
         self.client = client
+        self.on_redirect = on_redirect or (lambda kind: None)
         self.cluster = isinstance(client, RedisCluster)
         self.min_replicas = min_replicas
         self.wait_timeout_ms = wait_timeout_ms
@@ -155,9 +158,14 @@ class WriteRouter:
             if isinstance(reply, redis.exceptions.NoScriptError) and command.script:
                 node.script_load(command.script)
                 resend.append(index)
-            elif isinstance(reply, redis.exceptions.AskError) and not asking:
+            elif isinstance(reply, redis.exceptions.MovedError):  # before AskError, its base
+                self.on_redirect("MOVED")
+                self.refresh()
+                resend.append(index)
+            elif isinstance(reply, redis.exceptions.AskError):
+                self.on_redirect("ASK")
                 target = self.client.nodes_manager.get_node(reply.host, reply.port) \
-                    if self.cluster else None
+                    if self.cluster and not asking else None
                 if target is None:
                     self.refresh()
                     resend.append(index)
@@ -165,10 +173,6 @@ class WriteRouter:
                     resend += self._send(self.client.get_redis_connection(target),
                                          commands, [index], replies, errors,
                                          asking=True)
-            elif isinstance(reply, (redis.exceptions.MovedError,
-                                    redis.exceptions.AskError)):
-                self.refresh()
-                resend.append(index)
             elif isinstance(reply, Exception):
                 errors.append(reply)
             else:

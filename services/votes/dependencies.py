@@ -272,8 +272,9 @@ class VoteStorage:
         if min_replicas is None:
             min_replicas = 1 if redis_nodes.replica_count(client) else 0
         self.min_replicas = min_replicas
-        self.writes = redis_nodes.WriteRouter(client, min_replicas,
-                                              limits.wait_timeout)
+        self.writes = redis_nodes.WriteRouter(
+            client, min_replicas, limits.wait_timeout,
+            on_redirect=lambda kind: metrics.redirects.labels(kind).inc())
         self._apply_sha = _sha(APPLY_SCRIPT)  # loaded on the first NOSCRIPT
 
     def _claims(self, votes):
