@@ -152,10 +152,25 @@ class RedisClusterServers:
         wait_until(lambda: self._answers(port), START_TIMEOUT,
                    "redis-server :{} again".format(port), interval=0.05)
 
-    def wait_failover(self, port, timeout=CLUSTER_TIMEOUT):
-        """Until a replica has taken over the slots of the dead master on
-        ``port`` (the live nodes agree, cluster_state:ok)."""
+    def slots_of(self, port):
+        """The slots the master on ``port`` serves, as the first live node says."""
+        live = next(p for p, n in zip(self.ports, self.nodes, strict=True) if n.alive)
+        with self.node_client(live) as client:
+            return [slot for start, end, master, *_ in
+                    client.execute_command("CLUSTER", "SLOTS")
+                    if int(master[1]) == port for slot in range(start, end + 1)]
+
+    def wait_failover(self, port, slot, timeout=CLUSTER_TIMEOUT):
+        """Until another node serves ``slot`` of the dead master on ``port``
+        and the live nodes say cluster_state:ok; the seconds it took."""
         started = time.monotonic()
+
+        def moved():
+            try:
+                return self.master_of_slot(slot) != port
+            except (redis.RedisError, AssertionError):
+                return False
+        wait_until(moved, timeout, "a replica to take over from :{}".format(port))
         self.wait_ok(timeout)
         return time.monotonic() - started
 
