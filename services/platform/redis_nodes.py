@@ -65,11 +65,12 @@ def node_clients(client):
     return [(SINGLE, client)]
 
 
-Command = collections.namedtuple("Command", "key args script")
-Command.__new__.__defaults__ = (None,)
+Command = collections.namedtuple("Command", "key args script options")
+Command.__new__.__defaults__ = (None, None)
 Command.__doc__ = """``args`` sent to the master of ``key``'s slot; with
 ``script`` (its text), ``args`` start with EVALSHA and its sha, and the
-script is loaded on NOSCRIPT."""
+script is loaded on NOSCRIPT. ``options`` go to redis-py's reply parser
+(``{"get": True}`` for a SET ... GET)."""
 
 
 class NotReplicated(redis.ResponseError):
@@ -141,7 +142,8 @@ class WriteRouter:
                 for index in indexes:
                     if asking:
                         pipe.execute_command("ASKING")
-                    pipe.execute_command(*commands[index].args)
+                    pipe.execute_command(*commands[index].args,
+                                         **(commands[index].options or {}))
                 if self.min_replicas:
                     pipe.execute_command("WAIT", self.min_replicas,
                                          self.wait_timeout_ms)

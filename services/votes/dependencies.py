@@ -289,7 +289,8 @@ class VoteStorage:
         if not firsts:
             return {}
         ttl = self.limits.idempotency_ttl
-        commands = [redis_nodes.Command(key, ("SET", key, fp, "NX", "GET", "EX", ttl))
+        commands = [redis_nodes.Command(key, ("SET", key, fp, "NX", "GET", "EX", ttl),
+                                        options={"get": True})
                     for key, fp in ((contracts.claim_key(k, self.buckets), fp)
                                     for k, fp in firsts.items())]
         prior = self.writes.run(commands)

@@ -389,3 +389,46 @@ def test_dead_letters_shown_then_replayed(votes, dispatch, rpc, config, tmp_path
         assert dead_letter_tool.main(["replay", "--config", str(config_file)]) == 0
     assert rpc.get_counts("dl") == {"postId": "dl", "upvote": 0, "downvote": 1, "score": -1}
     assert queue_depth(config["AMQP_URI"], DEAD_LETTER_QUEUE) == 0
+
+
+def two_buckets():
+    """Two post ids in different buckets."""
+    first = "348"
+    other = next(post for post in ("p{}".format(i) for i in range(100))
+                 if contracts.bucket_of(post) != contracts.bucket_of(first))
+    return first, other
+
+
+def test_a_retry_applies_only_the_parts_still_missing(redis_uri, redis_client):
+    """An event whose part in one bucket was applied before a failure:
+    the retry applies the other part, and nothing twice."""
+    first, other = two_buckets()
+    storage = VoteStorage(redis.Redis.from_url(redis_uri, decode_responses=True),
+                          Limits(60, 60, 2.0, 60))
+    votes = [schemas.parse_vote(make_vote(postId=post)) for post in (first, other)]
+    storage.apply("e1", votes[:1])  # as if the failure came after this part
+    assert tuple(storage.apply("e1", votes)) == (1, 0, 0)
+    assert tuple(storage.apply("e1", votes)) == (0, 0, 0)
+    assert storage.counts_many([(first, None), (other, None)]) == [
+        {"postId": post, "upvote": 1, "downvote": 0, "score": 1} for post in (first, other)]
+
+
+def test_a_claimed_key_whose_parts_were_not_applied_is_applied_on_retry(
+        redis_uri, redis_client):
+    """The key was claimed, then the worker died before any part: the
+    redelivered event must apply its votes (once), and another request
+    under the key stays a conflict in every bucket."""
+    first, other = two_buckets()
+    key = rules.key_id("k-9")
+    fp = rules.fingerprint([(first, 1, None)])
+    redis_client.set(contracts.claim_key(key), fp, ex=60)
+    storage = VoteStorage(redis.Redis.from_url(redis_uri, decode_responses=True),
+                          Limits(60, 60, 2.0, 60))
+    keyed = [schemas.parse_vote(make_vote(postId=first, voteId=key, key=key, fp=fp))]
+    assert tuple(storage.apply("e1", keyed)) == (1, 0, 0)
+    assert tuple(storage.apply("e2", keyed)) == (0, 1, 0)
+    conflicting = [schemas.parse_vote(make_vote(postId=other, voteId=key, key=key,
+                                                fp=rules.fingerprint([(other, 1, None)])))]
+    assert tuple(storage.apply("e3", conflicting)) == (0, 0, 1)
+    assert storage.counts_many([(first, None), (other, None)]) == [
+        {"postId": first, "upvote": 1, "downvote": 0, "score": 1}, None]
