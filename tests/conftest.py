@@ -52,13 +52,19 @@ def rabbit_config(vhost_pool):
 
 
 @pytest.fixture
-def redis_uri():
+def single_redis_uri():
+    """A database of the shared Redis, flushed before and after."""
     uri = "redis://{}/{}".format(REDIS_HOST, next(_redis_dbs))
     client = redis.Redis.from_url(uri)
     client.flushdb()
     yield uri
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def redis_uri(single_redis_uri):
+    return single_redis_uri
 
 
 @pytest.fixture

@@ -52,13 +52,11 @@ import time
 
 import amqp
 import redis
-import yaml
 from kombu import Connection
-from nameko.cli.main import setup_yaml_parser
 
 from services import contracts
 from services.platform import events
-from services.settings import number
+from services.settings import number, read_config
 from services.votes.dependencies import (
     APPLIED_MARK_HEADER,
     DEAD_LETTER_QUEUE,
@@ -276,9 +274,7 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true",
                         help="replay messages of applied or unknown status too")
     args = parser.parse_args(argv)
-    setup_yaml_parser()
-    with open(args.config) as handle:
-        config = yaml.safe_load(handle)
+    config = read_config(args.config)
     with Connection(config["AMQP_URI"], connect_timeout=5) as connection:
         if args.action == "show":
             count = show(connection)

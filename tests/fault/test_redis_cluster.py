@@ -6,7 +6,6 @@ afterwards every vote answered 202 must be counted exactly once, with its
 voter's entry, and the leaderboard must be the counts, sorted. Only this
 test's cluster, vhost and processes are touched."""
 import collections
-import itertools
 import threading
 import time
 
@@ -16,7 +15,13 @@ import requests
 
 from services import contracts
 from tests.conftest import start_redis_cluster
-from tests.fault.harness import DRAIN_TIMEOUT, REQUEST_TIMEOUT, Cluster, wait_until
+from tests.fault.harness import (
+    DRAIN_TIMEOUT,
+    REQUEST_TIMEOUT,
+    Cluster,
+    Load,
+    wait_until,
+)
 
 POSTS = 1000
 BATCH = 20          # votes per POST /votes
@@ -56,58 +61,35 @@ def services(request, tmp_path, rabbit_config, redis_servers):
     cluster.close(show_logs=report is None or report.failed)
 
 
-class BatchLoad:
-    """CLIENTS green threads POSTing /votes batches of BATCH votes until
-    ``total`` votes are sent (or it is stopped); vote i goes to post
+class BatchLoad(Load):
+    """The fault harness's load, a POST /votes batch of BATCH votes per
+    step: ``total`` votes at most, RATE a second; vote i goes to post
     p<i % POSTS>, by voter v<i>, a downvote every third. Every answer is
-    kept."""
+    kept in ``batches``."""
 
     def __init__(self, base_url, total):
+        super().__init__([base_url], clients=CLIENTS, limit=total // BATCH,
+                         rate=RATE / BATCH)
         self.url = base_url + "/votes"
         self.total = total
-        self.answers = []  # (status, [(post, voter, score), ...])
-        self._batches = itertools.count()
-        self._threads = []
-        self._stopping = False
-
-    def __enter__(self):
-        self._threads = [eventlet.spawn(self._client) for _ in range(CLIENTS)]
-        return self
-
-    def __exit__(self, *exc_info):
-        self.stop()
-
-    def stop(self):
-        self._stopping = True
-        for thread in self._threads:
-            thread.wait()
+        self.batches = []  # (status, [(post, voter, score), ...])
 
     def sent(self):
-        return sum(len(votes) for _, votes in self.answers)
+        return sum(len(votes) for _, votes in self.batches)
 
-    def _client(self):
-        interval = CLIENTS * BATCH / RATE
-        due = time.monotonic()
-        with requests.Session() as session:
-            for batch in self._batches:
-                time.sleep(max(0, due - time.monotonic()))
-                due = max(due + interval, time.monotonic() - 1)
-                first = batch * BATCH
-                if first >= self.total or self._stopping:
-                    return
-                votes = [("p{}".format(i % POSTS), "v{}".format(i), -1 if i % 3 == 0 else 1)
-                         for i in range(first, min(self.total, first + BATCH))]
-                body = {"votes": [{"postId": p, "voterId": v, "score": s}
-                                  for p, v, s in votes]}
-                try:
-                    status = session.post(self.url, json=body,
-                                          timeout=REQUEST_TIMEOUT).status_code
-                except requests.RequestException as exc:
-                    status = repr(exc)
-                self.answers.append((status, votes))
+    def _vote(self, session, batch):
+        first = batch * BATCH
+        votes = [("p{}".format(i % POSTS), "v{}".format(i), -1 if i % 3 == 0 else 1)
+                 for i in range(first, first + BATCH)]
+        body = {"votes": [{"postId": p, "voterId": v, "score": s} for p, v, s in votes]}
+        try:
+            status = session.post(self.url, json=body, timeout=REQUEST_TIMEOUT).status_code
+        except requests.RequestException as exc:
+            status = repr(exc)
+        self.batches.append((status, votes))
 
     def accepted(self):
-        return [vote for status, votes in self.answers if status == 202 for vote in votes]
+        return [vote for status, votes in self.batches if status == 202 for vote in votes]
 
     def wait_sent(self, n, timeout=120):
         wait_until(lambda: self.sent() >= n, timeout, "{} votes sent".format(n))
@@ -124,7 +106,7 @@ def check(services, load, label):
     """Every 202 counted exactly once, each voter's entry there, the
     leaderboard the counts sorted; the figures printed."""
     accepted = load.accepted()
-    others = collections.Counter(status for status, _ in load.answers if status != 202)
+    others = collections.Counter(status for status, _ in load.batches if status != 202)
     expected = expected_counts(accepted)
     wait_until(lambda: services.queue_messages(contracts.VOTES_QUEUE) == 0
                and services.counted() == expected, DRAIN_TIMEOUT,
@@ -173,6 +155,8 @@ def test_a_master_killed_mid_load_loses_and_doubles_nothing(services, redis_serv
               "{:.1f} s later; roles now {}".format(
                   victim, total // 4, took, redis_servers.roles()))
         assert time.monotonic() - killed < 60
+        load.wait_sent(total)
+    assert load.sent() == total
     assert redis_servers.roles()[victim] == "slave"
     check(services, load, "failover")
 

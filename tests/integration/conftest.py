@@ -25,11 +25,11 @@ def redis_store(request):
 
 
 @pytest.fixture
-def redis_uri(request, redis_store, redis_uri):
-    """The test's database: on the shared Redis (the parent fixture), or
-    the session's Redis Cluster, flushed before and after."""
+def redis_uri(request, redis_store):
+    """The test's database: on the shared Redis, or the session's Redis
+    Cluster, flushed before and after."""
     if redis_store == "single":
-        yield redis_uri
+        yield request.getfixturevalue("single_redis_uri")
         return
     servers = request.getfixturevalue("redis_cluster")
     flush_cluster(servers)
