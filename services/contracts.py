@@ -79,6 +79,13 @@ def retracted_key(post_id, buckets=DEFAULT_BUCKETS):
     return _tagged(bucket_of(post_id, buckets)) + "retracted:" + post_id
 
 
+def post_keys(bucket, post_id):
+    """post_key, voters_key and retracted_key of a post in ``bucket`` (its
+    bucket_of), for the apply script, which names them all."""
+    tag = _tagged(bucket)
+    return tag + "post:" + post_id, tag + "voters:" + post_id, tag + "retracted:" + post_id
+
+
 def top_key(bucket):
     """The leaderboard of one bucket."""
     return _tagged(bucket) + "top"

@@ -92,6 +92,7 @@ class WriteRouter:
         self.min_replicas = min_replicas
         self.wait_timeout_ms = wait_timeout_ms
         self._refreshed = 0.0
+        self._last_redirect = None  # what made a command be resent, lately
 
     def _node(self, key):
         if not self.cluster:
@@ -127,44 +128,72 @@ class WriteRouter:
                 pending += self._send(node, commands, indexes, replies, errors)
             if not pending:
                 break
-        else:
-            errors.append(redis.exceptions.TryAgainError(
-                "TRYAGAIN still redirected after {} rounds".format(REDIRECTS)))
+        else:  # still redirected: the last redirect is the error
+            errors.append(self._last_redirect)
         if errors:
             raise errors[0]
         return replies
 
     def _send(self, node, commands, indexes, replies, errors, asking=False):
         """Send, record replies and errors; return the indexes to resend."""
-        resend = []
         try:
-            with node.pipeline(transaction=False) as pipe:
-                for index in indexes:
-                    if asking:
-                        pipe.execute_command("ASKING")
-                    pipe.execute_command(*commands[index].args,
-                                         **(commands[index].options or {}))
-                if self.min_replicas:
-                    pipe.execute_command("WAIT", self.min_replicas,
-                                         self.wait_timeout_ms)
-                got = pipe.execute(raise_on_error=False)
+            if len(indexes) == 1 and not (asking or self.min_replicas):
+                # one command, nothing after it: no pipeline needed
+                command = commands[indexes[0]]
+                try:
+                    got = [node.execute_command(*command.args, **(command.options or {}))]
+                except redis.ResponseError as exc:  # a reply: MOVED, NOSCRIPT, ...
+                    got = [exc]
+            else:
+                got = self._pipeline(node, commands, indexes, asking)
         except redis.RedisError as exc:
             if isinstance(exc, redis.ConnectionError):
                 self.refresh()
             errors.append(exc)
             return []
+        resend = self._replies(node, commands, indexes, replies, errors, got, asking)
+        if self.min_replicas:
+            acked = got[len(indexes)]
+            if isinstance(acked, Exception):
+                errors.append(acked)
+            elif acked < self.min_replicas:
+                errors.append(NotReplicated(
+                    "NOREPLICAS WAIT saw {} of {} replicas in {} ms".format(
+                        acked, self.min_replicas, self.wait_timeout_ms)))
+        return resend
+
+    def _pipeline(self, node, commands, indexes, asking):
+        """The replies of the commands (and of WAIT) sent in one pipeline;
+        after ASKING, only the commands' own replies."""
+        with node.pipeline(transaction=False) as pipe:
+            for index in indexes:
+                if asking:
+                    pipe.execute_command("ASKING")
+                pipe.execute_command(*commands[index].args,
+                                     **(commands[index].options or {}))
+            if self.min_replicas:
+                pipe.execute_command("WAIT", self.min_replicas, self.wait_timeout_ms)
+            got = pipe.execute(raise_on_error=False)
         if asking:
             got = [got[i] for i in range(len(got)) if i % 2 or i == 2 * len(indexes)]
+        return got
+
+    def _replies(self, node, commands, indexes, replies, errors, got, asking):
+        """Record replies and errors; return the indexes to resend."""
+        resend = []
         for index, reply in zip(indexes, got, strict=False):  # WAIT last
             command = commands[index]
             if isinstance(reply, redis.exceptions.NoScriptError) and command.script:
+                self._last_redirect = reply
                 node.script_load(command.script)
                 resend.append(index)
             elif isinstance(reply, redis.exceptions.MovedError):  # before AskError, its base
+                self._last_redirect = reply
                 self.on_redirect("MOVED")
                 self.refresh()
                 resend.append(index)
             elif isinstance(reply, redis.exceptions.AskError):
+                self._last_redirect = reply
                 self.on_redirect("ASK")
                 target = self.client.nodes_manager.get_node(reply.host, reply.port) \
                     if self.cluster and not asking else None
@@ -179,12 +208,4 @@ class WriteRouter:
                 errors.append(reply)
             else:
                 replies[index] = reply
-        if self.min_replicas:
-            acked = got[len(indexes)]
-            if isinstance(acked, Exception):
-                errors.append(acked)
-            elif acked < self.min_replicas:
-                errors.append(NotReplicated(
-                    "NOREPLICAS WAIT saw {} of {} replicas in {} ms".format(
-                        acked, self.min_replicas, self.wait_timeout_ms)))
         return resend

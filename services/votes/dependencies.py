@@ -69,7 +69,9 @@ DEFAULT_WAIT_TIMEOUT = 1000
 # after it covers the write that set it); a vote sent with an
 # Idempotency-Key counts once per key, in whichever event it comes.  Per
 # voter the vote with the latest (ts, voteId) wins, whatever order events
-# arrive in.
+# arrive in. One call may carry several parts (ARGV[2]: [[mark index, top
+# index, votes], ...], each vote naming its keys by index): on a cluster
+# each call carries one, on one server all the parts of an event.
 APPLY_SCRIPT = """
 -- every input is checked before the first write: an error that can be
 -- foreseen changes nothing, so a retry can never add a vote twice
@@ -79,93 +81,96 @@ if not (mark_ttl and mark_ttl >= 1 and once_ttl and once_ttl >= 1
         and skew and skew >= 0 and retract_ttl and retract_ttl >= 1) then
   return redis.error_reply('ERR apply: bad arguments')
 end
-local votes = cjson.decode(ARGV[2])
--- the part's mark is the first write
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', mark_ttl) then
-  redis.call('SET', KEYS[1], '1', 'XX', 'KEEPTTL')
-  return {-1, 0, 0}
-end
+local parts = cjson.decode(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local function later(ts, id, than_ts, than_id)
   return ts > than_ts or (ts == than_ts and id > than_id)
 end
 local applied, replayed, conflicts = 0, 0, 0
-local once, seen = {}, {}
-for i, vote in ipairs(votes) do
-  local post_id, score, voter, vote_id = vote[1], vote[2], vote[3], vote[5]
-  local base = 2 + 3 * (i - 1)
-  local post_key, voters_key, retracted_key = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
-  local fresh = true
-  if vote[6] > 0 then
-    -- a vote sent with an Idempotency-Key: applied once per key, whatever
-    -- event carries it; copies of one request share their vote ids
-    local once_key = KEYS[vote[6]]
-    local state = once[once_key]
-    if state == nil then
-      local prior = redis.call('GET', once_key)
-      if prior == false then
-        redis.call('SET', once_key, vote[7], 'EX', once_ttl)
-        state = 'new'
-      elseif prior == vote[7] then
-        state = 'replay'
-      else
-        state = 'conflict'
-      end
-      once[once_key] = state
-    end
-    if state == 'new' and not seen[vote_id] then
-      seen[vote_id] = true
-    else
-      fresh = false
-      if state == 'conflict' then conflicts = conflicts + 1 else replayed = replayed + 1 end
-    end
-  end
-  if fresh then
-    applied = applied + 1
-    local up, down = 0, 0
-    if voter == '' then
-      if score == 1 then up = 1 else down = 1 end
-    else
-      -- a time ahead of the store's clock by more than the allowed skew is
-      -- not trusted: the vote takes the store's time instead
-      local ts = tonumber(vote[4])
-      if ts > now + skew then ts = now end
-      local ts_text = string.format('%.0f', ts)
-      local newer, prev_score = true, 0
-      local prev = redis.call('HGET', voters_key, voter)
-      if prev then
-        local pts, pid, ps = string.match(prev, '^(%d+):([^:]+):(-?%d)$')
-        if pts then
-          newer = later(ts, vote_id, tonumber(pts), pid)
-          prev_score = tonumber(ps)
+for _, part in ipairs(parts) do
+  local mark, top = KEYS[part[1]], KEYS[part[2]]
+  -- the part's mark is its first write
+  if not redis.call('SET', mark, '1', 'NX', 'EX', mark_ttl) then
+    redis.call('SET', mark, '1', 'XX', 'KEEPTTL')
+  else
+    local once, seen = {}, {}
+    for _, vote in ipairs(part[3]) do
+      local post_id, score, voter, vote_id = vote[1], vote[2], vote[3], vote[5]
+      local base = vote[8]
+      local post_key, voters_key, retracted_key = KEYS[base], KEYS[base + 1], KEYS[base + 2]
+      local fresh = true
+      if vote[6] > 0 then
+        -- a vote sent with an Idempotency-Key: applied once per key, whatever
+        -- event carries it; copies of one request share their vote ids
+        local once_key = KEYS[vote[6]]
+        local state = once[once_key]
+        if state == nil then
+          local prior = redis.call('GET', once_key)
+          if prior == false then
+            redis.call('SET', once_key, vote[7], 'EX', once_ttl)
+            state = 'new'
+          elseif prior == vote[7] then
+            state = 'replay'
+          else
+            state = 'conflict'
+          end
+          once[once_key] = state
         end
-      else
-        -- a recent retraction outranks an older vote that arrives late
-        local gone = redis.call('HGET', retracted_key, voter)
-        if gone then
-          local gts, gid = string.match(gone, '^(%d+):([^:]+)$')
-          if gts then newer = later(ts, vote_id, tonumber(gts), gid) end
-          if newer and score ~= 0 then redis.call('HDEL', retracted_key, voter) end
-        end
-      end
-      if newer then
-        if score == 0 then
-          if prev then redis.call('HDEL', voters_key, voter) end
-          redis.call('HSET', retracted_key, voter, ts_text .. ':' .. vote_id)
-          redis.call('EXPIRE', retracted_key, retract_ttl)
+        if state == 'new' and not seen[vote_id] then
+          seen[vote_id] = true
         else
-          redis.call('HSET', voters_key, voter, ts_text .. ':' .. vote_id .. ':' .. score)
+          fresh = false
+          if state == 'conflict' then conflicts = conflicts + 1 else replayed = replayed + 1 end
         end
-        if prev_score == 1 then up = -1 elseif prev_score == -1 then down = -1 end
-        if score == 1 then up = up + 1 elseif score == -1 then down = down + 1 end
       end
-    end
-    -- no change, no write: retracting nothing creates no post
-    if up ~= 0 or down ~= 0 then
-      local u = redis.call('HINCRBY', post_key, 'upvote', up)
-      local d = redis.call('HINCRBY', post_key, 'downvote', down)
-      redis.call('ZADD', KEYS[2], d - u, post_id)
+      if fresh then
+        applied = applied + 1
+        local up, down = 0, 0
+        if voter == '' then
+          if score == 1 then up = 1 else down = 1 end
+        else
+          -- a time ahead of the store's clock by more than the allowed skew is
+          -- not trusted: the vote takes the store's time instead
+          local ts = tonumber(vote[4])
+          if ts > now + skew then ts = now end
+          local ts_text = string.format('%.0f', ts)
+          local newer, prev_score = true, 0
+          local prev = redis.call('HGET', voters_key, voter)
+          if prev then
+            local pts, pid, ps = string.match(prev, '^(%d+):([^:]+):(-?%d)$')
+            if pts then
+              newer = later(ts, vote_id, tonumber(pts), pid)
+              prev_score = tonumber(ps)
+            end
+          else
+            -- a recent retraction outranks an older vote that arrives late
+            local gone = redis.call('HGET', retracted_key, voter)
+            if gone then
+              local gts, gid = string.match(gone, '^(%d+):([^:]+)$')
+              if gts then newer = later(ts, vote_id, tonumber(gts), gid) end
+              if newer and score ~= 0 then redis.call('HDEL', retracted_key, voter) end
+            end
+          end
+          if newer then
+            if score == 0 then
+              if prev then redis.call('HDEL', voters_key, voter) end
+              redis.call('HSET', retracted_key, voter, ts_text .. ':' .. vote_id)
+              redis.call('EXPIRE', retracted_key, retract_ttl)
+            else
+              redis.call('HSET', voters_key, voter, ts_text .. ':' .. vote_id .. ':' .. score)
+            end
+            if prev_score == 1 then up = -1 elseif prev_score == -1 then down = -1 end
+            if score == 1 then up = up + 1 elseif score == -1 then down = down + 1 end
+          end
+        end
+        -- no change, no write: retracting nothing creates no post
+        if up ~= 0 or down ~= 0 then
+          local u = redis.call('HINCRBY', post_key, 'upvote', up)
+          local d = redis.call('HINCRBY', post_key, 'downvote', down)
+          redis.call('ZADD', top, d - u, post_id)
+        end
+      end
     end
   end
 end
@@ -297,27 +302,32 @@ class VoteStorage:
         return {key_id: fp if old is None else old
                 for (key_id, fp), old in zip(firsts.items(), prior, strict=True)}
 
-    def _part(self, event_id, bucket, votes):
-        """The apply script's command for the votes of one bucket."""
-        keys = [contracts.applied_key(bucket, event_id), contracts.top_key(bucket)]
-        for vote in votes:
-            keys += [contracts.post_key(vote.postId, self.buckets),
-                     contracts.voters_key(vote.postId, self.buckets),
-                     contracts.retracted_key(vote.postId, self.buckets)]
-        once = {}
-        packed = []
-        for vote in votes:
-            slot = 0
-            if vote.key is not None:
-                slot = once.get(vote.key)
-                if slot is None:
-                    keys.append(contracts.once_key(bucket, vote.key))
-                    slot = once[vote.key] = len(keys)  # Lua counts from 1
-            packed.append([vote.postId, vote.score, vote.voterId or "",
-                           str(vote.ts), vote.voteId, slot, vote.fp or ""])
+    def _command(self, event_id, parts):
+        """The apply script's command for some parts of an event
+        [(bucket, votes), ...]: every key named in KEYS, the votes as one
+        JSON argument (far cheaper to pack than a few arguments each)."""
+        keys = []
+        packed_parts = []
+        for bucket, votes in parts:
+            mark = len(keys) + 1  # Lua counts from 1
+            keys += [contracts.applied_key(bucket, event_id), contracts.top_key(bucket)]
+            packed = []
+            once = {}
+            for vote in votes:
+                base = len(keys) + 1
+                keys += contracts.post_keys(bucket, vote.postId)
+                slot = 0
+                if vote.key is not None:
+                    slot = once.get(vote.key)
+                    if slot is None:
+                        keys.append(contracts.once_key(bucket, vote.key))
+                        slot = once[vote.key] = len(keys)
+                packed.append([vote.postId, vote.score, vote.voterId or "",
+                               str(vote.ts), vote.voteId, slot, vote.fp or "", base])
+            packed_parts.append([mark, mark + 1, packed])
         limits = self.limits
         args = ("EVALSHA", self._apply_sha, len(keys), *keys,
-                limits.mark_ttl, json.dumps(packed, separators=(",", ":")),
+                limits.mark_ttl, json.dumps(packed_parts, separators=(",", ":")),
                 limits.idempotency_ttl, int(limits.clock_skew * 1_000_000),
                 limits.retraction_ttl)
         return redis_nodes.Command(keys[0], args, APPLY_SCRIPT)
@@ -342,8 +352,12 @@ class VoteStorage:
                     conflicts += 1
                     continue
                 parts[contracts.bucket_of(vote.postId, self.buckets)].append(vote)
-            results = self.writes.run(
-                [self._part(event_id, bucket, part) for bucket, part in parts.items()])
+            parts = sorted(parts.items())
+            if self.writes.cluster:  # a script may touch one slot only
+                commands = [self._command(event_id, [part]) for part in parts]
+            else:  # one server: one call (none when every vote was a conflict)
+                commands = [self._command(event_id, parts)] if parts else []
+            results = self.writes.run(commands)
         except REDIS_ERRORS as exc:
             store_error(exc)
             raise

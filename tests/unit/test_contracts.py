@@ -55,6 +55,7 @@ def test_every_key_of_a_bucket_is_in_one_hash_slot():
                 contracts.applied_key(bucket, "e1"), contracts.once_key(bucket, "k")]
         assert len({key_slot(key.encode()) for key in keys}) == 1
         assert contracts.bucket_of_key(keys[0]) == bucket
+        assert contracts.post_keys(bucket, post_id) == tuple(keys[:3])
     assert contracts.bucket_of_key(contracts.claim_key("k")) == contracts.bucket_of("k")
 
 
