@@ -7,6 +7,7 @@ import sys
 import time
 import traceback
 
+from bench import store_drain
 from bench.context import Bench
 from bench.env import Environment, SetupError, ensure_wrk
 from bench.machine import code_version, machine_info, versions
@@ -28,6 +29,7 @@ PROFILES = {
         "posts": 1000,          # posts per throughput phase
         "drain_votes": 100_000,
         "drain_fill_max": 45.0,  # seconds of single votes at most
+        "store_drain_votes": 50_000,  # per row: one Redis, Redis Cluster x 10, 500
         "latency_window": 10.0,
         "probe_rate": 100,      # probes per second in the latency phase
         "memory_posts": 20_000,
@@ -50,6 +52,7 @@ PROFILES = {
         "posts": 200,
         "drain_votes": 5_000,
         "drain_fill_max": 3.0,
+        "store_drain_votes": 2_000,
         "latency_window": 2.0,
         "probe_rate": 100,
         "memory_posts": 2_000,
@@ -72,6 +75,7 @@ PHASES = (
     ("reads", reads.run),
     ("batch", batch.run),
     ("drain", lambda bench: (drain.run(bench, "batches"), drain.run(bench, "single"))),
+    ("store_drain", store_drain.run),
     ("latency", latency.run),
     ("memory", lambda bench: (memory.run(bench), memory.rss(bench))),
     ("streams", streams.run),

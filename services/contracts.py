@@ -4,6 +4,7 @@ each defined here once.
 
 The gateway never imports the votes service's code; both import this.
 """
+import zlib
 
 # the vote_cast event: published by the gateway, handled by the votes service
 GATEWAY_SERVICE = "gateway"
@@ -46,43 +47,90 @@ DEAD_LETTER_EXCHANGE = "votes.dead-letter"
 DEAD_LETTER_QUEUE = "votes.dead-letter"
 DEAD_LETTER_ROUTING_KEY = "votes.dead-letter"
 
-# Redis: every key starts with "votes:" (layout in services/votes/dependencies.py)
+# Redis: every key starts with "votes:" (layout in services/votes/dependencies.py).
+# Each post lives in one of ``buckets`` buckets (VOTE_BUCKETS, the same for
+# every process on one database), and every key of a bucket carries the
+# bucket's hash tag, so that Redis Cluster keeps a bucket in one hash slot
+# and one script may touch all of it.
 KEY_PREFIX = "votes:"
-KEY_TOP = KEY_PREFIX + "top"
-_POST = KEY_PREFIX + "post:"
-_VOTERS = KEY_PREFIX + "voters:"
-_RETRACTED = KEY_PREFIX + "retracted:"
-_APPLIED = KEY_PREFIX + "applied:"
-_ONCE = KEY_PREFIX + "once:"
+DEFAULT_BUCKETS = 16
+MAX_BUCKETS = 1024
 
 
-def post_key(post_id):
-    return _POST + post_id
+def bucket_of(post_id, buckets=DEFAULT_BUCKETS):
+    """The bucket (0 .. buckets-1) of a post id, or of an Idempotency-Key's
+    id: CRC-32 of its text, stable across processes and versions."""
+    return zlib.crc32(post_id.encode()) % buckets
 
 
-def voters_key(post_id):
-    return _VOTERS + post_id
+def _tagged(bucket):
+    return "{}{{b{}}}:".format(KEY_PREFIX, bucket)
 
 
-def retracted_key(post_id):
-    return _RETRACTED + post_id
+def post_key(post_id, buckets=DEFAULT_BUCKETS):
+    return _tagged(bucket_of(post_id, buckets)) + "post:" + post_id
 
 
-def applied_key(event_id):
-    return _APPLIED + event_id
+def voters_key(post_id, buckets=DEFAULT_BUCKETS):
+    return _tagged(bucket_of(post_id, buckets)) + "voters:" + post_id
 
 
-def once_key(key_id):
-    return _ONCE + key_id
+def retracted_key(post_id, buckets=DEFAULT_BUCKETS):
+    return _tagged(bucket_of(post_id, buckets)) + "retracted:" + post_id
+
+
+def post_keys(bucket, post_id):
+    """post_key, voters_key and retracted_key of a post in ``bucket`` (its
+    bucket_of), for the apply script, which names them all."""
+    tag = _tagged(bucket)
+    return tag + "post:" + post_id, tag + "voters:" + post_id, tag + "retracted:" + post_id
+
+
+def top_key(bucket):
+    """The leaderboard of one bucket."""
+    return _tagged(bucket) + "top"
+
+
+def applied_key(bucket, event_id):
+    """The exactly-once mark of the part of an event in one bucket."""
+    return _tagged(bucket) + "applied:" + event_id
+
+
+def once_key(bucket, key_id):
+    """An Idempotency-Key's mark in one bucket: the votes of its request in
+    that bucket were applied."""
+    return _tagged(bucket) + "once:" + key_id
+
+
+def claim_key(key_id, buckets=DEFAULT_BUCKETS):
+    """An Idempotency-Key's claim: the fingerprint of the request that
+    first used it, in the bucket of the key's id."""
+    return _tagged(bucket_of(key_id, buckets)) + "claim:" + key_id
 
 
 def post_id_of(key):
     """The post id in a post_key."""
-    return key[len(_POST):]
+    return key.split(":post:", 1)[1]
 
 
-POST_KEY_PATTERN = post_key("*")       # for SCAN MATCH
-APPLIED_KEY_PATTERN = applied_key("*")
+def bucket_of_key(key):
+    """The bucket in a key's hash tag."""
+    return int(key[key.index("{b") + 2:key.index("}")])
+
+
+# for SCAN MATCH ("{" and "}" are plain characters in a pattern)
+POST_KEY_PATTERN = KEY_PREFIX + "{b*}:post:*"
+APPLIED_KEY_PATTERN = KEY_PREFIX + "{b*}:applied:*"
+
+# The layout before buckets (one key per post, one leaderboard), which
+# services.votes.migrate moves to the one above; nothing else reads it.
+LEGACY_TOP = KEY_PREFIX + "top"
+LEGACY_POST = KEY_PREFIX + "post:"
+LEGACY_VOTERS = KEY_PREFIX + "voters:"
+LEGACY_RETRACTED = KEY_PREFIX + "retracted:"
+LEGACY_APPLIED = KEY_PREFIX + "applied:"
+LEGACY_ONCE = KEY_PREFIX + "once:"
+MIGRATED_KEY = KEY_PREFIX + "migrated"  # where a migration has got to
 
 # the counts_changed event: published by the votes service after it applied
 # votes, {"posts": [counts, ...], "top": [counts, ...]}, best effort (not

@@ -4,7 +4,17 @@ A bad value (``APPLIED_MARK_TTL: 0``, ``PUBLISH_TIMEOUT: soon``) would
 otherwise show up much later as a wrong count or a stuck request; here it
 stops the service from starting, with a message that names the setting.
 """
+import yaml
+from nameko.cli.main import setup_yaml_parser
 from nameko.exceptions import ConfigurationError
+
+
+def read_config(path):
+    """A nameko config file as the services read it (${VAR:default}
+    substitution), for the command-line tools."""
+    setup_yaml_parser()
+    with open(path) as handle:
+        return yaml.safe_load(handle)
 
 
 def number(config, key, default, minimum, maximum=None, integer=False):

@@ -16,6 +16,7 @@ import requests
 from nameko.testing.utils import find_free_port
 
 from harness.rabbit import VhostPool, amqp_uri
+from harness.redis_cluster import RedisClusterServers, free_ports_in
 
 AMQP_HOST = os.environ.get("TEST_AMQP_HOST", "127.0.0.1:5672")
 REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1:6379")
@@ -23,6 +24,9 @@ REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1:6379")
 SERVICE_CONTAINER_CLS = "services.platform.container.DeadlineContainer"
 # databases 1-15 in turn; 0 is left to `make run`
 _redis_dbs = itertools.cycle(range(1, 16))
+# where the tests' Redis Clusters listen (their buses on these + 10000)
+CLUSTER_PORTS = range(*(int(p) for p in os.environ.get(
+    "TEST_REDIS_CLUSTER_PORTS", "7100-7200").split("-")))
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +53,8 @@ def rabbit_config(vhost_pool):
 
 
 @pytest.fixture
-def redis_uri():
+def single_redis_uri():
+    """A database of the shared Redis, flushed before and after."""
     uri = "redis://{}/{}".format(REDIS_HOST, next(_redis_dbs))
     client = redis.Redis.from_url(uri)
     client.flushdb()
@@ -59,10 +64,43 @@ def redis_uri():
 
 
 @pytest.fixture
+def redis_uri(single_redis_uri):
+    return single_redis_uri
+
+
+@pytest.fixture
 def redis_client(redis_uri):
     client = redis.Redis.from_url(redis_uri, decode_responses=True)
     yield client
     client.close()
+
+
+def start_redis_cluster(folder):
+    """A private Redis Cluster (harness.redis_cluster), three masters with
+    a replica each, every replica in sync."""
+    servers = RedisClusterServers(folder, free_ports_in(CLUSTER_PORTS, 6))
+    try:
+        servers.start()
+        servers.wait_replicated()
+    except BaseException:
+        servers.stop()
+        raise
+    return servers
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """One Redis Cluster for the tests that share it (each flushes it)."""
+    servers = start_redis_cluster(tmp_path_factory.mktemp("cluster"))
+    yield servers
+    servers.stop()
+
+
+def flush_cluster(servers):
+    for port in servers.masters():
+        with servers.node_client(port) as client:
+            client.flushall()
+    servers.wait_replicated()
 
 
 @pytest.fixture

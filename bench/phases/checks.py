@@ -72,7 +72,7 @@ def correctness(bench):
               "PASS" if ok else "FAIL",
               "{} == {}".format(fmt(total), fmt(expected)) if total == expected
               else "{} != {}".format(fmt(total), fmt(expected)),
-              "each phase settled exactly; then SCAN votes:post:*",
+              "each phase settled exactly; then SCAN votes:{b*}:post:*",
               "{} counted in {} posts, {} answered 202 over {} phases; "
               "{} dead-lettered{}".format(
                  fmt(total), fmt(posts), fmt(expected), len(bench.accepted),

@@ -23,7 +23,7 @@ def run(bench):
         bench.row("Redis memory per post", "{} B".format(fmt(per_post)), "",
                   "{} new posts via POST /votes x1000; MEMORY STATS "
                   "delta".format(fmt(n)),
-                  "post hash + votes:top member + its share of exactly-once marks")
+                  "post hash + bucket leaderboard member + its share of exactly-once marks")
 
         m = bench.p["memory_voter_votes"]
         targets = posts[:bench.p["memory_voter_posts"]]
@@ -40,11 +40,12 @@ def run(bench):
                   "{} votes with voterId via POST /votes x1000; MEMORY "
                   "STATS delta".format(fmt(m)),
                   "{} existing posts, {} distinct voters each; voters hash "
-                  "encoding {}, votes:top {}".format(
+                  "encoding {}, bucket leaderboard {}".format(
                      len(targets), fmt(m // len(targets)),
                      store.execute_command("OBJECT", "ENCODING",
                                            contracts.voters_key(targets[0])),
-                     store.execute_command("OBJECT", "ENCODING", contracts.KEY_TOP)))
+                     store.execute_command("OBJECT", "ENCODING", contracts.top_key(
+                         contracts.bucket_of(targets[0])))))
         # the same 1-vote requests without and with a key: the
         # difference is what the keys' marks cost
         k = bench.p["memory_keys"]
@@ -67,8 +68,9 @@ def run(bench):
                      fmt(bench.figures["key_bytes"])), "",
                   "{} 1-vote POST /votes with a key each, less the same "
                   "without; MEMORY STATS delta".format(fmt(k)),
-                  "{} with its fingerprint, kept for IDEMPOTENCY_TTL".format(
-                     contracts.once_key("<keyId>")))
+                  "{} and {} (one per bucket the request used), each with "
+                  "its fingerprint, kept for IDEMPOTENCY_TTL".format(
+                     contracts.claim_key("<keyId>"), contracts.once_key("N", "<keyId>")))
         for failed in (failures, failures2):
             if failed:
                 bench.notes.append("memory: failed requests {}".format(failed))
@@ -85,9 +87,10 @@ def run(bench):
         info = store.info("memory")
         bench.notes.append(
             "Redis at the end: used_memory {} MB, {} exactly-once marks "
-            "(votes:applied:*, ~{} B each by MEMORY USAGE, kept for "
+            "({}, ~{} B each by MEMORY USAGE, kept for "
             "APPLIED_MARK_TTL)".format(
-                fmt(int(info["used_memory"]) / 1e6, 1), fmt(marks), mark_bytes))
+                fmt(int(info["used_memory"]) / 1e6, 1), fmt(marks),
+                contracts.APPLIED_KEY_PATTERN, mark_bytes))
     finally:
         store.close()
 

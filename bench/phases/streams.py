@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 
 from kombu import Connection, Consumer, Exchange, Queue
@@ -138,12 +139,11 @@ def seed_top(bench, host, port):
     """Ten posts far ahead of every other, so that the phase's votes on
     other posts do not move the top 10 the streams follow; returns them
     and the votes they hold."""
-    store = bench.env.redis()
-    try:
-        first = store.zrevrange(contracts.KEY_TOP, 0, 0, withscores=True)
-    finally:
-        store.close()
-    base = int(first[0][1]) if first else 0
+    # the leader's score, as the service ranks it (over every bucket)
+    with urllib.request.urlopen("http://{}:{}/posts/top?limit=1".format(
+            host, port), timeout=10) as answer:
+        first = json.load(answer)["posts"]
+    base = max(first[0]["score"], 0) if first else 0
     posts = ["st-{}".format(i) for i in range(TOP_N)]
     votes = [{"postId": post, "score": 1} for i, post in enumerate(posts)
              for _ in range(base + TOP_MARGIN + 10 * (TOP_N - i))]

@@ -16,19 +16,21 @@ the mark check below makes the second one harmless, within the mark's TTL).
 
 A message may have been applied to the counts before it was dead-lettered
 (its handler failed after, or part way through, applying it). Replaying it
-after its exactly-once mark ``votes:applied:<eventId>`` has expired
-(``APPLIED_MARK_TTL``) would count it twice. So, per message:
+after its exactly-once marks ``votes:{bN}:applied:<eventId>`` (one per
+bucket its votes fall in) have expired (``APPLIED_MARK_TTL``) would count
+it twice. So, per message:
 
 * ``invalid payload`` or ``undecodable body``: it never reached a worker,
   was never applied, and is replayed (it is dead-lettered again if it is
   still bad);
 * otherwise (``handler failed ...``) the event may have been applied:
 
-  - the votes service looked for the mark when it dead-lettered the
-    message, and if found kept it for good (PERSIST), and wrote the answer
-    in the header ``x-applied-mark``: ``present`` is refused ("applied");
-  - the tool looks for the mark in Redis (``REDIS_URIS.votes`` of the
-    config): found is refused ("applied");
+  - the votes service looked for the marks when it dead-lettered the
+    message, and if it found any kept them for good (PERSIST), and wrote the
+    answer in the header ``x-applied-mark``: ``present`` is refused
+    ("applied");
+  - the tool looks for the marks in Redis (``REDIS_URIS.votes`` of the
+    config, one server or a cluster): any found is refused ("applied");
   - ``x-applied-mark: absent`` (no mark when dead-lettered, none since) is
     replayed;
   - no header, or ``unknown`` (dead-lettered by an older version, or Redis
@@ -50,13 +52,11 @@ import time
 
 import amqp
 import redis
-import yaml
 from kombu import Connection
-from nameko.cli.main import setup_yaml_parser
 
 from services import contracts
 from services.platform import events
-from services.settings import number
+from services.settings import number, read_config
 from services.votes.dependencies import (
     APPLIED_MARK_HEADER,
     DEAD_LETTER_QUEUE,
@@ -66,6 +66,8 @@ from services.votes.dependencies import (
     MARK_PRESENT,
     MARK_TTL_CONFIG_KEY,
     REDIS_KEY,
+    connect,
+    read_buckets,
 )
 
 REASON = events.REASON_HEADER
@@ -122,7 +124,20 @@ def show(connection, out=sys.stdout):
     return len(messages)
 
 
-def why_not(message, store, mark_ttl, now):
+def _marks(message, event_id, buckets):
+    """The exactly-once mark keys of the event's parts, in bucket order
+    (the mark of bucket 0 alone if its body has no votes to place)."""
+    try:
+        body = json.loads(_text(message.body))
+        post_ids = {vote["postId"] for vote in body["votes"]}
+    except (ValueError, TypeError, KeyError):
+        post_ids = set()
+    found = sorted({contracts.bucket_of(post_id, buckets) for post_id in post_ids
+                    if isinstance(post_id, str)}) or [0]
+    return [contracts.applied_key(bucket, event_id) for bucket in found]
+
+
+def why_not(message, store, mark_ttl, now, buckets=contracts.DEFAULT_BUCKETS):
     """None if the message may be replayed without counting anything
     twice; otherwise why not ("applied: ..." or "status unknown: ...")."""
     headers = message.headers or {}
@@ -132,7 +147,8 @@ def why_not(message, store, mark_ttl, now):
     event_id = _event_id(message)
     if event_id is None:
         return "status unknown: dead-lettered by its handler, and no event id"
-    mark = contracts.applied_key(event_id)
+    marks = _marks(message, event_id, buckets)
+    mark = " ".join(marks)
     if headers.get(APPLIED_MARK_HEADER) == MARK_PRESENT:
         return ("applied: event {} had its mark when it was dead-lettered "
                 "(the mark is kept for good)".format(event_id))
@@ -140,12 +156,16 @@ def why_not(message, store, mark_ttl, now):
         return "status unknown: event {}, no Redis to look up {}".format(
             event_id, mark)
     try:
-        found = store.exists(mark)
+        with store.pipeline(transaction=False) as pipe:
+            for key in marks:
+                pipe.exists(key)
+            found = [key for key, exists in zip(marks, pipe.execute(), strict=True)
+                     if exists]
     except redis.RedisError as exc:
         return "status unknown: event {}, Redis did not answer: {}".format(
             event_id, exc)
     if found:
-        return "applied: {} exists".format(mark)
+        return "applied: {} exists".format(" ".join(found))
     if headers.get(APPLIED_MARK_HEADER) == MARK_ABSENT:
         return None
     at = headers.get(DEAD_LETTERED_AT)
@@ -207,7 +227,8 @@ class ConfirmedPublisher:
 
 
 def replay(connection, store=None, mark_ttl=DEFAULT_MARK_TTL, force=False,
-           out=sys.stderr, now=None, confirm_timeout=CONFIRM_TIMEOUT):
+           out=sys.stderr, now=None, confirm_timeout=CONFIRM_TIMEOUT,
+           buckets=contracts.DEFAULT_BUCKETS):
     """Replay every message that may be replayed (see the module doc).
     Returns (replayed, kept back)."""
     now = time.time() if now is None else now
@@ -217,7 +238,7 @@ def replay(connection, store=None, mark_ttl=DEFAULT_MARK_TTL, force=False,
     try:
         for message in _take_all(channel):
             headers = dict(message.headers or {})
-            refusal = why_not(message, store, mark_ttl, now)
+            refusal = why_not(message, store, mark_ttl, now, buckets)
             described = "message {} ({})".format(
                 _event_id(message) or "without event id",
                 (headers.get(REASON) or "no reason")[:80])
@@ -253,9 +274,7 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true",
                         help="replay messages of applied or unknown status too")
     args = parser.parse_args(argv)
-    setup_yaml_parser()
-    with open(args.config) as handle:
-        config = yaml.safe_load(handle)
+    config = read_config(args.config)
     with Connection(config["AMQP_URI"], connect_timeout=5) as connection:
         if args.action == "show":
             count = show(connection)
@@ -264,10 +283,15 @@ def main(argv=None):
         mark_ttl = number(config, MARK_TTL_CONFIG_KEY, DEFAULT_MARK_TTL, 1,
                           integer=True)
         uri = (config.get("REDIS_URIS") or {}).get(REDIS_KEY)
-        store = redis.Redis.from_url(
-            uri, socket_connect_timeout=5, socket_timeout=5) if uri else None
+        store = None
+        if uri:
+            try:
+                store = connect(uri, socket_connect_timeout=5, socket_timeout=5)
+            except redis.RedisError:  # every look-up then says it did not answer
+                store = redis.Redis.from_url(uri, socket_connect_timeout=5)
         try:
-            replayed, kept = replay(connection, store, mark_ttl, args.force)
+            replayed, kept = replay(connection, store, mark_ttl, args.force,
+                                    buckets=read_buckets(config))
         finally:
             if store is not None:
                 store.close()

@@ -1,20 +1,32 @@
 """Redis storage for vote counts, owned by the votes service alone.
 
-Redis layout (every key starts with ``votes:``):
+Redis layout (every key starts with ``votes:``; ``{bN}`` is the hash tag of
+bucket N, one of VOTE_BUCKETS, which a post id's CRC-32 picks; see
+services/contracts.py):
 
-    votes:post:<postId>       hash    upvote, downvote (HINCRBY only)
-    votes:voters:<postId>     hash    voterId -> "<ts>:<voteId>:<score>"
-    votes:retracted:<postId>  hash    voterId -> "<ts>:<voteId>" of recent
-                                      retractions; the key expires
-                                      RETRACTION_TTL seconds after the last
-    votes:top                 zset    postId scored by downvote - upvote
-    votes:applied:<eventId>   string  exactly-once mark of an event, expires
-                                      after APPLIED_MARK_TTL seconds
-    votes:once:<keyId>        string  an Idempotency-Key's mark (the request's
-                                      fingerprint), expires after
-                                      IDEMPOTENCY_TTL seconds
+    votes:{bN}:post:<postId>       hash    upvote, downvote (HINCRBY only)
+    votes:{bN}:voters:<postId>     hash    voterId -> "<ts>:<voteId>:<score>"
+    votes:{bN}:retracted:<postId>  hash    voterId -> "<ts>:<voteId>" of recent
+                                           retractions; the key expires
+                                           RETRACTION_TTL seconds after the last
+    votes:{bN}:top                 zset    the bucket's postIds scored by
+                                           downvote - upvote
+    votes:{bN}:applied:<eventId>   string  exactly-once mark of the part of an
+                                           event in the bucket, expires after
+                                           APPLIED_MARK_TTL seconds
+    votes:{bN}:once:<keyId>        string  an Idempotency-Key's votes in the
+                                           bucket were applied (the request's
+                                           fingerprint), IDEMPOTENCY_TTL
+    votes:{bK}:claim:<keyId>       string  the fingerprint of the request that
+                                           first used the key (bK: the key's
+                                           own bucket), IDEMPOTENCY_TTL
+
+All keys of one bucket share a hash slot, so the same layout serves one
+Redis and a Redis Cluster: each script touches one bucket and names every
+key in KEYS.
 """
 import collections
+import hashlib
 import json
 import logging
 import re
@@ -26,6 +38,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from services import contracts
+from services.platform import redis_nodes
 from services.platform.events import dead_letter_queue
 from services.settings import number
 from services.votes import metrics
@@ -42,13 +55,23 @@ CLOCK_SKEW_CONFIG_KEY = "MAX_CLOCK_SKEW"
 DEFAULT_CLOCK_SKEW = 2.0
 RETRACTION_TTL_CONFIG_KEY = "RETRACTION_TTL"
 DEFAULT_RETRACTION_TTL = 60 * 60
+BUCKETS_CONFIG_KEY = "VOTE_BUCKETS"
+# replicas that must have an event's writes before it is acked; by default
+# 1 when the servers have replicas, else 0
+MIN_REPLICAS_CONFIG_KEY = "REDIS_MIN_REPLICAS"
+WAIT_TIMEOUT_CONFIG_KEY = "REDIS_WAIT_TIMEOUT"  # milliseconds
+DEFAULT_WAIT_TIMEOUT = 1000
 
 
-# One atomic step per event: the mark, every vote and the leaderboard.
-# A redelivered event finds its mark and changes nothing; a vote sent with
-# an Idempotency-Key counts once per key, in whichever event it comes.  Per
+# One atomic step per part of an event (its votes in one bucket): the
+# part's mark, its votes and the bucket's leaderboard. A redelivered part
+# finds its mark and changes nothing (but rewrites the mark, so that a WAIT
+# after it covers the write that set it); a vote sent with an
+# Idempotency-Key counts once per key, in whichever event it comes.  Per
 # voter the vote with the latest (ts, voteId) wins, whatever order events
-# arrive in.
+# arrive in. One call may carry several parts (ARGV[2]: [[mark index, top
+# index, votes], ...], each vote naming its keys by index): on a cluster
+# each call carries one, on one server all the parts of an event.
 APPLY_SCRIPT = """
 -- every input is checked before the first write: an error that can be
 -- foreseen changes nothing, so a retry can never add a vote twice
@@ -58,109 +81,100 @@ if not (mark_ttl and mark_ttl >= 1 and once_ttl and once_ttl >= 1
         and skew and skew >= 0 and retract_ttl and retract_ttl >= 1) then
   return redis.error_reply('ERR apply: bad arguments')
 end
-local votes = cjson.decode(ARGV[2])
--- the event's mark is the first write
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', mark_ttl) then
-  return {-1, 0, 0}
-end
+local parts = cjson.decode(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local function later(ts, id, than_ts, than_id)
   return ts > than_ts or (ts == than_ts and id > than_id)
 end
 local applied, replayed, conflicts = 0, 0, 0
-local once, seen = {}, {}
-for i, vote in ipairs(votes) do
-  local post_id, score, voter, vote_id = vote[1], vote[2], vote[3], vote[5]
-  local base = 2 + 3 * (i - 1)
-  local post_key, voters_key, retracted_key = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
-  local fresh = true
-  if vote[6] > 0 then
-    -- a vote sent with an Idempotency-Key: applied once per key, whatever
-    -- event carries it; copies of one request share their vote ids
-    local once_key = KEYS[vote[6]]
-    local state = once[once_key]
-    if state == nil then
-      local prior = redis.call('GET', once_key)
-      if prior == false then
-        redis.call('SET', once_key, vote[7], 'EX', once_ttl)
-        state = 'new'
-      elseif prior == vote[7] then
-        state = 'replay'
-      else
-        state = 'conflict'
-      end
-      once[once_key] = state
-    end
-    if state == 'new' and not seen[vote_id] then
-      seen[vote_id] = true
-    else
-      fresh = false
-      if state == 'conflict' then conflicts = conflicts + 1 else replayed = replayed + 1 end
-    end
-  end
-  if fresh then
-    applied = applied + 1
-    local up, down = 0, 0
-    if voter == '' then
-      if score == 1 then up = 1 else down = 1 end
-    else
-      -- a time ahead of the store's clock by more than the allowed skew is
-      -- not trusted: the vote takes the store's time instead
-      local ts = tonumber(vote[4])
-      if ts > now + skew then ts = now end
-      local ts_text = string.format('%.0f', ts)
-      local newer, prev_score = true, 0
-      local prev = redis.call('HGET', voters_key, voter)
-      if prev then
-        local pts, pid, ps = string.match(prev, '^(%d+):([^:]+):(-?%d)$')
-        if pts then
-          newer = later(ts, vote_id, tonumber(pts), pid)
-          prev_score = tonumber(ps)
+for _, part in ipairs(parts) do
+  local mark, top = KEYS[part[1]], KEYS[part[2]]
+  -- the part's mark is its first write
+  if not redis.call('SET', mark, '1', 'NX', 'EX', mark_ttl) then
+    redis.call('SET', mark, '1', 'XX', 'KEEPTTL')
+  else
+    local once, seen = {}, {}
+    for _, vote in ipairs(part[3]) do
+      local post_id, score, voter, vote_id = vote[1], vote[2], vote[3], vote[5]
+      local base = vote[8]
+      local post_key, voters_key, retracted_key = KEYS[base], KEYS[base + 1], KEYS[base + 2]
+      local fresh = true
+      if vote[6] > 0 then
+        -- a vote sent with an Idempotency-Key: applied once per key, whatever
+        -- event carries it; copies of one request share their vote ids
+        local once_key = KEYS[vote[6]]
+        local state = once[once_key]
+        if state == nil then
+          local prior = redis.call('GET', once_key)
+          if prior == false then
+            redis.call('SET', once_key, vote[7], 'EX', once_ttl)
+            state = 'new'
+          elseif prior == vote[7] then
+            state = 'replay'
+          else
+            state = 'conflict'
+          end
+          once[once_key] = state
         end
-      else
-        -- a recent retraction outranks an older vote that arrives late
-        local gone = redis.call('HGET', retracted_key, voter)
-        if gone then
-          local gts, gid = string.match(gone, '^(%d+):([^:]+)$')
-          if gts then newer = later(ts, vote_id, tonumber(gts), gid) end
-          if newer and score ~= 0 then redis.call('HDEL', retracted_key, voter) end
-        end
-      end
-      if newer then
-        if score == 0 then
-          if prev then redis.call('HDEL', voters_key, voter) end
-          redis.call('HSET', retracted_key, voter, ts_text .. ':' .. vote_id)
-          redis.call('EXPIRE', retracted_key, retract_ttl)
+        if state == 'new' and not seen[vote_id] then
+          seen[vote_id] = true
         else
-          redis.call('HSET', voters_key, voter, ts_text .. ':' .. vote_id .. ':' .. score)
+          fresh = false
+          if state == 'conflict' then conflicts = conflicts + 1 else replayed = replayed + 1 end
         end
-        if prev_score == 1 then up = -1 elseif prev_score == -1 then down = -1 end
-        if score == 1 then up = up + 1 elseif score == -1 then down = down + 1 end
       end
-    end
-    -- no change, no write: retracting nothing creates no post
-    if up ~= 0 or down ~= 0 then
-      local u = redis.call('HINCRBY', post_key, 'upvote', up)
-      local d = redis.call('HINCRBY', post_key, 'downvote', down)
-      redis.call('ZADD', KEYS[2], d - u, post_id)
+      if fresh then
+        applied = applied + 1
+        local up, down = 0, 0
+        if voter == '' then
+          if score == 1 then up = 1 else down = 1 end
+        else
+          -- a time ahead of the store's clock by more than the allowed skew is
+          -- not trusted: the vote takes the store's time instead
+          local ts = tonumber(vote[4])
+          if ts > now + skew then ts = now end
+          local ts_text = string.format('%.0f', ts)
+          local newer, prev_score = true, 0
+          local prev = redis.call('HGET', voters_key, voter)
+          if prev then
+            local pts, pid, ps = string.match(prev, '^(%d+):([^:]+):(-?%d)$')
+            if pts then
+              newer = later(ts, vote_id, tonumber(pts), pid)
+              prev_score = tonumber(ps)
+            end
+          else
+            -- a recent retraction outranks an older vote that arrives late
+            local gone = redis.call('HGET', retracted_key, voter)
+            if gone then
+              local gts, gid = string.match(gone, '^(%d+):([^:]+)$')
+              if gts then newer = later(ts, vote_id, tonumber(gts), gid) end
+              if newer and score ~= 0 then redis.call('HDEL', retracted_key, voter) end
+            end
+          end
+          if newer then
+            if score == 0 then
+              if prev then redis.call('HDEL', voters_key, voter) end
+              redis.call('HSET', retracted_key, voter, ts_text .. ':' .. vote_id)
+              redis.call('EXPIRE', retracted_key, retract_ttl)
+            else
+              redis.call('HSET', voters_key, voter, ts_text .. ':' .. vote_id .. ':' .. score)
+            end
+            if prev_score == 1 then up = -1 elseif prev_score == -1 then down = -1 end
+            if score == 1 then up = up + 1 elseif score == -1 then down = down + 1 end
+          end
+        end
+        -- no change, no write: retracting nothing creates no post
+        if up ~= 0 or down ~= 0 then
+          local u = redis.call('HINCRBY', post_key, 'upvote', up)
+          local d = redis.call('HINCRBY', post_key, 'downvote', down)
+          redis.call('ZADD', top, d - u, post_id)
+        end
+      end
     end
   end
 end
 return {applied, replayed, conflicts}
-"""
-
-# ZRANGE and the counts in one step, so the list is never torn.
-TOP_SCRIPT = """
-local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-local out = {}
-for _, id in ipairs(ids) do
-  local c = redis.call('HMGET', ARGV[2] .. id, 'upvote', 'downvote')
-  table.insert(out, id)
-  table.insert(out, c[1])
-  table.insert(out, c[2])
-end
-return out
 """
 
 # Redis replies that mean "not now", not "never": out of memory (OOM), cannot
@@ -226,8 +240,12 @@ def store_error(exc):
 REDIS_ERRORS = (redis.RedisError,)
 
 Applied = collections.namedtuple("Applied", "votes replayed conflicts")
+# min_replicas None: 1 if the servers have replicas, else 0
 Limits = collections.namedtuple(
-    "Limits", "mark_ttl idempotency_ttl clock_skew retraction_ttl")  # passed through store_error()
+    "Limits", "mark_ttl idempotency_ttl clock_skew retraction_ttl buckets "
+    "min_replicas wait_timeout",
+    defaults=(contracts.DEFAULT_BUCKETS, None, DEFAULT_WAIT_TIMEOUT))
+TOP_READS = 3  # reads of the top until its order and its counts agree
 
 
 def counts_dict(post_id, upvote, downvote, my_vote=None):
@@ -248,57 +266,115 @@ def _voter_score(entry):
 
 
 class VoteStorage:
-    """The domain verbs over one Redis client; safe to share among workers."""
+    """The domain verbs over one Redis client (a plain one or a
+    RedisCluster); safe to share among workers."""
 
     def __init__(self, client, limits):
         self.client = client
         self.limits = limits
-        self._apply = client.register_script(APPLY_SCRIPT)
-        self._top = client.register_script(TOP_SCRIPT)
+        self.buckets = limits.buckets
+        min_replicas = limits.min_replicas
+        if min_replicas is None:
+            min_replicas = 1 if redis_nodes.replica_count(client) else 0
+        self.min_replicas = min_replicas
+        self.writes = redis_nodes.WriteRouter(
+            client, min_replicas, limits.wait_timeout,
+            on_redirect=lambda kind: metrics.redirects.labels(kind).inc())
+        self._apply_sha = _sha(APPLY_SCRIPT)  # loaded on the first NOSCRIPT
+
+    def _claims(self, votes):
+        """{keyId: the fingerprint it is claimed for}: each Idempotency-Key
+        of the event is claimed (SET NX GET) in its own bucket before any
+        part is applied, so that another request under the same key is a
+        conflict in every bucket, not only in those the first one used."""
+        firsts = {}
+        for vote in votes:
+            if vote.key is not None:
+                firsts.setdefault(vote.key, vote.fp or "")
+        if not firsts:
+            return {}
+        ttl = self.limits.idempotency_ttl
+        commands = [redis_nodes.Command(key, ("SET", key, fp, "NX", "GET", "EX", ttl),
+                                        options={"get": True})
+                    for key, fp in ((contracts.claim_key(k, self.buckets), fp)
+                                    for k, fp in firsts.items())]
+        prior = self.writes.run(commands)
+        return {key_id: fp if old is None else old
+                for (key_id, fp), old in zip(firsts.items(), prior, strict=True)}
+
+    def _command(self, event_id, parts):
+        """The apply script's command for some parts of an event
+        [(bucket, votes), ...]: every key named in KEYS, the votes as one
+        JSON argument (far cheaper to pack than a few arguments each)."""
+        keys = []
+        packed_parts = []
+        for bucket, votes in parts:
+            mark = len(keys) + 1  # Lua counts from 1
+            keys += [contracts.applied_key(bucket, event_id), contracts.top_key(bucket)]
+            packed = []
+            once = {}
+            for vote in votes:
+                base = len(keys) + 1
+                keys += contracts.post_keys(bucket, vote.postId)
+                slot = 0
+                if vote.key is not None:
+                    slot = once.get(vote.key)
+                    if slot is None:
+                        keys.append(contracts.once_key(bucket, vote.key))
+                        slot = once[vote.key] = len(keys)
+                packed.append([vote.postId, vote.score, vote.voterId or "",
+                               str(vote.ts), vote.voteId, slot, vote.fp or "", base])
+            packed_parts.append([mark, mark + 1, packed])
+        limits = self.limits
+        args = ("EVALSHA", self._apply_sha, len(keys), *keys,
+                limits.mark_ttl, json.dumps(packed_parts, separators=(",", ":")),
+                limits.idempotency_ttl, int(limits.clock_skew * 1_000_000),
+                limits.retraction_ttl)
+        return redis_nodes.Command(keys[0], args, APPLY_SCRIPT)
 
     def apply(self, event_id, votes):
         """Apply the votes of one event, once. Returns Applied: how many
         votes were applied, and how many keyed votes were skipped as
         replays of their key or as conflicts with it (all 0 when the event
-        had been applied before)."""
-        # every key is named in KEYS (as Redis Cluster requires); the votes
-        # travel as one JSON argument, far cheaper to pack than five each
-        keys = [contracts.applied_key(event_id), contracts.KEY_TOP]
-        for vote in votes:
-            keys += [contracts.post_key(vote.postId), contracts.voters_key(vote.postId),
-                     contracts.retracted_key(vote.postId)]
-        once = {}
-        packed = []
-        for vote in votes:
-            slot = 0
-            if vote.key is not None:
-                slot = once.get(vote.key)
-                if slot is None:
-                    keys.append(contracts.once_key(vote.key))
-                    slot = once[vote.key] = len(keys)  # Lua counts from 1
-            packed.append([vote.postId, vote.score, vote.voterId or "",
-                           str(vote.ts), vote.voteId, slot, vote.fp or ""])
-        limits = self.limits
+        had been applied before).
+
+        The event is split by bucket; each part is applied by one script
+        with a mark of its own, so that a retry after a failure part way
+        applies only the parts still missing. It returns only when every
+        part is applied (and, with REDIS_MIN_REPLICAS, on that many
+        replicas); else it raises."""
         try:
-            result = self._apply(keys=keys, args=[
-                limits.mark_ttl, json.dumps(packed, separators=(",", ":")),
-                limits.idempotency_ttl, int(limits.clock_skew * 1_000_000),
-                limits.retraction_ttl,
-            ])
+            claims = self._claims(votes)
+            conflicts = 0
+            parts = collections.defaultdict(list)
+            for vote in votes:
+                if vote.key is not None and claims[vote.key] != (vote.fp or ""):
+                    conflicts += 1
+                    continue
+                parts[contracts.bucket_of(vote.postId, self.buckets)].append(vote)
+            parts = sorted(parts.items())
+            if self.writes.cluster:  # a script may touch one slot only
+                commands = [self._command(event_id, [part]) for part in parts]
+            else:  # one server: one call (none when every vote was a conflict)
+                commands = [self._command(event_id, parts)] if parts else []
+            results = self.writes.run(commands)
         except REDIS_ERRORS as exc:
             store_error(exc)
             raise
-        applied, replayed, conflicts = result
-        return Applied(max(applied, 0), replayed, conflicts)
+        applied = sum(max(result[0], 0) for result in results)
+        replayed = sum(result[1] for result in results)
+        conflicts += sum(result[2] for result in results)
+        return Applied(applied, replayed, conflicts)
 
     def counts_many(self, queries):
         """[(post_id, voter_id or None), ...] -> [counts or None, ...]"""
         try:
-            with self.client.pipeline(transaction=True) as pipe:
+            with self.client.pipeline(transaction=False) as pipe:
                 for post_id, voter_id in queries:
-                    pipe.hmget(contracts.post_key(post_id), "upvote", "downvote")
+                    pipe.hmget(contracts.post_key(post_id, self.buckets),
+                               "upvote", "downvote")
                     if voter_id is not None:
-                        pipe.hget(contracts.voters_key(post_id), voter_id)
+                        pipe.hget(contracts.voters_key(post_id, self.buckets), voter_id)
                 replies = iter(pipe.execute())
         except REDIS_ERRORS as exc:
             store_error(exc)
@@ -323,21 +399,51 @@ class VoteStorage:
 
     def ping(self):
         try:
-            return self.client.ping()
+            return bool(self.client.ping())
         except REDIS_ERRORS:
             return False
 
     def top(self, limit):
+        """The top ``limit`` posts: score descending, ties by postId. The
+        first ``limit`` of each bucket's leaderboard are merged, then the
+        counts of the winners read; if a vote came in between (a count that
+        disagrees with its rank), it is read again, up to TOP_READS times."""
         try:
-            flat = self._top(keys=[contracts.KEY_TOP],
-                             args=[limit, contracts.post_key("")])
+            for _ in range(TOP_READS):
+                with self.client.pipeline(transaction=False) as pipe:
+                    for bucket in range(self.buckets):
+                        pipe.zrange(contracts.top_key(bucket), 0, limit - 1,
+                                    withscores=True)
+                    ranked = sorted((score, post_id) for ranks in pipe.execute()
+                                    for post_id, score in ranks)[:limit]
+                with self.client.pipeline(transaction=False) as pipe:
+                    for _, post_id in ranked:
+                        pipe.hmget(contracts.post_key(post_id, self.buckets),
+                                   "upvote", "downvote")
+                    counts = [counts_dict(post_id, up, down) for (_, post_id), (up, down)
+                              in zip(ranked, pipe.execute(), strict=True)]
+                if all(-c["score"] == score for c, (score, _) in zip(counts, ranked, strict=True)):
+                    break
         except REDIS_ERRORS as exc:
             store_error(exc)
             raise
-        return [
-            counts_dict(flat[i], flat[i + 1], flat[i + 2])
-            for i in range(0, len(flat), 3)
-        ]
+        return counts
+
+    def seal_marks(self, event_id, post_ids):
+        """Whether any part of the event has its exactly-once mark, each
+        mark made to last for good (PERSIST): see seal_applied_mark."""
+        keys = sorted({contracts.applied_key(contracts.bucket_of(p, self.buckets), event_id)
+                       for p in post_ids})
+        with self.client.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.exists(key)
+                pipe.persist(key)
+            replies = pipe.execute()
+        return any(replies[0::2])
+
+
+def _sha(script):
+    return hashlib.sha1(script.encode()).hexdigest()
 
 
 def read_limits(config):
@@ -355,21 +461,43 @@ def read_limits(config):
                           0, 3600),
         retraction_ttl=number(config, RETRACTION_TTL_CONFIG_KEY,
                               DEFAULT_RETRACTION_TTL, 1, year, integer=True),
+        buckets=read_buckets(config),
+        min_replicas=None if config.get(MIN_REPLICAS_CONFIG_KEY) is None else
+        number(config, MIN_REPLICAS_CONFIG_KEY, 0, 0, 16, integer=True),
+        wait_timeout=number(config, WAIT_TIMEOUT_CONFIG_KEY, DEFAULT_WAIT_TIMEOUT,
+                            1, 60_000, integer=True),
     )
 
 
+def read_buckets(config):
+    """VOTE_BUCKETS, checked: it must be the same for every process and
+    tool on one database (changing it moves every post)."""
+    return number(config, BUCKETS_CONFIG_KEY, contracts.DEFAULT_BUCKETS, 1,
+                  contracts.MAX_BUCKETS, integer=True)
+
+
+REDIS_OPTIONS = dict(
+    decode_responses=True,
+    socket_connect_timeout=1,
+    socket_timeout=2,
+    # one quick retry covers a pooled connection Redis has closed;
+    # longer outages are retried by the consumer, with back-off
+    retry=Retry(NoBackoff(), 1),
+)
+
+
+def connect(uri, **options):
+    """A client for ``uri``: redis-py's RedisCluster when it names a node
+    of a Redis Cluster (INFO cluster), else a plain one."""
+    return redis_nodes.connect(uri, **dict(REDIS_OPTIONS, **options))
+
+
 class VoteStore(Redis):
-    """nameko-redis provider that injects VoteStorage and closes its pool."""
+    """nameko-redis provider that injects VoteStorage and closes its pool.
+    REDIS_URIS.votes may name one Redis or any node of a Redis Cluster."""
 
     def __init__(self):
-        super().__init__(
-            REDIS_KEY,
-            socket_connect_timeout=1,
-            socket_timeout=2,
-            # one quick retry covers a pooled connection Redis has closed;
-            # longer outages are retried by the consumer, with back-off
-            retry=Retry(NoBackoff(), 1),
-        )
+        super().__init__(REDIS_KEY, **REDIS_OPTIONS)
         self.storage = None
 
     def setup(self):
@@ -377,7 +505,7 @@ class VoteStore(Redis):
         self.limits = read_limits(self.container.config)
 
     def start(self):
-        super().start()
+        self.client = redis_nodes.connect(self.redis_uri, **self.options)
         self.storage = VoteStorage(self.client, self.limits)
 
     def stop(self):
@@ -406,23 +534,20 @@ MARK_ABSENT = "absent"    # no mark: not applied, as far as Redis could tell
 MARK_UNKNOWN = "unknown"  # Redis could not be asked
 
 
-def seal_applied_mark(client, event_id):
-    """Whether the event's exactly-once mark exists, in one MULTI with a
-    PERSIST of it: an applied event that is dead-lettered keeps its mark
-    for good, so that a replay, however late, changes nothing."""
-    if client is None:
+def seal_applied_mark(storage, event):
+    """Whether the event's exactly-once marks exist (any of them: it may
+    have been applied in part), each kept for good with PERSIST: an applied
+    event that is dead-lettered keeps its marks, so that a replay, however
+    late, applies no part twice."""
+    if storage is None:
         return MARK_UNKNOWN
-    key = contracts.applied_key(event_id)
     try:
-        with client.pipeline(transaction=True) as pipe:
-            pipe.exists(key)
-            pipe.persist(key)
-            exists, _ = pipe.execute()
+        found = storage.seal_marks(event.id, [vote.postId for vote in event.votes])
     except redis.RedisError as exc:
-        _log.error("could not look up the mark of dead-lettered event %s: %r",
-                   event_id, exc)
+        _log.error("could not look up the marks of dead-lettered event %s: %r",
+                   event.id, exc)
         return MARK_UNKNOWN
-    return MARK_PRESENT if exists else MARK_ABSENT
+    return MARK_PRESENT if found else MARK_ABSENT
 
 
 def failed_event_headers(container, event):
@@ -432,7 +557,7 @@ def failed_event_headers(container, event):
     event_id = getattr(event, "id", None)
     if event_id is None:
         return {}
-    client = next((provider.client for provider in container.dependencies
-                   if isinstance(provider, VoteStore)), None)
+    storage = next((provider.storage for provider in container.dependencies
+                    if isinstance(provider, VoteStore)), None)
     return {EVENT_ID_HEADER: event_id,
-            APPLIED_MARK_HEADER: seal_applied_mark(client, event_id)}
+            APPLIED_MARK_HEADER: seal_applied_mark(storage, event)}

@@ -33,3 +33,7 @@ key_conflicts = Counter(
     "votes_idempotency_conflicts_total",
     "Votes skipped because their Idempotency-Key had been used for another "
     "vote.")
+redirects = Counter(
+    "votes_store_redirects_total",
+    "Writes a Redis Cluster sent elsewhere (MOVED: the slot has moved, ASK: "
+    "it is moving), followed at once.", ["kind"])

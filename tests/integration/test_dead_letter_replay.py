@@ -140,7 +140,7 @@ def test_applied_event_is_not_replayed_after_its_mark_would_have_expired(
     event_dispatcher(config)(contracts.GATEWAY_SERVICE, contracts.VOTE_CAST, event)
     assert wait_for_depth(amqp_uri, DEAD_LETTER_QUEUE.name, 1) == 1
     failing.stop()
-    mark = contracts.applied_key(event["id"])
+    mark = contracts.applied_key(contracts.bucket_of("dl1"), event["id"])
     # the service found the mark when it dead-lettered the event, and kept it
     assert redis_client.ttl(mark) == -1
     assert redis_client.hgetall(contracts.post_key("dl1")) == {
@@ -187,7 +187,8 @@ def test_replay_looks_up_the_mark_of_events_its_handler_failed(
     ttl, now = 100, int(time.time())
     applied, old, recent, absent = (make_event(event_id=name) for name in (
         "applied", "old", "recent", "absent"))
-    redis_client.set(contracts.applied_key("applied"), "1", ex=ttl)
+    applied_mark = contracts.applied_key(contracts.bucket_of("348"), "applied")
+    redis_client.set(applied_mark, "1", ex=ttl)
     # dead-lettered before x-applied-mark was written: looked up in Redis
     dead_letter(amqp_uri, applied, HANDLER_FAILED)
     dead_letter(amqp_uri, old, HANDLER_FAILED, **{
@@ -210,7 +211,7 @@ def test_replay_looks_up_the_mark_of_events_its_handler_failed(
         recent, absent, ["not", "an", "event"]]
     assert bodies(amqp_uri, DEAD_LETTER_QUEUE.name) == [applied, old]
     assert len(lines) == 2
-    assert "applied: votes:applied:applied exists" in lines[0]
+    assert "applied: {} exists".format(applied_mark) in lines[0]
     assert "status unknown: event old was dead-lettered 100 s ago" in lines[1]
 
     # Redis not answering: nothing of unknown status goes

@@ -1,7 +1,11 @@
 """One vote per voter per post, and the leaderboard, end to end."""
 import time
 
+import pytest
+
 from tests.integration.test_pipeline import counts
+
+pytestmark = pytest.mark.stores
 
 
 def settle(web_session, post, voter, expected, timeout=20):

@@ -21,6 +21,7 @@ from services.votes.service import VotesService
 from tests.conftest import make_event, make_vote
 
 DEAD_LETTER_QUEUE = contracts.DEAD_LETTER_QUEUE
+TOP_348 = contracts.top_key(contracts.bucket_of("348"))
 VOTES_QUEUE = contracts.VOTES_QUEUE
 
 
@@ -82,7 +83,7 @@ def test_event_creates_and_updates_a_post(votes, dispatch, rpc, redis_client):
         "postId": "348", "upvote": 2, "downvote": 1, "score": 1}
     assert redis_client.hgetall(contracts.post_key("348")) == {
         "upvote": "2", "downvote": "1"}
-    assert redis_client.zscore(contracts.KEY_TOP, "348") == -1
+    assert redis_client.zscore(TOP_348, "348") == -1
 
 
 def test_redelivered_event_counts_once(votes, dispatch, rpc, redis_client):
@@ -92,8 +93,10 @@ def test_redelivered_event_counts_once(votes, dispatch, rpc, redis_client):
 
     assert rpc.get_counts("348")["upvote"] == 1
     assert rpc.get_counts("9")["downvote"] == 1
-    mark_ttl = redis_client.ttl(contracts.applied_key(event["id"]))
-    assert 86390 < mark_ttl <= 86400
+    for post_id in ("348", "9"):
+        bucket = contracts.bucket_of(post_id)
+        mark_ttl = redis_client.ttl(contracts.applied_key(bucket, event["id"]))
+        assert 86390 < mark_ttl <= 86400
 
 
 @pytest.mark.parametrize("payload, reason", [
@@ -214,7 +217,8 @@ def test_retracting_nothing_creates_nothing(votes, dispatch, rpc, redis_client):
         rpc.get_counts("empty")
     assert raised.value.exc_type == "NotFound"
     assert redis_client.keys(contracts.POST_KEY_PATTERN) == []
-    assert redis_client.zrange(contracts.KEY_TOP, 0, -1) == []
+    assert redis_client.zrange(contracts.top_key(contracts.bucket_of("empty")),
+                               0, -1) == []
     with pytest.raises(RemoteError) as raised:
         rpc.vote("empty", 0, voter_id="bob")
     assert raised.value.exc_type == "NotFound"
@@ -280,8 +284,10 @@ def test_keyed_votes_count_once_per_key(votes, dispatch, rpc, redis_client):
     cast(votes, dispatch, make_event(*batch))
     assert rpc.get_counts("348") == {
         "postId": "348", "upvote": 2, "downvote": 1, "score": 1}
-    assert redis_client.get(contracts.once_key(key)) == fp
-    assert 86000 < redis_client.ttl(contracts.once_key(key)) <= 86400
+    once = contracts.once_key(contracts.bucket_of("348"), key)
+    for mark in (contracts.claim_key(key), once):
+        assert redis_client.get(mark) == fp
+        assert 86000 < redis_client.ttl(mark) <= 86400
 
 
 def test_rpc_vote_with_an_idempotency_key(votes, rpc):
@@ -383,3 +389,46 @@ def test_dead_letters_shown_then_replayed(votes, dispatch, rpc, config, tmp_path
         assert dead_letter_tool.main(["replay", "--config", str(config_file)]) == 0
     assert rpc.get_counts("dl") == {"postId": "dl", "upvote": 0, "downvote": 1, "score": -1}
     assert queue_depth(config["AMQP_URI"], DEAD_LETTER_QUEUE) == 0
+
+
+def two_buckets():
+    """Two post ids in different buckets."""
+    first = "348"
+    other = next(post for post in ("p{}".format(i) for i in range(100))
+                 if contracts.bucket_of(post) != contracts.bucket_of(first))
+    return first, other
+
+
+def test_a_retry_applies_only_the_parts_still_missing(redis_uri, redis_client):
+    """An event whose part in one bucket was applied before a failure:
+    the retry applies the other part, and nothing twice."""
+    first, other = two_buckets()
+    storage = VoteStorage(redis.Redis.from_url(redis_uri, decode_responses=True),
+                          Limits(60, 60, 2.0, 60))
+    votes = [schemas.parse_vote(make_vote(postId=post)) for post in (first, other)]
+    storage.apply("e1", votes[:1])  # as if the failure came after this part
+    assert tuple(storage.apply("e1", votes)) == (1, 0, 0)
+    assert tuple(storage.apply("e1", votes)) == (0, 0, 0)
+    assert storage.counts_many([(first, None), (other, None)]) == [
+        {"postId": post, "upvote": 1, "downvote": 0, "score": 1} for post in (first, other)]
+
+
+def test_a_claimed_key_whose_parts_were_not_applied_is_applied_on_retry(
+        redis_uri, redis_client):
+    """The key was claimed, then the worker died before any part: the
+    redelivered event must apply its votes (once), and another request
+    under the key stays a conflict in every bucket."""
+    first, other = two_buckets()
+    key = rules.key_id("k-9")
+    fp = rules.fingerprint([(first, 1, None)])
+    redis_client.set(contracts.claim_key(key), fp, ex=60)
+    storage = VoteStorage(redis.Redis.from_url(redis_uri, decode_responses=True),
+                          Limits(60, 60, 2.0, 60))
+    keyed = [schemas.parse_vote(make_vote(postId=first, voteId=key, key=key, fp=fp))]
+    assert tuple(storage.apply("e1", keyed)) == (1, 0, 0)
+    assert tuple(storage.apply("e2", keyed)) == (0, 1, 0)
+    conflicting = [schemas.parse_vote(make_vote(postId=other, voteId=key, key=key,
+                                                fp=rules.fingerprint([(other, 1, None)])))]
+    assert tuple(storage.apply("e3", conflicting)) == (0, 0, 1)
+    assert storage.counts_many([(first, None), (other, None)]) == [
+        {"postId": first, "upvote": 1, "downvote": 0, "score": 1}, None]

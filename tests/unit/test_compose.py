@@ -25,6 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+CLUSTER_COMPOSE_FILE = ROOT / "docker-compose.cluster.yml"
 SCHEMA_FILE = ROOT / "tests" / "data" / "compose_spec.json"
 DOCKERFILE = ROOT / "Dockerfile"
 CONFIG_FILE = ROOT / "config.yml"
@@ -39,14 +40,19 @@ ALL_SERVICES = set(APPS) | set(BACKING)
 EXACT_TAG = re.compile(r"^\d+\.\d+\.\d+(-[a-z0-9.-]+)?$")
 
 
-def load_compose():
-    with open(COMPOSE_FILE) as f:
+def load_compose(path=COMPOSE_FILE):
+    with open(path) as f:
         return yaml.safe_load(f)
 
 
 @pytest.fixture(scope="module")
 def compose():
     return load_compose()
+
+
+@pytest.fixture(scope="module")
+def cluster_compose():
+    return load_compose(CLUSTER_COMPOSE_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +221,80 @@ def test_every_app_environment_variable_is_read_by_config_yml(compose):
 def test_app_healthchecks_use_the_healthcheck_module(compose, name, url):
     assert healthcheck_argv(compose["services"][name]) == [
         "CMD", "python", "-m", "services.healthcheck", url]
+
+
+# --- docker-compose.cluster.yml: the same apps on a Redis Cluster -------------
+
+REDIS_NODES = ["redis-{}".format(n) for n in range(1, 7)]
+CLUSTER_CREATE = "redis-cluster-create"
+
+
+def test_cluster_compose_file_is_valid_against_compose_spec(cluster_compose, schema):
+    validator = jsonschema.Draft201909Validator(schema)
+    errors = sorted(validator.iter_errors(cluster_compose), key=str)
+    assert errors == [], "\n".join(e.message for e in errors)
+
+
+def test_cluster_compose_has_six_nodes_and_a_one_shot_create(cluster_compose):
+    assert "version" not in cluster_compose
+    assert set(cluster_compose["services"]) == (
+        set(APPS) | {"rabbitmq", CLUSTER_CREATE} | set(REDIS_NODES))
+
+
+def test_cluster_services_have_healthchecks_and_restart_policies(cluster_compose):
+    for name, service in cluster_compose["services"].items():
+        healthcheck = service["healthcheck"]
+        assert healthcheck["test"][0] in ("CMD", "CMD-SHELL"), name
+        assert healthcheck["interval"] and healthcheck["timeout"], name
+        assert healthcheck["retries"] >= 1, name
+        assert "container_name" not in service, name
+        assert service["restart"] == ("no" if name == CLUSTER_CREATE else "unless-stopped")
+
+
+def test_cluster_nodes_are_pinned_cluster_enabled_and_persistent(cluster_compose):
+    services = cluster_compose["services"]
+    images = {services[name]["image"] for name in REDIS_NODES + [CLUSTER_CREATE]}
+    assert len(images) == 1
+    repository, _, tag = images.pop().partition(":")
+    assert repository == "redis" and EXACT_TAG.match(tag), tag
+    for name in REDIS_NODES:
+        node = services[name]
+        argv = command_argv(node)
+        assert argv[0] == "redis-server", name
+        options = dict(zip(argv[1::2], argv[2::2], strict=True))
+        assert options["--cluster-enabled"] == "yes", name
+        assert options["--cluster-announce-hostname"] == node["hostname"] == name
+        assert options["--appendonly"] == "yes", name
+        assert node["volumes"] == ["{}-data:/data".format(name)]
+        assert "{}-data".format(name) in cluster_compose["volumes"]
+        assert "ports" not in node, name
+
+
+def test_cluster_create_makes_three_masters_with_a_replica_each(cluster_compose):
+    create = cluster_compose["services"][CLUSTER_CREATE]
+    script = " ".join(create["command"])
+    assert "redis-cli --cluster create" in script
+    assert "--cluster-replicas 1 --cluster-yes" in script
+    assert "for host in {};".format(" ".join(REDIS_NODES)) in script
+    assert "cluster_state:ok" in script
+    assert create["depends_on"] == {
+        name: {"condition": "service_healthy"} for name in REDIS_NODES}
+
+
+def test_cluster_apps_are_the_apps_of_docker_compose_yml(compose, cluster_compose):
+    """The same gateway and votes, but waiting for the cluster and pointed
+    at one of its nodes."""
+    for name in APPS:
+        single = copy.deepcopy(compose["services"][name])
+        cluster = copy.deepcopy(cluster_compose["services"][name])
+        assert cluster.pop("depends_on") == {
+            "rabbitmq": {"condition": "service_healthy"},
+            CLUSTER_CREATE: {"condition": "service_completed_successfully"}}
+        single.pop("depends_on")
+        assert env_of(cluster)["REDIS_URI"] == "redis://redis-1:6379/0"
+        single["environment"]["REDIS_URI"] = cluster["environment"]["REDIS_URI"]
+        assert cluster == single, name
+    assert cluster_compose["services"]["rabbitmq"] == compose["services"]["rabbitmq"]
 
 
 # --- the Dockerfile and .dockerignore --------------------------------------

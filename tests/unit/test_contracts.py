@@ -1,9 +1,11 @@
 """The wire contract (services/contracts.py) against what nameko and the
 services really declare: renaming a handler or a method without the
 contract fails here, not in production with a queue nobody reads."""
+import pytest
 from nameko.events import EventHandler
 from nameko.rpc import Rpc
 from nameko.testing.utils import get_extension
+from redis.crc import key_slot
 
 from services import contracts
 from services.gateway.service import GatewayService
@@ -35,7 +37,29 @@ def test_service_names():
 
 def test_key_builders_and_patterns():
     assert contracts.post_id_of(contracts.post_key("0348")) == "0348"
+    assert contracts.post_id_of(contracts.post_key("a:post:b")) == "a:post:b"
     assert contracts.POST_KEY_PATTERN.endswith("*")
+    bucket = contracts.bucket_of("x")
     assert len({contracts.post_key("x"), contracts.voters_key("x"),
-                contracts.retracted_key("x"), contracts.applied_key("x"),
-                contracts.once_key("x"), contracts.KEY_TOP}) == 6
+                contracts.retracted_key("x"), contracts.applied_key(bucket, "x"),
+                contracts.once_key(bucket, "x"), contracts.claim_key("x"),
+                contracts.top_key(bucket)}) == 7
+
+
+def test_every_key_of_a_bucket_is_in_one_hash_slot():
+    """What lets one script touch a whole bucket on a Redis Cluster."""
+    for post_id in ("348", "0348", "p-17", "z" * 64):
+        bucket = contracts.bucket_of(post_id)
+        keys = [contracts.post_key(post_id), contracts.voters_key(post_id),
+                contracts.retracted_key(post_id), contracts.top_key(bucket),
+                contracts.applied_key(bucket, "e1"), contracts.once_key(bucket, "k")]
+        assert len({key_slot(key.encode()) for key in keys}) == 1
+        assert contracts.bucket_of_key(keys[0]) == bucket
+        assert contracts.post_keys(bucket, post_id) == tuple(keys[:3])
+    assert contracts.bucket_of_key(contracts.claim_key("k")) == contracts.bucket_of("k")
+
+
+@pytest.mark.parametrize("buckets", [1, 2, 16, 1024])
+def test_buckets_cover_their_range(buckets):
+    seen = {contracts.bucket_of("p{}".format(i), buckets) for i in range(20 * buckets)}
+    assert seen == set(range(buckets))

@@ -125,12 +125,13 @@ def test_other_redis_errors_are_not_transient():
 
 def storage_failing_with(exc):
     client = mock.Mock()
-    client.register_script.return_value = mock.Mock(side_effect=exc)
+    client.execute_command = mock.Mock(side_effect=exc)
     client.pipeline.return_value.__enter__ = mock.Mock(
         return_value=mock.Mock(execute=mock.Mock(side_effect=exc)))
     client.pipeline.return_value.__exit__ = mock.Mock(return_value=False)
     return VoteStorage(client, Limits(mark_ttl=60, idempotency_ttl=60,
-                                      clock_skew=2.0, retraction_ttl=60))
+                                      clock_skew=2.0, retraction_ttl=60,
+                                      min_replicas=0))
 
 
 def error_count(kind):
