@@ -21,11 +21,45 @@ class IdempotencyKeyReused(Exception):
     """An Idempotency-Key came back with a different request."""
 
 
+class VoterTokenError(Exception):
+    """A request names a voter without a token that proves it."""
+
+
+class VoterTokenMissing(VoterTokenError):
+    pass
+
+
+class VoterTokenExpired(VoterTokenError):
+    pass
+
+
+class VoterTokenInvalid(VoterTokenError):
+    """Malformed, badly signed, or without a required claim."""
+
+
+class VoterTokenWrongAudience(VoterTokenError):
+    pass
+
+
+class VoterTokenWrongVoter(VoterTokenError):
+    pass
+
+
+class VoterTokenWrongPost(VoterTokenError):
+    pass
+
+
 # The gateway's answers: exception -> (status, error code), matched with
 # isinstance, in order. This table alone decides what is a 4xx (or 503)
 # and what is an unexpected 500 (services.platform.web).
 ERRORS = (
     ((ValidationError, TooManyFields), 400, "VALIDATION_ERROR"),
+    (VoterTokenMissing, 401, "VOTER_TOKEN_MISSING"),
+    (VoterTokenExpired, 401, "VOTER_TOKEN_EXPIRED"),
+    (VoterTokenInvalid, 401, "VOTER_TOKEN_INVALID"),
+    (VoterTokenWrongAudience, 401, "VOTER_TOKEN_WRONG_AUDIENCE"),
+    (VoterTokenWrongVoter, 401, "VOTER_TOKEN_WRONG_VOTER"),
+    (VoterTokenWrongPost, 401, "VOTER_TOKEN_WRONG_POST"),
     (PostNotFound, 404, "POST_NOT_FOUND"),
     (IdempotencyKeyReused, 422, "IDEMPOTENCY_KEY_REUSED"),
     (BrokerUnavailable, 503, "BROKER_UNAVAILABLE"),

@@ -10,6 +10,7 @@ from services.gateway import metrics, page, schemas
 from services.gateway.dependencies import RecentKeys, VotePublisher, VotesReader
 from services.gateway.exceptions import ERRORS, IdempotencyKeyReused, PostNotFound
 from services.gateway.live import Closed, LiveCounts
+from services.gateway.tokens import VoterTokenChecker
 from services.platform.web import event_stream, json_http, json_response, sse_event
 
 OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
@@ -64,6 +65,7 @@ class GatewayService:
     votes_rpc = VotesReader()
     recent_keys = RecentKeys()
     live = LiveCounts()
+    voter_tokens = VoterTokenChecker()
 
     clock = AcceptClock()
     new_vote_id = VoteIds()
@@ -72,6 +74,7 @@ class GatewayService:
         """Stamp votes with an id and the accept time, then queue them.
         With an Idempotency-Key every try gets the same vote ids, and the
         votes service counts the key's votes once."""
+        self.voter_tokens.check_votes(request.environ, votes)
         key = schemas.idempotency_key(request.environ)
         key_id = fingerprint = None
         if key is not None:
@@ -128,6 +131,7 @@ class GatewayService:
     @http("GET", "/vote-counts")
     def vote_counts(self, request):
         query = schemas.counts_query(request.args)
+        self.voter_tokens.check_voter(request.environ, query.voterId)
         counts = self.votes_rpc.counts(query.postId, query.voterId)
         if counts is None:
             raise PostNotFound("post {} has no votes".format(query.postId))

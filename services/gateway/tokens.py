@@ -1,0 +1,138 @@
+"""Signed voter tokens (README, "Securing it").
+
+Off unless VOTER_TOKEN_SECRET (HS256) or VOTER_TOKEN_PUBLIC_KEY (RS256 or
+ES256, VOTER_TOKEN_ALGORITHM) is set. When on, a request that names a
+voter (``voterId``) must carry ``Authorization: Bearer <jwt>`` signed by
+the site's backend, with ``sub`` equal to that voterId, an ``exp``, an
+``aud`` equal to VOTER_TOKEN_AUDIENCE and, optionally, ``posts``: the post
+ids it may vote on. VOTER_TOKEN_ANONYMOUS decides whether votes that name
+no voter are still taken.
+"""
+import jwt
+from nameko.exceptions import ConfigurationError
+from nameko.extensions import DependencyProvider
+
+from services.gateway.exceptions import (
+    VoterTokenExpired,
+    VoterTokenInvalid,
+    VoterTokenMissing,
+    VoterTokenWrongAudience,
+    VoterTokenWrongPost,
+    VoterTokenWrongVoter,
+)
+
+DEFAULT_AUDIENCE = "votes"
+ASYMMETRIC = ("RS256", "ES256")
+
+
+def bearer_token(environ):
+    header = environ.get("HTTP_AUTHORIZATION", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+class VoterTokens:
+    """Checks the voter named by a request against its bearer token."""
+
+    def __init__(self, key, algorithm, audience, anonymous):
+        self.key, self.algorithm = key, algorithm
+        self.audience, self.anonymous = audience, anonymous
+
+    def claims(self, environ):
+        token = bearer_token(environ)
+        if token is None:
+            raise VoterTokenMissing(
+                "a voterId needs an Authorization: Bearer voter token")
+        try:
+            return jwt.decode(
+                token, self.key, algorithms=[self.algorithm],
+                audience=self.audience,
+                options={"require": ["sub", "exp", "aud"]})
+        except jwt.ExpiredSignatureError:
+            raise VoterTokenExpired("the voter token has expired") from None
+        except (jwt.InvalidAudienceError, jwt.MissingRequiredClaimError) as exc:
+            if isinstance(exc, jwt.MissingRequiredClaimError) and exc.claim != "aud":
+                raise VoterTokenInvalid(
+                    "the voter token has no {} claim".format(exc.claim)) from None
+            raise VoterTokenWrongAudience(
+                "the voter token is not for audience {!r}".format(
+                    self.audience)) from None
+        except jwt.InvalidTokenError:
+            raise VoterTokenInvalid(
+                "the voter token is malformed or its signature does not match"
+            ) from None
+
+    def check_votes(self, environ, votes):
+        """Raises unless every vote naming a voter is covered by the token;
+        anonymous votes pass only if the policy allows them."""
+        named = [vote for vote in votes if vote.voterId is not None]
+        if len(named) < len(votes) and not self.anonymous:
+            if bearer_token(environ) is None:
+                raise VoterTokenMissing("anonymous votes are not accepted")
+            raise VoterTokenWrongVoter("every vote must name the token's voter")
+        if not named:
+            return
+        claims = self.claims(environ)
+        posts = claims.get("posts")
+        for vote in named:
+            if vote.voterId != str(claims["sub"]):
+                raise VoterTokenWrongVoter(
+                    "the voter token is for another voter")
+            if posts is not None and vote.postId not in [str(p) for p in posts]:
+                raise VoterTokenWrongPost(
+                    "the voter token does not cover post {}".format(vote.postId))
+
+    def check_voter(self, environ, voter_id):
+        if voter_id is None:
+            return
+        claims = self.claims(environ)
+        if voter_id != str(claims["sub"]):
+            raise VoterTokenWrongVoter("the voter token is for another voter")
+
+
+class Unchecked:
+    """Tokens off: every request passes, as before."""
+
+    def check_votes(self, environ, votes):
+        pass
+
+    def check_voter(self, environ, voter_id):
+        pass
+
+
+def from_config(config):
+    secret = config.get("VOTER_TOKEN_SECRET") or None
+    public_key = config.get("VOTER_TOKEN_PUBLIC_KEY") or None
+    if secret and public_key:
+        raise ConfigurationError(
+            "set VOTER_TOKEN_SECRET or VOTER_TOKEN_PUBLIC_KEY, not both")
+    if not (secret or public_key):
+        return Unchecked()
+    audience = config.get("VOTER_TOKEN_AUDIENCE") or DEFAULT_AUDIENCE
+    policy = str(config.get("VOTER_TOKEN_ANONYMOUS") or "allow").lower()
+    if policy not in ("allow", "deny"):
+        raise ConfigurationError(
+            "VOTER_TOKEN_ANONYMOUS must be allow or deny (got {!r})".format(policy))
+    if secret:
+        algorithm = "HS256"
+        key = str(secret)
+    else:
+        algorithm = config.get("VOTER_TOKEN_ALGORITHM") or "RS256"
+        if algorithm not in ASYMMETRIC:
+            raise ConfigurationError(
+                "VOTER_TOKEN_ALGORITHM must be one of {} (got {!r})".format(
+                    ", ".join(ASYMMETRIC), algorithm))
+        key = str(public_key).replace("\\n", "\n")
+    return VoterTokens(key, algorithm, audience, policy == "allow")
+
+
+class VoterTokenChecker(DependencyProvider):
+    """Injects the configured VoterTokens (or Unchecked when off)."""
+
+    def setup(self):
+        self.checker = from_config(self.container.config)
+
+    def get_dependency(self, worker_ctx):
+        return self.checker
