@@ -145,3 +145,28 @@ def test_settings():
                 {"VOTER_TOKEN_PUBLIC_KEY": "k", "VOTER_TOKEN_ALGORITHM": "none"}]:
         with pytest.raises(ConfigurationError):
             from_config(bad)
+
+
+@pytest.mark.parametrize("algorithm", ["RS256", "ES256"])
+def test_a_public_key_checks_tokens_signed_with_its_private_key(algorithm):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    private = (rsa.generate_private_key(public_exponent=65537, key_size=2048)
+               if algorithm == "RS256" else ec.generate_private_key(ec.SECP256R1()))
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM,
+        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    # as an environment variable carries it: newlines written as \n
+    checker = from_config({"VOTER_TOKEN_PUBLIC_KEY": public_pem.replace("\n", "\\n"),
+                           "VOTER_TOKEN_ALGORITHM": algorithm})
+    worker = worker_factory(GatewayService, voter_tokens=checker)
+    claims = {"sub": "alice", "aud": "votes", "exp": int(time.time()) + 300}
+    signed = jwt.encode(claims, private, algorithm=algorithm)
+    status, _ = answer(worker.vote, request(
+        "/vote?postId=348&score=1&voterId=alice", bearer=signed))
+    assert status == 202
+    assert [(v["postId"], v["voterId"]) for v in queued(worker)] == [("348", "alice")]
+    # the HS256 token of someone holding only a secret is refused
+    assert answer(worker.vote, request(
+        "/vote?postId=348&score=1&voterId=alice", bearer=token()))[0] == 401
+    assert len(queued(worker)) == 1
