@@ -45,10 +45,10 @@ def wait_until(predicate, timeout, what, interval=0.2):
 
 
 def write_config(path, amqp_uri, redis_uri, web_port, base=ROOT / "config.yml",
-                 log_level=None):
+                 log_level=None, settings=None):
     """``base`` (config.yml) with its ${VARIABLES} resolved, on the given
     vhost, Redis and port, and a metrics port of its own, so that processes
-    do not collide."""
+    do not collide; ``settings`` ({key: value}) override more."""
     setup_yaml_parser()
     with open(base) as handle:
         config = yaml.safe_load(handle)
@@ -58,6 +58,7 @@ def write_config(path, amqp_uri, redis_uri, web_port, base=ROOT / "config.yml",
         "METRICS_ADDRESS": "127.0.0.1:{}".format(free_port()),
         "REDIS_URIS": {"votes": redis_uri},
     })
+    config.update(settings or {})
     if log_level:
         config["LOGGING"]["root"]["level"] = log_level
     path.write_text(yaml.safe_dump(config))

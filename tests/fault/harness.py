@@ -140,8 +140,9 @@ class FaultRedis(RedisServer):
 class Cluster:
     """The services of one test, on its own vhost and its own Redis."""
 
-    def __init__(self, tmp_path, amqp_uri, vhost, redis_server):
+    def __init__(self, tmp_path, amqp_uri, vhost, redis_server, settings=None):
         self.tmp_path = tmp_path
+        self.settings = settings  # more config.yml values
         self.amqp_uri = amqp_uri
         self.vhost = vhost
         self.redis_server = redis_server
@@ -155,7 +156,7 @@ class Cluster:
         name = "{}-{}".format(label, next(self._serial))
         port = web_port or self.web_port
         config = write_config(self.tmp_path / (name + ".yml"), self.amqp_uri,
-                              self.redis_server.uri, port)
+                              self.redis_server.uri, port, settings=self.settings)
         process = Process.nameko(label, module, config, self.tmp_path / (name + ".log"),
                                  port=port)
         self.processes.append(process)
