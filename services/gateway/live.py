@@ -35,6 +35,7 @@ from nameko.constants import AMQP_URI_CONFIG_KEY, HEARTBEAT_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 
 from services import contracts
+from services.platform import brokers
 from services.platform.web import sse_event
 
 _log = logging.getLogger(__name__)
@@ -300,6 +301,7 @@ class LiveCounts(DependencyProvider):
             try:
                 with Connection(self.amqp_uri, connect_timeout=2,
                                 heartbeat=self.heartbeat) as connection:
+                    brokers.connect(connection)  # any node of AMQP_URI
                     with Consumer(connection, queues=[self.queue],
                                   callbacks=[self._on_message], no_ack=True,
                                   accept=["json"]):

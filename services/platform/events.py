@@ -14,7 +14,9 @@ This one:
 * dead-letters a message whose worker kept failing with anything else.
 
 Its queue consumer (and the one of ``rpc`` here) also survives the broker
-going away: see ResilientQueueConsumer.
+going away, and moves to another node of a cluster: see
+ResilientQueueConsumer. Both declare their queues of the type
+AMQP_QUEUE_TYPE names (services.platform.brokers).
 """
 import hashlib
 import logging
@@ -27,13 +29,15 @@ import amqp
 import eventlet
 import nameko.rpc
 from eventlet.event import Event
-from kombu import Exchange, Queue
+from kombu import Connection, Exchange, Queue
 from kombu.exceptions import OperationalError
 from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.contextdata import ContextDataProvider
 from nameko.events import EventHandler
 from nameko.messaging import QueueConsumer
+
+from services.platform import brokers
 
 _log = logging.getLogger(__name__)
 
@@ -72,7 +76,13 @@ class ResilientQueueConsumer(QueueConsumer):
     * it retries every RECONNECT_INTERVAL seconds: kombu backs off up to
       30 s, past the 10 s recovery bound;
     * it can stop while the broker is away: nameko waits for the broker
-      to come back to cancel its consumers, so SIGTERM hung.
+      to come back to cancel its consumers, so SIGTERM hung;
+    * with several nodes in AMQP_URI it tries each in turn: kombu's
+      ``ensure_connection(max_retries=0)`` never leaves the first;
+    * a queue that exists as another type than AMQP_QUEUE_TYPE stops the
+      service at start with a message that says so (brokers); found
+      later (the broker was away at start), it is logged as such on each
+      attempt, where kombu's consume loop calls it a lost connection.
     """
 
     def __init__(self):
@@ -96,8 +106,7 @@ class ResilientQueueConsumer(QueueConsumer):
         with self.create_connection() as connection:
             while True:
                 try:
-                    connection.ensure_connection(
-                        max_retries=0, reraise_as_library_errors=False)
+                    brokers.connect(connection)
                     break
                 except connection.recoverable_connection_errors as exc:
                     self._broker_away = True
@@ -107,6 +116,52 @@ class ResilientQueueConsumer(QueueConsumer):
                     eventlet.sleep(RECONNECT_INTERVAL)
             self._broker_away = False
             yield connection
+
+    def on_connection_error(self, exc, interval):
+        # nameko's hides the password of the first node only
+        _log.warning("Error connecting to broker at %s (%s). Retrying in %s "
+                     "seconds.", brokers.redact(self.amqp_uri), exc, interval)
+
+    def _queues(self):
+        queues = []
+        for provider in self._providers:
+            queues.append(provider.queue)
+            queues.extend(getattr(provider, "also_declares", ()))
+        return queues
+
+    def get_consumers(self, consumer_cls, channel):
+        try:
+            return super().get_consumers(consumer_cls, channel)
+        except amqp.exceptions.PreconditionFailed as exc:
+            for queue in self._queues():
+                found = brokers.mismatch(exc, queue.name, self._queue_type())
+                if found is not None and queue.name in str(exc):
+                    _log.error("%s", found)
+            raise
+
+    def _queue_type(self):
+        return brokers.queue_type(self.container.config)
+
+    def check_queues(self):
+        """Declare every queue of the providers once: one of another type
+        raises QueueTypeMismatch. A broker that does not answer is left to
+        the consume loop."""
+        connection = Connection(self.amqp_uri, connect_timeout=2)
+        try:
+            brokers.connect(connection)
+            brokers.declare(self._queues(), connection.channel(),
+                            self._queue_type())
+        except brokers.QueueTypeMismatch:
+            raise
+        except Exception as exc:
+            _log.warning("could not check the queues at start: %r", exc)
+        finally:
+            connection.release()
+
+    def start(self):
+        if not self._starting:
+            self.check_queues()
+        super().start()
 
     def unregister_provider(self, provider):
         if not self._consumers_ready.ready():
@@ -180,8 +235,12 @@ class ReliableEventHandler(EventHandler):
     def setup(self):
         super().setup()
         self._stopping = False
+        config = self.container.config
+        self.queue = brokers.typed(self.queue, config)
+        self.dead_letter_queue = brokers.typed(self.dead_letter_queue, config)
+        self.also_declares = (self.dead_letter_queue,)
         self.dead_letter_publisher = Publisher(
-            self.container.config[AMQP_URI_CONFIG_KEY],
+            config[AMQP_URI_CONFIG_KEY],
             declare=[self.dead_letter_queue.exchange, self.dead_letter_queue],
         )
 
@@ -275,9 +334,15 @@ event_handler = ReliableEventHandler.decorator
 class ResilientRpcConsumer(nameko.rpc.RpcConsumer):
     """nameko's RpcConsumer on a ResilientQueueConsumer, whose reply to a
     request does not kill the container when the broker has gone: upstream
-    lets the publish error escape into the worker's result handling."""
+    lets the publish error escape into the worker's result handling. Its
+    queue is of the type AMQP_QUEUE_TYPE names."""
 
     queue_consumer = ResilientQueueConsumer()
+
+    def setup(self):
+        super().setup()
+        # the votes service's RPC queue carries votes too (its vote method)
+        self.queue = brokers.typed(self.queue, self.container.config)
 
     def handle_result(self, message, result, exc_info):
         # no reply while the broker is away; the request stays unacked and

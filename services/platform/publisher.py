@@ -23,6 +23,7 @@ from nameko.constants import (
 from nameko.extensions import DependencyProvider
 from nameko.standalone.events import get_event_exchange
 
+from services.platform import brokers
 from services.platform.batching import Expired, GroupCommit
 from services.settings import number
 
@@ -38,13 +39,17 @@ class Link:
     """One AMQP connection, made on demand; hold ``lock`` to use it, since
     frames of two threads must not interleave on one socket. kombu's own
     ``Connection`` would reconnect inside a publish with its retry policy,
-    past any deadline; this one fails at once and reconnects on next use."""
+    past any deadline; this one fails at once and reconnects on next use,
+    to the first node of ``amqp_uri`` that answers (brokers.connect).
+    ``queue_type`` (the configured one) is named in a QueueTypeMismatch
+    raised if a queue of ``declare`` exists as another type."""
 
-    def __init__(self, amqp_uri, declare=(), confirms=False):
+    def __init__(self, amqp_uri, declare=(), confirms=False, queue_type=None):
         self.lock = Semaphore()
         self.amqp_uri = amqp_uri
         self.declare = declare
         self.confirms = confirms
+        self.queue_type = queue_type
         self.connection = None
         self.producer = None
         self._failed_at = 0.0
@@ -62,10 +67,9 @@ class Link:
             transport_options={"confirm_publish": self.confirms},
         )
         try:
-            connection.connect()
+            brokers.connect(connection)
             channel = connection.channel()
-            for entity in self.declare:
-                entity.bind(channel).declare()
+            brokers.declare(self.declare, channel, self.queue_type)
         except BaseException:
             self._failed_at = time.monotonic()
             close_quietly(connection)
@@ -93,8 +97,10 @@ class ConfirmedPublisher(DependencyProvider):
     the events exchange of ``source_service`` with ``routing_key``), or
     raises ``unavailable`` within the ``timeout_config_key`` seconds.
 
-    ``queue`` (name) is declared, bound to that routing key, on every
-    connect, so that nothing is dropped before its consumer has ever run.
+    ``queue`` (name) is declared, bound to that routing key, of the type
+    AMQP_QUEUE_TYPE names, on every connect, so that nothing is dropped
+    before its consumer has ever run; at start, a queue of another type
+    stops the service (brokers.QueueTypeMismatch).
     A subclass sets the class attributes and ``message(groups)``, the body
     of one message from the items of a group."""
 
@@ -126,9 +132,11 @@ class ConfirmedPublisher(DependencyProvider):
         if self.queue is not None:
             declare.append(Queue(
                 self.queue, exchange=self.exchange, routing_key=self.routing_key,
-                durable=True, auto_delete=False, exclusive=False))
+                durable=True, auto_delete=False, exclusive=False,
+                queue_arguments=brokers.queue_arguments(config)))
         self.connections = [
-            Link(config[AMQP_URI_CONFIG_KEY], declare=declare, confirms=True)
+            Link(config[AMQP_URI_CONFIG_KEY], declare=declare, confirms=True,
+                 queue_type=brokers.queue_type(config))
             for _ in range(self.links)
         ]
         self.publish_time = self.timeout * (1 - QUEUED_SHARE)
@@ -139,9 +147,26 @@ class ConfirmedPublisher(DependencyProvider):
         )
 
     def start(self):
+        self._check_queue()
         for link in self.connections:
             self.container.spawn_managed_thread(
                 partial(self.group.run, partial(self._publish, link)))
+
+    def _check_queue(self):
+        """Connect and declare once: a queue of another type than
+        configured raises QueueTypeMismatch, which stops the service. A
+        broker that does not answer is left to the publishes (503s)."""
+        link = self.connections[0]
+        try:
+            with link.lock:
+                link.get_producer()
+        except brokers.QueueTypeMismatch:
+            raise
+        except Exception as exc:
+            _log.warning("RabbitMQ not reachable at start (%r): publishes "
+                         "will be refused until it is", exc)
+        finally:
+            link.reset()
 
     def stop(self):
         for link in self.connections:
@@ -183,7 +208,7 @@ class ConfirmedPublisher(DependencyProvider):
                         retry=False, confirm_timeout=left,
                     )
                 return [None] * groups
-            except ChannelError as exc:
+            except (ChannelError, brokers.QueueTypeMismatch) as exc:
                 link.reset()
                 _log.error("%s publish refused: %s", self.routing_key, exc)
                 raise self.unavailable(

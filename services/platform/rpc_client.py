@@ -24,6 +24,7 @@ from nameko.constants import (
 from nameko.extensions import DependencyProvider
 from nameko.rpc import get_rpc_exchange
 
+from services.platform import brokers
 from services.platform.batching import Expired, GroupCommit
 from services.platform.publisher import QUEUED_SHARE, Link, close_quietly
 from services.settings import number
@@ -165,7 +166,7 @@ class RpcClient(DependencyProvider):
             connection = Connection(
                 self.amqp_uri, connect_timeout=2, heartbeat=self.heartbeat)
             try:
-                connection.connect()
+                brokers.connect(connection)
                 with Consumer(connection.channel(), queues=[queue],
                               callbacks=[self._on_reply], accept=["json"],
                               no_ack=True):

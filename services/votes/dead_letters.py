@@ -55,7 +55,7 @@ import redis
 from kombu import Connection
 
 from services import contracts
-from services.platform import events
+from services.platform import brokers, events
 from services.settings import number, read_config
 from services.votes.dependencies import (
     APPLIED_MARK_HEADER,
@@ -81,13 +81,13 @@ NEVER_APPLIED = ("invalid payload", "undecodable body")
 CONFIRM_TIMEOUT = 10  # seconds the broker has to confirm one replay
 
 
-def _take_all(channel):
+def _take_all(channel, queue):
     """Every message in the queue, unacked (they return when the channel
     closes, unless acked)."""
-    DEAD_LETTER_QUEUE.bind(channel).declare()
+    queue.bind(channel).declare()
     messages = []
     while True:
-        message = channel.basic_get(DEAD_LETTER_QUEUE.name, no_ack=False)
+        message = channel.basic_get(queue.name, no_ack=False)
         if message is None:
             return messages
         messages.append(message)
@@ -110,9 +110,9 @@ def _event_id(message):
     return event_id if isinstance(event_id, str) and event_id else None
 
 
-def show(connection, out=sys.stdout):
+def show(connection, out=sys.stdout, queue=DEAD_LETTER_QUEUE):
     channel = connection.channel()
-    messages = _take_all(channel)
+    messages = _take_all(channel, queue)
     for message in messages:
         headers = message.headers or {}
         out.write(json.dumps({
@@ -228,7 +228,7 @@ class ConfirmedPublisher:
 
 def replay(connection, store=None, mark_ttl=DEFAULT_MARK_TTL, force=False,
            out=sys.stderr, now=None, confirm_timeout=CONFIRM_TIMEOUT,
-           buckets=contracts.DEFAULT_BUCKETS):
+           buckets=contracts.DEFAULT_BUCKETS, queue=DEAD_LETTER_QUEUE):
     """Replay every message that may be replayed (see the module doc).
     Returns (replayed, kept back)."""
     now = time.time() if now is None else now
@@ -236,7 +236,7 @@ def replay(connection, store=None, mark_ttl=DEFAULT_MARK_TTL, force=False,
     publisher = ConfirmedPublisher(connection, confirm_timeout)
     replayed = kept = 0
     try:
-        for message in _take_all(channel):
+        for message in _take_all(channel, queue):
             headers = dict(message.headers or {})
             refusal = why_not(message, store, mark_ttl, now, buckets)
             described = "message {} ({})".format(
@@ -275,9 +275,11 @@ def main(argv=None):
                         help="replay messages of applied or unknown status too")
     args = parser.parse_args(argv)
     config = read_config(args.config)
+    queue = brokers.typed(DEAD_LETTER_QUEUE, config)
     with Connection(config["AMQP_URI"], connect_timeout=5) as connection:
+        brokers.connect(connection)
         if args.action == "show":
-            count = show(connection)
+            count = show(connection, queue=queue)
             print("{} dead-lettered message(s)".format(count), file=sys.stderr)
             return 0
         mark_ttl = number(config, MARK_TTL_CONFIG_KEY, DEFAULT_MARK_TTL, 1,
@@ -291,7 +293,7 @@ def main(argv=None):
                 store = redis.Redis.from_url(uri, socket_connect_timeout=5)
         try:
             replayed, kept = replay(connection, store, mark_ttl, args.force,
-                                    buckets=read_buckets(config))
+                                    buckets=read_buckets(config), queue=queue)
         finally:
             if store is not None:
                 store.close()

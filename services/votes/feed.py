@@ -27,6 +27,7 @@ from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 
 from services import contracts
+from services.platform import brokers
 from services.settings import number
 
 _log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class EventLink:
             connection = Connection(self.amqp_uri, connect_timeout=self.timeout,
                                     heartbeat=0)
             self.connection = connection
+            brokers.connect(connection)  # any node of AMQP_URI
             channel = connection.channel()
             EXCHANGE.bind(channel).declare()
             self.producer = Producer(channel)

@@ -143,9 +143,11 @@ class Cluster:
     ``broker``: the harness.rabbit_node.RabbitNode of ``amqp_uri``, when
     not the machine's RabbitMQ (rabbitmq_stopped needs one)."""
 
-    def __init__(self, tmp_path, amqp_uri, vhost, redis_server, broker=None):
+    def __init__(self, tmp_path, amqp_uri, vhost, redis_server, broker=None,
+                 settings=None):
         self.tmp_path = tmp_path
         self.broker = broker
+        self.settings = settings  # more config.yml values
         self.amqp_uri = amqp_uri
         self.vhost = vhost
         self.redis_server = redis_server
@@ -159,7 +161,7 @@ class Cluster:
         name = "{}-{}".format(label, next(self._serial))
         port = web_port or self.web_port
         config = write_config(self.tmp_path / (name + ".yml"), self.amqp_uri,
-                              self.redis_server.uri, port)
+                              self.redis_server.uri, port, settings=self.settings)
         process = Process.nameko(label, module, config, self.tmp_path / (name + ".log"),
                                  port=port)
         self.processes.append(process)

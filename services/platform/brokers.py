@@ -1,0 +1,112 @@
+"""Several RabbitMQ nodes: failover connections and quorum queues.
+
+``AMQP_URI`` may name several nodes of one cluster in kombu's failover
+form, ``amqp://a;amqp://b;amqp://c``. kombu (5.x) splits it into
+``Connection.alt`` and moves to the next alternate on a failed connect
+(``maybe_switch_next``), but ``Connection.connect()`` gives up after two
+attempts and ``ensure_connection(max_retries=0)`` never moves at all; so
+with the first node dead, nameko's consumer (and ours, before this) kept
+knocking on that node. ``connect()`` here tries every node once, in turn,
+without sleeping between them.
+
+``AMQP_QUEUE_TYPE`` (config.yml) makes every queue that carries votes a
+``quorum`` queue (replicated by Raft, a message confirmed once a majority
+of nodes has it) instead of a ``classic`` one (on one node). RabbitMQ
+refuses to redeclare a queue as another type (PRECONDITION_FAILED,
+"inequivalent arg 'x-queue-type'"): ``declare()`` turns that into
+QueueTypeMismatch, whose message says what to do, and the services check
+their queues when they start, so that a mismatch stops them at once with
+that message instead of retrying for ever.
+"""
+import copy
+import logging
+from urllib.parse import urlsplit, urlunsplit
+
+import amqp
+from nameko.exceptions import ConfigurationError
+
+_log = logging.getLogger(__name__)
+
+QUEUE_TYPE_CONFIG_KEY = "AMQP_QUEUE_TYPE"
+CLASSIC = "classic"
+QUORUM = "quorum"
+QUEUE_TYPES = (CLASSIC, QUORUM)
+QUEUE_TYPE_ARGUMENT = "x-queue-type"
+MIGRATION = ("drain it and declare it again as the new type: README, "
+             "'Moving a queue to another type'")
+
+
+class QueueTypeMismatch(ConfigurationError):
+    """A queue exists on the broker with another type than configured."""
+
+
+def queue_type(config):
+    """The configured queue type; ConfigurationError if unknown."""
+    value = config.get(QUEUE_TYPE_CONFIG_KEY) or CLASSIC
+    if value not in QUEUE_TYPES:
+        raise ConfigurationError("{} must be one of {} (got {!r})".format(
+            QUEUE_TYPE_CONFIG_KEY, ", ".join(QUEUE_TYPES), value))
+    return value
+
+
+def queue_arguments(config):
+    """The x-arguments of a queue that carries votes. A classic queue is
+    declared as before, with none, so that existing queues stay equal."""
+    if queue_type(config) == QUORUM:
+        return {QUEUE_TYPE_ARGUMENT: QUORUM}
+    return {}
+
+
+def typed(queue, config):
+    """A copy of kombu ``queue`` of the configured type."""
+    queue = copy.copy(queue)
+    queue.queue_arguments = dict(queue.queue_arguments or {},
+                                 **queue_arguments(config))
+    return queue
+
+
+def declare(entities, channel, config_type=None):
+    """Declare kombu entities on ``channel``; a queue of another type than
+    declared raises QueueTypeMismatch (the channel is closed then)."""
+    for entity in entities:
+        try:
+            entity.bind(channel).declare()
+        except amqp.exceptions.PreconditionFailed as exc:
+            raise mismatch(exc, entity.name, config_type) or exc
+
+
+def mismatch(exc, name, config_type=None):
+    """A QueueTypeMismatch for a broker refusal ``exc`` about queue
+    ``name``, or None if ``exc`` is about something else."""
+    text = str(exc)
+    if QUEUE_TYPE_ARGUMENT not in text:
+        return None
+    return QueueTypeMismatch(
+        "queue {!r} exists on the broker as another type than {}={}: {}. "
+        "To change its type, {}. (RabbitMQ: {})".format(
+            name, QUEUE_TYPE_CONFIG_KEY, config_type or "?",
+            "set it back" if config_type else "align the configuration",
+            MIGRATION, text))
+
+
+def connect(connection):
+    """Connect kombu ``connection`` to the first of its nodes that
+    answers, trying each once in turn (from the one it is at) with no pause
+    in between; raises the last node's error if none answers."""
+    attempts = max(len(connection.alt or ()), 1)
+    connection.ensure_connection(max_retries=attempts - 1,
+                                 reraise_as_library_errors=False)
+    return connection
+
+
+def redact(uri):
+    """``uri`` (one node or several, ``;``-separated) without passwords."""
+    return ";".join(_redact_one(part) for part in uri.split(";"))
+
+
+def _redact_one(uri):
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = "{}:***@{}".format(parts.username, parts.netloc.rsplit("@", 1)[-1])
+    return urlunsplit(parts._replace(netloc=netloc))
