@@ -17,7 +17,7 @@ from tests.interface import test_votes_service
 votes = test_votes_service.votes
 dispatch = test_votes_service.dispatch
 
-FLUSH_INTERVAL = 0.5  # twice the default: room for a slow machine
+FLUSH_INTERVAL = 1.0  # four times the default: room for a busy machine
 
 
 @pytest.fixture
@@ -77,8 +77,8 @@ def posts_in(body):
 
 def test_many_votes_to_one_post_make_one_announcement(
         votes, dispatch, announcements, redis_client):
-    # line up with the flusher: votes sent and applied within 250 ms of a
-    # flush all fall in the next window
+    # line up with the flusher: votes sent and applied within half an
+    # interval of a flush all fall in the next window
     dispatch(contracts.GATEWAY_SERVICE, contracts.VOTE_CAST,
              make_event(make_vote(postId="warm-up")))
     announcements.wait_for(lambda body: "warm-up" in posts_in(body))
@@ -91,7 +91,8 @@ def test_many_votes_to_one_post_make_one_announcement(
     dispatch(contracts.GATEWAY_SERVICE, contracts.VOTE_CAST,
              make_event(make_vote(postId="hot", score=-1)))
     took = time.monotonic() - sent_at
-    assert took < 0.2, "sending took {:.2f}s, the test needs it under 0.2s".format(took)
+    assert took < FLUSH_INTERVAL / 2, "sending took {:.2f}s, the test needs it under {}s".format(
+        took, FLUSH_INTERVAL / 2)
 
     announcements.drain(2 * FLUSH_INTERVAL)
 
