@@ -72,7 +72,10 @@ def declare(entities, channel, config_type=None):
         try:
             entity.bind(channel).declare()
         except amqp.exceptions.PreconditionFailed as exc:
-            raise mismatch(exc, entity.name, config_type) or exc
+            problem = mismatch(exc, entity.name, config_type)
+            if problem is None:
+                raise
+            raise problem from exc
 
 
 def mismatch(exc, name, config_type=None):
