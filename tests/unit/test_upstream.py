@@ -24,6 +24,7 @@ from nameko.web.server import HttpOnlyProtocol, WebServer, WsgiApp, parse_addres
 from werkzeug.wrappers import Request
 
 from services import contracts
+from services.platform import brokers
 
 
 def params(function):
@@ -212,3 +213,16 @@ def test_eventlet_spawn_after_cancels():
     timer.cancel()
     eventlet.sleep(0.03)
     assert fired == []
+
+
+def test_kombu_failover_alternates():
+    """services/platform/brokers.connect relies on kombu splitting a
+    ``;``-separated URI into ``alt`` and moving to the next node on each
+    failed try of ensure_connection: with every node refusing, it ends on
+    the last one, having tried each."""
+    nodes = ["amqp://guest:guest@127.0.0.1:{}//".format(port) for port in (1, 2, 3)]
+    connection = kombu.Connection(";".join(nodes), connect_timeout=1)
+    assert connection.alt == nodes and connection.host == "127.0.0.1:1"
+    with pytest.raises(ConnectionRefusedError):
+        brokers.connect(connection)
+    assert connection.host == "127.0.0.1:3"
