@@ -22,23 +22,12 @@ import time
 from pathlib import Path
 
 from harness.process import wait_until
-from harness.rabbit import RabbitmqctlError
+from harness.rabbit import rabbitmqctl
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 USER = "rabbitmq"
 BOOT_TIMEOUT = 120   # one node up and its app running
 STOP_TIMEOUT = 15    # a node gone after SIGTERM, before SIGKILL
-
-
-def ctl(node, *args, check=True, timeout=60):
-    """``rabbitmqctl -n node args``: the finished run; RabbitmqctlError
-    (with its stderr) if it failed and ``check``."""
-    done = subprocess.run(["rabbitmqctl", "-q", "-n", node, *args],
-                          capture_output=True, text=True, timeout=timeout)
-    if check and done.returncode:
-        raise RabbitmqctlError("rabbitmqctl -n {} {} failed: {}".format(
-            node, " ".join(args[:2]), (done.stderr or done.stdout).strip()))
-    return done
 
 
 class Node:
@@ -116,9 +105,9 @@ class RabbitCluster:
             raise
         first = self.nodes[0]
         for node in self.nodes[1:]:
-            ctl(node.name, "stop_app")
-            ctl(node.name, "join_cluster", first.name)
-            ctl(node.name, "start_app")
+            rabbitmqctl("stop_app", node=node.name)
+            rabbitmqctl("join_cluster", first.name, node=node.name)
+            rabbitmqctl("start_app", node=node.name)
         wait_until(lambda: self.running_nodes(first) == {n.name for n in self.nodes},
                    BOOT_TIMEOUT, "every node running in the cluster", interval=1)
         self.boot_seconds = time.monotonic() - began
@@ -153,16 +142,16 @@ class RabbitCluster:
 
     def await_node(self, node, timeout=BOOT_TIMEOUT):
         """Until the node's app runs (its pid file first); records its pid."""
-        ctl(node.name, "wait", "--timeout", str(timeout), str(node.pid_file),
-            timeout=timeout + 30)
+        rabbitmqctl("wait", "--timeout", str(timeout), str(node.pid_file),
+                    node=node.name, timeout=timeout + 30)
         node.pid = int(node.pid_file.read_text().strip())
         node.app_running = True
 
     def running_nodes(self, via):
         """The names of the running nodes, as ``via`` sees them."""
-        done = ctl(via.name, "eval",
+        done = rabbitmqctl("eval",
                    "io:format(\"~s\", [string:join([atom_to_list(N) || N <- "
-                   "rabbit_nodes:all_running()], \",\")]).", check=False)
+                   "rabbit_nodes:all_running()], \",\")]).", node=via.name, check=False)
         text = done.stdout.strip()
         if done.returncode or not text:
             return set()
@@ -209,10 +198,10 @@ class RabbitCluster:
 
     def stop_app(self, node):
         node.app_running = False
-        ctl(node.name, "stop_app")
+        rabbitmqctl("stop_app", node=node.name)
 
     def start_app(self, node):
-        ctl(node.name, "start_app")
+        rabbitmqctl("start_app", node=node.name)
         node.app_running = True
 
     def heal(self):
@@ -230,8 +219,9 @@ class RabbitCluster:
 
     def add_vhost(self, vhost):
         via = self.any_running()
-        ctl(via.name, "add_vhost", vhost)
-        ctl(via.name, "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        rabbitmqctl("add_vhost", vhost, node=via.name)
+        rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*",
+                    node=via.name)
 
     def any_running(self):
         return next(node for node in self.nodes
@@ -242,8 +232,8 @@ class RabbitCluster:
         (type, leader, members, messages, consumers), or None."""
         columns = ("name", "type", "leader", "members", "messages", "consumers")
         via = via or self.any_running()
-        out = ctl(via.name, "list_queues", "-p", vhost, *columns,
-                  "--formatter", "json").stdout
+        out = rabbitmqctl("list_queues", "-p", vhost, *columns, "--formatter", "json",
+                          node=via.name).stdout
         for row in json.loads(out or "[]"):
             if row.get("name") == queue:
                 return row
