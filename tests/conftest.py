@@ -7,6 +7,7 @@ after.
 """
 import itertools
 import os
+import time
 import uuid
 from urllib.parse import urljoin
 
@@ -22,8 +23,11 @@ AMQP_HOST = os.environ.get("TEST_AMQP_HOST", "127.0.0.1:5672")
 REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1:6379")
 # as in config.yml: the stop deadline
 SERVICE_CONTAINER_CLS = "services.platform.container.DeadlineContainer"
-# databases 1-15 in turn; 0 is left to `make run`
+# databases 1-15 in turn; 0 is left to `make run`, and holds the claims
+# (vote-tests:db:<n>) that keep two test runs off one database
 _redis_dbs = itertools.cycle(range(1, 16))
+CLAIMS_DB = 0
+DB_CLAIM_TTL = 900  # seconds: longer than any test; a claim left by a killed run lapses
 # where the tests' Redis Clusters listen (their buses on these + 10000)
 CLUSTER_PORTS = range(*(int(p) for p in os.environ.get(
     "TEST_REDIS_CLUSTER_PORTS", "7100-7200").split("-")))
@@ -54,13 +58,30 @@ def rabbit_config(vhost_pool):
 
 @pytest.fixture
 def single_redis_uri():
-    """A database of the shared Redis, flushed before and after."""
-    uri = "redis://{}/{}".format(REDIS_HOST, next(_redis_dbs))
+    """A database of the shared Redis, flushed before and after. It is
+    claimed in database 0 first, so that two test runs on one machine
+    never flush each other's data."""
+    claims = redis.Redis.from_url("redis://{}/{}".format(REDIS_HOST, CLAIMS_DB))
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + 120
+    while True:
+        db = next(_redis_dbs)
+        claim = "vote-tests:db:{}".format(db)
+        if claims.set(claim, token, nx=True, ex=DB_CLAIM_TTL):
+            break
+        assert time.monotonic() < deadline, "no free Redis database for 120 s"
+        time.sleep(0.05)
+    uri = "redis://{}/{}".format(REDIS_HOST, db)
     client = redis.Redis.from_url(uri)
     client.flushdb()
-    yield uri
-    client.flushdb()
-    client.close()
+    try:
+        yield uri
+    finally:
+        client.flushdb()
+        client.close()
+        if claims.get(claim) == token.encode():
+            claims.delete(claim)
+        claims.close()
 
 
 @pytest.fixture
