@@ -97,8 +97,9 @@ for _, part in ipairs(parts) do
     local once, seen = {}, {}
     for _, vote in ipairs(part[3]) do
       local post_id, score, voter, vote_id = vote[1], vote[2], vote[3], vote[5]
+      -- the post's key; for a voter's vote its voters and retracted keys follow
       local base = vote[8]
-      local post_key, voters_key, retracted_key = KEYS[base], KEYS[base + 1], KEYS[base + 2]
+      local post_key = KEYS[base]
       local fresh = true
       if vote[6] > 0 then
         -- a vote sent with an Idempotency-Key: applied once per key, whatever
@@ -132,6 +133,7 @@ for _, part in ipairs(parts) do
         else
           -- a time ahead of the store's clock by more than the allowed skew is
           -- not trusted: the vote takes the store's time instead
+          local voters_key, retracted_key = KEYS[base + 1], KEYS[base + 2]
           local ts = tonumber(vote[4])
           if ts > now + skew then ts = now end
           local ts_text = string.format('%.0f', ts)
@@ -313,9 +315,16 @@ class VoteStorage:
             keys += [contracts.applied_key(bucket, event_id), contracts.top_key(bucket)]
             packed = []
             once = {}
+            # each post's keys once; its voters and retracted keys only if a
+            # voter votes on it (redis-py packs every key: about 2 us each)
+            voted = {vote.postId for vote in votes if vote.voterId}
+            bases = {}
             for vote in votes:
-                base = len(keys) + 1
-                keys += contracts.post_keys(bucket, vote.postId)
+                base = bases.get(vote.postId)
+                if base is None:
+                    base = bases[vote.postId] = len(keys) + 1
+                    post_keys = contracts.post_keys(bucket, vote.postId)
+                    keys += post_keys if vote.postId in voted else post_keys[:1]
                 slot = 0
                 if vote.key is not None:
                     slot = once.get(vote.key)
