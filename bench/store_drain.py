@@ -23,6 +23,7 @@ from pathlib import Path
 
 from kombu import Connection, Exchange, Producer
 
+from bench.machine import cpu_seconds
 from harness import rabbit
 from harness.process import VOTES, Process, free_port, wait_until, write_config
 from harness.redis_server import RedisServer
@@ -94,11 +95,11 @@ class Store:
             self.server.stop()
 
 
-def drain(kind, size, total, n_posts, base_config, folder, vhosts):
-    """(votes/s, events, seconds from start) of one row."""
+def drain(store, size, total, n_posts, base_config, folder, vhosts):
+    """(votes/s, CPU s per vote, events, seconds from start) of one row;
+    its posts are its own, so rows can share a store."""
     vhost = vhosts.take()
     amqp_uri = rabbit.amqp_uri(AMQP_HOST, vhost)
-    store = Store(kind, folder)
     client = store.client()
     votes = None
     try:
@@ -115,14 +116,16 @@ def drain(kind, size, total, n_posts, base_config, folder, vhosts):
         start = time.perf_counter()
         votes.start()
         first = first_count = done = None
+        cpu_first = cpu_done = None
         deadline = start + SETTLE_TIMEOUT
         while time.perf_counter() < deadline:
             got = store.counted(client, posts)
             now = time.perf_counter()
+            cpu = cpu_seconds(votes.pid)
             if got and first is None:
-                first, first_count = now, got
+                first, first_count, cpu_first = now, got, cpu
             if got >= total:
-                done = now
+                done, cpu_done = now, cpu
                 assert got == total, "{} counted, {} queued".format(got, total)
                 break
             time.sleep(POLL)
@@ -130,14 +133,15 @@ def drain(kind, size, total, n_posts, base_config, folder, vhosts):
             total, SETTLE_TIMEOUT)
         if done - first > 0.2:
             rate = (total - first_count) / (done - first)
-        else:
+            cpu_per_vote = (cpu_done - cpu_first) / (total - first_count)
+        else:  # start-up included
             rate = total / (done - start)
-        return rate, events, done - start
+            cpu_per_vote = cpu_done / total
+        return rate, cpu_per_vote, events, done - start
     finally:
         if votes is not None:
             votes.kill()
         client.close()
-        store.stop()
         vhosts.release(vhost)
 
 
@@ -148,19 +152,25 @@ def rows(stores, sizes, total, posts, base_config):
     out = []
     try:
         for kind in stores:
-            for size in sizes:
-                row = folder / "{}-{}".format(kind, size)
-                row.mkdir()
-                rate, events, seconds = drain(kind, size, total, posts, base_config,
-                                              row, vhosts)
-                out.append((
-                    "drain, {}, events of {} votes".format(
-                        "Redis Cluster 3+3" if kind == "cluster" else "one Redis", size),
-                    "{:,.0f} votes/s".format(rate),
-                    "{:,} votes in {:,} events over {:,} posts, all in {:.1f} s "
-                    "from process start; one votes process".format(
-                        total, events, posts, seconds)))
-                print("{}: {} ({})".format(*out[-1]), flush=True)
+            (folder / kind).mkdir()
+            store = Store(kind, folder / kind)
+            try:
+                for size in sizes:
+                    row = folder / "{}-{}".format(kind, size)
+                    row.mkdir()
+                    rate, cpu_per_vote, events, seconds = drain(
+                        store, size, total, posts, base_config, row, vhosts)
+                    out.append((
+                        "drain, {}, events of {} votes".format(
+                            "Redis Cluster 3+3" if kind == "cluster" else "one Redis", size),
+                        "{:,.0f} votes/s".format(rate),
+                        "{:,} votes in {:,} events over {:,} posts, all in {:.1f} s "
+                        "from process start; one votes process, {:.1f} CPU s per "
+                        "100k votes".format(total, events, posts, seconds,
+                                            cpu_per_vote * 100_000)))
+                    print("{}: {} ({})".format(*out[-1]), flush=True)
+            finally:
+                store.stop()
     finally:
         vhosts.close(patience=60)
         shutil.rmtree(folder, ignore_errors=True)
