@@ -144,13 +144,16 @@ class Bench:
             self.notes.append("{}: {} wrk socket errors".format(
                 phase, result.socket_errors))
 
-    def run_wrk(self, target, mode, connections, prefix, window=None, posts=None, batch=100):
+    def run_wrk(self, target, mode, connections, prefix, window=None, posts=None, batch=100,
+                watch=None):
+        """``watch``: {name: pid} for the cpu line, by default the
+        services' (and Redis's and RabbitMQ's)."""
         self.env.sample_memory()
         result = wrk.run(
             self.wrk, self.env.url(target), mode, connections,
             window or self.p["window"], self.p["tail"], prefix,
             posts or self.p["posts"], batch=batch,
-            watch=self.watch("gateway", "votes", "bare"), tmp=self.env.tmp)
+            watch=watch or self.watch("gateway", "votes", "bare"), tmp=self.env.tmp)
         self.env.sample_memory()
         self.note_other(result.cpu)
         return result
@@ -161,11 +164,13 @@ class Bench:
     def posts(self, prefix, count=None):
         return ["{}{}".format(prefix, i) for i in range(count or self.p["posts"])]
 
-    def vote_run(self, phase, connections, prefix, window=None, posts=None, held=0):
-        """wrk single votes on the gateway (on ``posts`` posts, by default
-        the profile's, which held ``held`` votes before); returns the
-        result once every accepted vote is counted."""
-        result = self.run_wrk("gateway", "vote", connections, prefix, window, posts)
+    def vote_run(self, phase, connections, prefix, window=None, posts=None, held=0,
+                 target="gateway", watch=None):
+        """wrk single votes on the gateway (or ``target``; on ``posts``
+        posts, by default the profile's, which held ``held`` votes before);
+        returns the result once every accepted vote is counted."""
+        result = self.run_wrk(target, "vote", connections, prefix, window, posts,
+                              watch=watch)
         self.check_wrk(phase, result, 202)
         self.accepted[phase] = result.count(202)
         refused = sum(n for code, n in result.statuses.items() if code >= 500)

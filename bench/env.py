@@ -65,6 +65,7 @@ class Environment:
         self.redis_server = None
         self.services = {}  # name -> Process
         self.web_ports = {}  # name -> WEB_SERVER_ADDRESS port
+        self.amqp_uris = {}  # name -> its AMQP_URI
         self.peak_kb = {}   # name -> peak RSS of its processes so far
         self._closed = False
         self.failed = False
@@ -96,13 +97,15 @@ class Environment:
     def redis_pid(self):
         return self.redis_server.pid if self.redis_server else None
 
-    def start_service(self, name, module, http=False):
+    def start_service(self, name, module, http=False, amqp_uri=None, settings=None):
         """Start ``nameko run module`` (again, if it ran before), logging
-        only warnings: the access lines would cost the services time."""
+        only warnings: the access lines would cost the services time.
+        ``amqp_uri``: another broker than the run's vhost."""
         service = self.services.get(name)
         if service is None:
             port = free_port()
-            config = self._write_config(name, port)
+            self.amqp_uris[name] = amqp_uri or self.amqp_uri
+            config = self._write_config(name, port, settings)
             service = Process.nameko(name, module, config, self.tmp / (name + ".log"),
                                      port=port if http else None)
             self.services[name] = service
@@ -110,7 +113,7 @@ class Environment:
 
     def _write_config(self, name, port, settings=None):
         self.web_ports[name] = port
-        return write_config(self.tmp / (name + ".yml"), self.amqp_uri,
+        return write_config(self.tmp / (name + ".yml"), self.amqp_uris[name],
                             self.redis_uri, port, base=self.config_path,
                             log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
                             settings=settings)

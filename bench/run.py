@@ -11,7 +11,18 @@ from bench import store_drain
 from bench.context import Bench
 from bench.env import Environment, SetupError, ensure_wrk
 from bench.machine import code_version, machine_info, versions
-from bench.phases import bare, batch, checks, drain, latency, memory, reads, single, streams
+from bench.phases import (
+    bare,
+    batch,
+    checks,
+    drain,
+    latency,
+    memory,
+    mq_cluster,
+    reads,
+    single,
+    streams,
+)
 from harness.process import GATEWAY, ROOT, VOTES
 
 RESULTS = os.path.join(ROOT, "bench", "results", "latest.txt")
@@ -41,6 +52,7 @@ PROFILES = {
         "announce_posts": 10_000,  # posts changed each second
         "announce_seconds": 5,
         "settle_timeout": 120.0,
+        "mq_cluster": True,     # boot four private RabbitMQ nodes
     },
     "quick": {
         "window": 2.0,
@@ -64,6 +76,7 @@ PROFILES = {
         "announce_posts": 1_000,
         "announce_seconds": 2,
         "settle_timeout": 60.0,
+        "mq_cluster": False,
     },
 }
 
@@ -72,6 +85,7 @@ PROFILES = {
 # the correctness line always ends the run.
 PHASES = (
     ("single", single.run),
+    ("mq_cluster", mq_cluster.run),
     ("reads", reads.run),
     ("batch", batch.run),
     ("drain", lambda bench: (drain.run(bench, "batches"), drain.run(bench, "single"))),

@@ -2,10 +2,14 @@
 
 The machine's broker on 5672 is shared: a test that stops it stops every
 other user of it. A private node has its own node name, AMQP and Erlang
-distribution ports, data and log folders, and runs as the ``rabbitmq`` user
-(whose Erlang cookie ``rabbitmqctl`` uses too). The machine's
+distribution ports, data and log folders, and runs as the ``rabbitmq`` user,
+so it shares that user's Erlang cookie with ``rabbitmqctl`` and with the
+other private nodes (harness.rabbit_cluster joins them). The machine's
 ``/etc/rabbitmq/rabbitmq.conf`` pins the listener to 5672, so the node gets
-a config file of its own. Stopped by ``rabbitmqctl stop``, or by pid.
+a config file of its own. It is started with an empty environment but for
+its own settings, and stopped by pid: the node on 5672 is never named.
+
+No pytest here: the bench uses it too.
 """
 import os
 import pwd
@@ -16,23 +20,31 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.process import free_port
+from harness.process import free_port, wait_until
 from harness.rabbit import amqp_uri, rabbitmqctl
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 USER = "rabbitmq"
-BOOT_TIMEOUT = 90
+BOOT_TIMEOUT = 120   # the VM up and its app running
+STOP_TIMEOUT = 15    # the VM gone after SIGTERM, before SIGKILL
 
 
 class RabbitNode:
+    """``name`` (``@localhost`` added if bare) on ``amqp_port`` and
+    ``dist_port`` (free ones if not given), its files in a folder of its own
+    under ``base`` (a new temporary folder if not given, removed by
+    ``stop()``)."""
 
     def __init__(self, name, amqp_port=None, dist_port=None, base=None):
         self.name = name if "@" in name else name + "@localhost"
         self.amqp_port = amqp_port or free_port()
         self.dist_port = dist_port or free_port()
+        self.own_base = base is None
         self.base = Path(base or tempfile.mkdtemp(prefix="rabbit-node-"))
         self.dir = self.base / self.name.split("@")[0]
         self.pid_file = self.dir / "pid"
+        self.pid = None
+        self.app_running = False
 
     @property
     def host(self):
@@ -44,65 +56,106 @@ class RabbitNode:
     def ctl(self, *args, **kwargs):
         return rabbitmqctl(*args, node=self.name, **kwargs)
 
-    def _env(self):
-        return dict(
-            os.environ, HOME=pwd.getpwnam(USER).pw_dir,
-            RABBITMQ_NODENAME=self.name,
-            RABBITMQ_CONFIG_FILE=str(self.dir / "rabbitmq.conf"),
-            RABBITMQ_NODE_PORT=str(self.amqp_port),
-            RABBITMQ_DIST_PORT=str(self.dist_port),
-            RABBITMQ_MNESIA_BASE=str(self.dir / "mnesia"),
-            RABBITMQ_LOG_BASE=str(self.dir / "log"),
-            RABBITMQ_PID_FILE=str(self.pid_file),
-            RABBITMQ_ENABLED_PLUGINS_FILE=str(self.dir / "enabled_plugins"))
+    # --- life cycle -------------------------------------------------------
 
     def start(self):
-        """Boot the node and wait until it answers (about 5 s)."""
+        """Boot the node and wait until its app runs (about 5 s alone)."""
+        self.launch()
+        self.await_boot()
+        return self
+
+    def launch(self):
+        """Start the VM, without waiting (again, after ``kill()``: it comes
+        back with its data, and into its cluster)."""
         if shutil.which("runuser") is None or not os.path.exists(SERVER):
             raise RuntimeError("a private RabbitMQ node needs runuser and "
                                "rabbitmq-server (Debian's rabbitmq-server package)")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "rabbitmq.conf").write_text(
-            "listeners.tcp.1 = 127.0.0.1:{}\nloopback_users = none\n".format(
-                self.amqp_port))
-        (self.dir / "enabled_plugins").write_text("[].\n")
         user = pwd.getpwnam(USER)
-        for path in [self.base, self.dir, *self.dir.iterdir()]:
-            os.chown(path, user.pw_uid, user.pw_gid)
-        subprocess.run(["runuser", "-u", USER, "--", SERVER, "-detached"],
-                       env=self._env(), check=True, capture_output=True,
-                       timeout=60)
-        # the pid file appears as the VM starts; then the app boots
-        self.ctl("wait", str(self.pid_file), "--timeout", str(BOOT_TIMEOUT),
-                 timeout=BOOT_TIMEOUT + 10)
-        return self
+        if not self.dir.exists():
+            self.dir.mkdir(parents=True)
+            (self.dir / "rabbitmq.conf").write_text(
+                "listeners.tcp.1 = 127.0.0.1:{}\n"
+                "loopback_users = none\n"
+                # the machine is shared: no alarm for a disk with 2 GB free
+                "disk_free_limit.absolute = 50MB\n".format(self.amqp_port))
+            (self.dir / "enabled_plugins").write_text("[].\n")
+            for path in [self.base, self.dir, *self.dir.iterdir()]:
+                os.chown(path, user.pw_uid, user.pw_gid)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": user.pw_dir,
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq.conf"),
+            "RABBITMQ_NODE_PORT": str(self.amqp_port),
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.dir / "log"),
+            "RABBITMQ_PID_FILE": str(self.pid_file),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
+        }
+        subprocess.run(["runuser", "-u", USER, "--", "env", "-i",
+                        *("{}={}".format(k, v) for k, v in env.items()),
+                        SERVER, "-detached"],
+                       check=True, capture_output=True, timeout=60)
 
-    def stop_app(self):
-        self.ctl("stop_app")
+    def await_boot(self, timeout=BOOT_TIMEOUT):
+        """Until the app runs (the pid file appears first); records the pid."""
+        try:
+            self.ctl("wait", "--timeout", str(timeout), str(self.pid_file),
+                     timeout=timeout + 30)
+        finally:  # a node that failed to boot is still stopped by pid
+            self.pid = self._pid_from_file()
+        self.app_running = True
 
-    def start_app(self):
-        self.ctl("start_app")
-
-    @property
-    def pid(self):
+    def _pid_from_file(self):
         try:
             return int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
 
+    @property
+    def alive(self):
+        pid = self.pid or self._pid_from_file()
+        if pid is None:
+            return False
+        # not a zombie, nor a reused pid: the VM of this node has its name
+        try:
+            with open("/proc/{}/stat".format(pid)) as handle:
+                if handle.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return False
+            with open("/proc/{}/environ".format(pid), "rb") as handle:
+                return "RABBITMQ_NODENAME={}".format(self.name).encode() in (
+                    handle.read().split(b"\0"))
+        except OSError:
+            return False
+
     def stop(self):
-        """Stop the node (killed if it will not), and remove its folder."""
-        pid = self.pid
-        if self.ctl("stop", check=False, timeout=60).returncode and pid:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 10
-        while pid and time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        shutil.rmtree(self.base, ignore_errors=True)
+        """Stop the VM by pid (SIGTERM, then SIGKILL if it will not), and
+        remove its files."""
+        self.pid = self.pid or self._pid_from_file()
+        if self.alive:
+            os.kill(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT
+            while self.alive and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if self.alive:
+                os.kill(self.pid, signal.SIGKILL)
+        self.app_running = False
+        shutil.rmtree(self.base if self.own_base else self.dir, ignore_errors=True)
+
+    # --- faults -----------------------------------------------------------
+
+    def kill(self):
+        """kill -9 the VM; its files stay, for ``launch()``."""
+        os.kill(self.pid, signal.SIGKILL)
+        self.app_running = False
+        wait_until(lambda: not self.alive, 10, self.name + " gone")
+
+    def stop_app(self):
+        self.app_running = False
+        self.ctl("stop_app")
+
+    def start_app(self):
+        self.ctl("start_app")
+        self.app_running = True

@@ -31,7 +31,7 @@ class ServicesOnCluster(Cluster):
 
 @pytest.fixture(scope="session")
 def rabbit_cluster():
-    cluster = RabbitCluster()
+    cluster = RabbitCluster(first_port=5691, first_dist_port=25691)
     try:
         cluster.start()
         print("\n[rabbit cluster] {} nodes booted and joined in {:.1f}s".format(

@@ -5,6 +5,7 @@ be refused (503, within 5 s) while the services move to another node; both
 services carry on without a restart (tests/fault/harness.py: verify)."""
 import time
 
+from harness.rabbit_node import RabbitNode
 from services import contracts
 from tests.fault.harness import total, verify, within_recovery
 
@@ -49,27 +50,30 @@ def finish(rabbit_cluster, services, load, label, problems):
     assert len(services.processes) == 2  # no restart
 
 
-def test_votes_queue_leader_killed_mid_load(rabbit_cluster, services):
+def load_with_fault(rabbit_cluster, services, label, fault, repair=None):
+    """VOTES votes; a third of the way in, ``fault(leader)`` takes the
+    votes queue's leader away and the services must recover while it is
+    away (the leader moves to another node); ``repair(leader)``, if given,
+    brings it back after another third. Then every vote is verified."""
     leader = start(rabbit_cluster, services)
     with services.load(limit=VOTES, unique=True) as load:
         load.wait_sent(VOTES // 3)
-        killed = time.monotonic()
-        rabbit_cluster.kill(leader)
-        problems = within_recovery(killed, recovery_checks(services, load, killed))
+        began = time.monotonic()
+        fault(leader)
+        problems = within_recovery(began, recovery_checks(services, load, began))
         assert rabbit_cluster.leader(services.vhost, VOTES_QUEUE) is not leader
-        finish(rabbit_cluster, services, load, "leader node kill -9",
-               problems)
+        if repair is not None:
+            load.wait_sent(VOTES // 3)
+            repair(leader)
+        finish(rabbit_cluster, services, load, label, problems)
+
+
+def test_votes_queue_leader_killed_mid_load(rabbit_cluster, services):
+    load_with_fault(rabbit_cluster, services, "leader node kill -9",
+                    RabbitNode.kill)
 
 
 def test_votes_queue_leader_app_stopped_and_started_mid_load(rabbit_cluster,
                                                              services):
-    leader = start(rabbit_cluster, services)
-    with services.load(limit=VOTES, unique=True) as load:
-        load.wait_sent(VOTES // 3)
-        stopped = time.monotonic()
-        rabbit_cluster.stop_app(leader)
-        problems = within_recovery(stopped, recovery_checks(services, load, stopped))
-        load.wait_sent(VOTES // 3)
-        rabbit_cluster.start_app(leader)
-        finish(rabbit_cluster, services, load, "leader node stop_app",
-               problems)
+    load_with_fault(rabbit_cluster, services, "leader node stop_app",
+                    RabbitNode.stop_app, repair=RabbitNode.start_app)

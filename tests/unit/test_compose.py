@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import jsonschema
+import kombu
 import pytest
 import yaml
 
@@ -223,10 +224,26 @@ def test_app_healthchecks_use_the_healthcheck_module(compose, name, url):
         "CMD", "python", "-m", "services.healthcheck", url]
 
 
-# --- docker-compose.cluster.yml: the same apps on a Redis Cluster -------------
+# --- docker-compose.cluster.yml: the same apps on a RabbitMQ cluster and a
+# Redis Cluster --------------------------------------------------------------
 
 REDIS_NODES = ["redis-{}".format(n) for n in range(1, 7)]
 CLUSTER_CREATE = "redis-cluster-create"
+RABBIT_NODES = ["rabbit1", "rabbit2", "rabbit3"]
+RABBIT_CLUSTER_CONF = ROOT / "compose" / "rabbitmq-cluster.conf"
+RABBIT_CONF_MOUNT = "./compose/rabbitmq-cluster.conf:/etc/rabbitmq/conf.d/30-cluster.conf:ro"
+
+
+def rabbit_conf():
+    """rabbitmq.conf (sysctl format) as {key: value}."""
+    settings = {}
+    for line in RABBIT_CLUSTER_CONF.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            assert key.strip() not in settings, key
+            settings[key.strip()] = value.strip()
+    return settings
 
 
 def test_cluster_compose_file_is_valid_against_compose_spec(cluster_compose, schema):
@@ -235,10 +252,10 @@ def test_cluster_compose_file_is_valid_against_compose_spec(cluster_compose, sch
     assert errors == [], "\n".join(e.message for e in errors)
 
 
-def test_cluster_compose_has_six_nodes_and_a_one_shot_create(cluster_compose):
+def test_cluster_compose_has_three_rabbit_and_six_redis_nodes(cluster_compose):
     assert "version" not in cluster_compose
     assert set(cluster_compose["services"]) == (
-        set(APPS) | {"rabbitmq", CLUSTER_CREATE} | set(REDIS_NODES))
+        set(APPS) | set(RABBIT_NODES) | {CLUSTER_CREATE} | set(REDIS_NODES))
 
 
 def test_cluster_services_have_healthchecks_and_restart_policies(cluster_compose):
@@ -281,20 +298,71 @@ def test_cluster_create_makes_three_masters_with_a_replica_each(cluster_compose)
         name: {"condition": "service_healthy"} for name in REDIS_NODES}
 
 
+def test_rabbit_nodes_are_the_pinned_image_of_docker_compose_yml(compose, cluster_compose):
+    single = compose["services"]["rabbitmq"]
+    cookies = set()
+    for name in RABBIT_NODES:
+        node = cluster_compose["services"][name]
+        assert node["image"] == single["image"], name
+        # the node name is rabbit@<hostname>, as the config lists them
+        assert node["hostname"] == name
+        assert node["volumes"] == ["{}-data:/var/lib/rabbitmq".format(name),
+                                   RABBIT_CONF_MOUNT]
+        assert "{}-data".format(name) in cluster_compose["volumes"]
+        assert "ports" not in node and "depends_on" not in node, name
+        assert healthcheck_argv(node) == [
+            "CMD", "rabbitmq-diagnostics", "-q", "check_running"]
+        cookies.add(env_of(node)["RABBITMQ_ERLANG_COOKIE"])
+    assert cookies == {"${RABBITMQ_ERLANG_COOKIE:-change-me-votes-cluster-cookie}"}
+    assert "rabbitmq-data" not in cluster_compose["volumes"]
+
+
+def test_rabbit_nodes_find_each_other_in_the_mounted_config():
+    assert rabbit_conf() == {
+        "cluster_formation.peer_discovery_backend": "classic_config",
+        "cluster_formation.classic_config.nodes.1": "rabbit@rabbit1",
+        "cluster_formation.classic_config.nodes.2": "rabbit@rabbit2",
+        "cluster_formation.classic_config.nodes.3": "rabbit@rabbit3",
+        "cluster_partition_handling": "pause_minority",
+    }
+
+
 def test_cluster_apps_are_the_apps_of_docker_compose_yml(compose, cluster_compose):
-    """The same gateway and votes, but waiting for the cluster and pointed
-    at one of its nodes."""
+    """The same gateway and votes, but waiting for both clusters, on quorum
+    queues, with every RabbitMQ node in AMQP_URI and one Redis node in
+    REDIS_URI."""
     for name in APPS:
         single = copy.deepcopy(compose["services"][name])
         cluster = copy.deepcopy(cluster_compose["services"][name])
         assert cluster.pop("depends_on") == {
-            "rabbitmq": {"condition": "service_healthy"},
+            "rabbit1": {"condition": "service_healthy"},
+            "rabbit2": {"condition": "service_healthy"},
+            "rabbit3": {"condition": "service_healthy"},
             CLUSTER_CREATE: {"condition": "service_completed_successfully"}}
         single.pop("depends_on")
-        assert env_of(cluster)["REDIS_URI"] == "redis://redis-1:6379/0"
-        single["environment"]["REDIS_URI"] = cluster["environment"]["REDIS_URI"]
+        env = cluster["environment"]
+        assert env.pop("AMQP_URI") == (
+            "amqp://guest:guest@rabbit1:5672/;amqp://guest:guest@rabbit2:5672/;"
+            "amqp://guest:guest@rabbit3:5672/")
+        assert env.pop("AMQP_QUEUE_TYPE") == "quorum"
+        assert env.pop("REDIS_URI") == "redis://redis-1:6379/0"
+        for key in ("AMQP_URI", "REDIS_URI"):
+            single["environment"].pop(key)
         assert cluster == single, name
-    assert cluster_compose["services"]["rabbitmq"] == compose["services"]["rabbitmq"]
+
+
+def test_cluster_amqp_uri_gives_kombu_the_three_nodes(cluster_compose):
+    uri = env_of(cluster_compose["services"]["votes"])["AMQP_URI"]
+    assert kombu.Connection(uri).alt == [
+        "amqp://guest:guest@{}:5672/".format(name) for name in RABBIT_NODES]
+
+
+def test_every_cluster_app_environment_variable_is_read_by_config_yml(cluster_compose):
+    config_text = CONFIG_FILE.read_text()
+    for name in APPS:
+        unread = sorted(var for var in env_of(cluster_compose["services"][name])
+                        if "${" + var not in config_text)
+        assert unread == [], "{}: config.yml does not read {}".format(name, unread)
 
 
 # --- the Dockerfile and .dockerignore --------------------------------------
