@@ -159,6 +159,10 @@ def test_queue_consumer_internals():
     # kombu's mixin: the loop's stop flag, and the context manager replaced
     assert "should_stop" in dir(ConsumerMixin)
     assert callable(ConsumerMixin.establish_connection)
+    # ResilientQueueConsumer.consume shortens the loop's wait for a frame
+    assert "safety_interval" in params(ConsumerMixin.consume)
+    assert "self.consume(" in source(ConsumerMixin.run)
+    assert "consume" not in vars(QueueConsumer)
 
 
 def test_kombu_connection_and_consumer_shapes():
