@@ -260,8 +260,9 @@ class OptionalJsonServer(JsonWebServer):
         return bool(self.container.config.get(self.address_config_key))
 
     @property
-    def bind_addr(self):
-        return parse_address(self.container.config[self.address_config_key])
+    def bind_addr(self):  # read by inspect too, while unset
+        address = self.container.config.get(self.address_config_key)
+        return parse_address(address) if address else None
 
     def setup(self):
         if self.configured:
