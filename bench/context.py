@@ -144,13 +144,15 @@ class Bench:
             self.notes.append("{}: {} wrk socket errors".format(
                 phase, result.socket_errors))
 
-    def run_wrk(self, target, mode, connections, prefix, window=None, posts=None, batch=100):
+    def run_wrk(self, target, mode, connections, prefix, window=None, posts=None,
+                batch=100, script_env=None):
         self.env.sample_memory()
         result = wrk.run(
             self.wrk, self.env.url(target), mode, connections,
             window or self.p["window"], self.p["tail"], prefix,
             posts or self.p["posts"], batch=batch,
-            watch=self.watch("gateway", "votes", "bare"), tmp=self.env.tmp)
+            watch=self.watch("gateway", "votes", "bare"), tmp=self.env.tmp,
+            script_env=script_env)
         self.env.sample_memory()
         self.note_other(result.cpu)
         return result
@@ -161,11 +163,13 @@ class Bench:
     def posts(self, prefix, count=None):
         return ["{}{}".format(prefix, i) for i in range(count or self.p["posts"])]
 
-    def vote_run(self, phase, connections, prefix, window=None, posts=None, held=0):
+    def vote_run(self, phase, connections, prefix, window=None, posts=None, held=0,
+                 mode="vote", script_env=None):
         """wrk single votes on the gateway (on ``posts`` posts, by default
         the profile's, which held ``held`` votes before); returns the
         result once every accepted vote is counted."""
-        result = self.run_wrk("gateway", "vote", connections, prefix, window, posts)
+        result = self.run_wrk("gateway", mode, connections, prefix, window, posts,
+                              script_env=script_env)
         self.check_wrk(phase, result, 202)
         self.accepted[phase] = result.count(202)
         refused = sum(n for code, n in result.statuses.items() if code >= 500)

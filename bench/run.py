@@ -11,7 +11,18 @@ from bench import store_drain
 from bench.context import Bench
 from bench.env import Environment, SetupError, ensure_wrk
 from bench.machine import code_version, machine_info, versions
-from bench.phases import bare, batch, checks, drain, latency, memory, reads, single, streams
+from bench.phases import (
+    bare,
+    batch,
+    checks,
+    drain,
+    latency,
+    memory,
+    reads,
+    single,
+    streams,
+    trust,
+)
 from harness.process import GATEWAY, ROOT, VOTES
 
 RESULTS = os.path.join(ROOT, "bench", "results", "latest.txt")
@@ -79,6 +90,7 @@ PHASES = (
     ("latency", latency.run),
     ("memory", lambda bench: (memory.run(bench), memory.rss(bench))),
     ("streams", streams.run),
+    ("trust", trust.run),
 )
 # phases that use a figure of another
 NEEDS = {"drain": "single", "latency": "single"}
