@@ -6,6 +6,7 @@ import time
 import jwt
 
 from bench.context import cpu_note, fmt
+from bench.phases.streams import gateway_ms_per_vote
 
 SECRET = "bench-secret-long-enough-for-hs256"
 VOTER = "bench"
@@ -44,16 +45,22 @@ def run(bench):
     bench.env.restart_service("gateway")
     bench.env.services["gateway"].wait_http("/vote-counts?postId=bench-ready", 60, {404})
 
-    off = (results[0][1].rate(202) + results[-1][1].rate(202)) / 2
+    before, after = results[0][1], results[-1][1]
+    off = (before.rate(202) + after.rate(202)) / 2
+    # the gateway's CPU per vote gives the capacity ratio also when other
+    # work on the machine takes a varying share of the cores
+    off_cost = gateway_ms_per_vote(before, after)
     for name, result in results[1:-1]:
-        rate = result.rate(202)
+        rate, cost = result.rate(202), gateway_ms_per_vote(result)
         bench.figures["trust_" + name.replace(" ", "_")] = rate
         bench.row("single votes with voterId, c={}, {}".format(connections, name),
                   "{} votes/s".format(fmt(rate)),
-                  "with/without {:.2f}".format(rate / off if off else 0),
+                  "with/without {:.2f}, by gw CPU {:.2f}".format(
+                      rate / off if off else 0, off_cost / cost if cost else 0),
                   result.command + " (gateway); voterId and bearer token",
-                  "without: {} votes/s (mean of {} before and {} after); p50 {:.1f} ms "
+                  "without: {} votes/s (mean of {} before and {} after); gateway "
+                  "CPU per vote {:.2f} ms without, {:.2f} ms with; p50 {:.1f} ms "
                   "p99 {:.1f} ms; {}".format(
-                      fmt(off), fmt(results[0][1].rate(202)),
-                      fmt(results[-1][1].rate(202)), result.p50_ms, result.p99_ms,
+                      fmt(off), fmt(before.rate(202)), fmt(after.rate(202)),
+                      off_cost, cost, result.p50_ms, result.p99_ms,
                       cpu_note(result.cpu)))
