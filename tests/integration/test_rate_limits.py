@@ -1,7 +1,8 @@
 """Rate limits end to end (real RabbitMQ and Redis): exact 429s with their
 headers, no 429 changes a count, X-Forwarded-For trusted only from a
 trusted proxy, one count shared by two gateway processes, and votes let
-through when Redis does not answer."""
+through when Redis does not answer. The tests marked ``stores`` run on one
+Redis and on a Redis Cluster."""
 import eventlet
 import pytest
 import requests
@@ -51,6 +52,7 @@ def assert_limited(response, body, limit, window, remaining=0):
     }
 
 
+@pytest.mark.stores
 def test_address_limit_counts_each_vote_and_no_429_is_counted(
         services, web_session, rabbit_config):
     assert web_session.get("/vote?postId=1&score=1").status_code == 202
@@ -107,6 +109,7 @@ def test_a_trusted_proxy_names_the_client(
         "3": counts("3", 7, 0)}
 
 
+@pytest.mark.stores
 def test_voter_limit(runner_factory, config, web_session, rabbit_config):
     config.update(RATE_LIMIT_PER_ADDRESS=None, RATE_LIMIT_PER_VOTER="2/minute",
                   VOTER_TOKEN_SECRET="a-secret-long-enough-for-hs256-32b")
