@@ -54,7 +54,7 @@ def assert_limited(response, body, limit, window, remaining=0):
 
 @pytest.mark.stores
 def test_address_limit_counts_each_vote_and_no_429_is_counted(
-        services, web_session, rabbit_config):
+        services, web_session, rabbit_config, redis_client):
     assert web_session.get("/vote?postId=1&score=1").status_code == 202
     # a batch of 3 with 2 left is refused whole
     batch = {"votes": [{"postId": "1", "score": 1}] * 3}
@@ -71,6 +71,10 @@ def test_address_limit_counts_each_vote_and_no_429_is_counted(
         "1": counts("1", 3, 0)}
     # reads are not limited
     assert web_session.get("/vote-counts?postId=1").status_code == 200
+    # one key for the limit and the address, expiring with its window
+    key = "votes:rate:address:3600:127.0.0.1"
+    assert int(redis_client.get(key)) == 3
+    assert 0 < redis_client.pttl(key) <= 3600 * 1000
 
 
 def test_a_spoofed_forwarded_for_does_not_escape(services, web_session, rabbit_config):
