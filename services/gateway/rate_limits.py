@@ -18,6 +18,12 @@ brake, not the guard of the counts. Each failure is counted in
 ``gateway_rate_limit_errors_total`` and logged at most every 10 s; for a
 second after one, Redis is not asked, so an unreachable Redis costs no
 vote a timeout.
+
+Not the ``limits`` library: its fixed window counts refused hits too, its
+Redis storages build their own client from a URI (``redis+cluster://``
+for a cluster, where REDIS_URI names any node), and the headers of a 429
+would cost a second round trip per limit; here one script call answers
+the checks of many concurrent requests.
 """
 import ipaddress
 import json
