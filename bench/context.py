@@ -145,7 +145,7 @@ class Bench:
                 phase, result.socket_errors))
 
     def run_wrk(self, target, mode, connections, prefix, window=None, posts=None, batch=100,
-                watch=None):
+                watch=None, script_env=None):
         """``watch``: {name: pid} for the cpu line, by default the
         services' (and Redis's and RabbitMQ's)."""
         self.env.sample_memory()
@@ -153,7 +153,8 @@ class Bench:
             self.wrk, self.env.url(target), mode, connections,
             window or self.p["window"], self.p["tail"], prefix,
             posts or self.p["posts"], batch=batch,
-            watch=watch or self.watch("gateway", "votes", "bare"), tmp=self.env.tmp)
+            watch=watch or self.watch("gateway", "votes", "bare"), tmp=self.env.tmp,
+            script_env=script_env)
         self.env.sample_memory()
         self.note_other(result.cpu)
         return result
@@ -165,12 +166,12 @@ class Bench:
         return ["{}{}".format(prefix, i) for i in range(count or self.p["posts"])]
 
     def vote_run(self, phase, connections, prefix, window=None, posts=None, held=0,
-                 target="gateway", watch=None):
+                 target="gateway", watch=None, mode="vote", script_env=None):
         """wrk single votes on the gateway (or ``target``; on ``posts``
         posts, by default the profile's, which held ``held`` votes before);
         returns the result once every accepted vote is counted."""
-        result = self.run_wrk(target, "vote", connections, prefix, window, posts,
-                              watch=watch)
+        result = self.run_wrk(target, mode, connections, prefix, window, posts,
+                              watch=watch, script_env=script_env)
         self.check_wrk(phase, result, 202)
         self.accepted[phase] = result.count(202)
         refused = sum(n for code, n in result.statuses.items() if code >= 500)

@@ -22,6 +22,7 @@ from bench.phases import (
     reads,
     single,
     streams,
+    trust,
 )
 from harness.process import GATEWAY, ROOT, VOTES
 
@@ -93,6 +94,7 @@ PHASES = (
     ("latency", latency.run),
     ("memory", lambda bench: (memory.run(bench), memory.rss(bench))),
     ("streams", streams.run),
+    ("trust", trust.run),
 )
 # phases that use a figure of another
 NEEDS = {"drain": "single", "latency": "single"}

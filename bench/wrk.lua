@@ -1,6 +1,7 @@
 -- wrk script for the bench (see bench/wrk.py). Settings come from the
 -- environment:
---   BENCH_MODE   vote | read | batch
+--   BENCH_MODE   vote | voter | read | batch
+--   BENCH_VOTER, BENCH_AUTH  voter mode: the voterId and its bearer token
 --   BENCH_STOP   a file: once it exists, every new request is a harmless
 --                DELETE /vote (answered 405, never a vote), so that no vote
 --                is still in flight when wrk stops and every vote sent is
@@ -43,6 +44,18 @@ function init(args)
       local score = (i % 4 == 3) and "-1" or "1"
       requests_[#requests_ + 1] = wrk.format(
         "GET", "/vote?postId=" .. post .. "&score=" .. score)
+    end
+  elseif mode == "voter" then
+    -- one voter (BENCH_AUTH: its bearer token), each post once: every
+    -- vote counts as long as the pool outlasts the run
+    local voter = os.getenv("BENCH_VOTER") or "bench"
+    local headers = {}
+    local auth = os.getenv("BENCH_AUTH") or ""
+    if auth ~= "" then headers["Authorization"] = "Bearer " .. auth end
+    for i = 0, posts - 1 do
+      requests_[#requests_ + 1] = wrk.format(
+        "GET", "/vote?postId=" .. prefix .. ((i + offset) % posts)
+          .. "&score=1&voterId=" .. voter, headers)
     end
   elseif mode == "read" then
     for i = 0, posts - 1 do

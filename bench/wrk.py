@@ -55,12 +55,13 @@ class WrkResult:
 
 
 def run(wrk, url, mode, connections, window, tail, prefix, posts, batch=100,
-        watch=None, tmp="/tmp", max_tail=10.0):
-    """``watch``: {name: pid} whose CPU use over the window is reported."""
+        watch=None, tmp="/tmp", max_tail=10.0, script_env=None):
+    """``watch``: {name: pid} whose CPU use over the window is reported;
+    ``script_env``: more BENCH_* settings for wrk.lua."""
     stop_file = os.path.join(tmp, "wrk-stop-" + uuid.uuid4().hex)
     env = dict(os.environ, BENCH_MODE=mode, BENCH_STOP=stop_file,
                BENCH_PREFIX=prefix, BENCH_POSTS=str(posts),
-               BENCH_BATCH=str(batch))
+               BENCH_BATCH=str(batch), **(script_env or {}))
     # -d is only a safety net: the bench ends the run with SIGINT
     command = [wrk, "-t", "1", "-c", str(connections),
                "-d", "{}s".format(int(window + tail + 60)), "--timeout", "30s",
@@ -118,6 +119,6 @@ def run(wrk, url, mode, connections, window, tail, prefix, posts, batch=100,
     if not bench:
         raise RuntimeError("wrk printed no BENCH line:\n" + text)
     shown = "wrk -t1 -c{} {:g}s {} {}".format(
-        connections, window, {"vote": "GET /vote", "read": "GET /vote-counts",
+        connections, window, {"vote": "GET /vote", "voter": "GET /vote", "read": "GET /vote-counts",
                               "batch": "POST /votes"}[mode], url.split("/")[2])
     return WrkResult(elapsed, bench, text, cpu, shown)

@@ -1,3 +1,5 @@
+import math
+
 from services.platform.web import TooManyFields
 
 
@@ -49,6 +51,36 @@ class VoterTokenWrongPost(VoterTokenError):
     pass
 
 
+class RateLimited(Exception):
+    """A vote request over a rate limit (services.gateway.rate_limits);
+    ``headers``: Retry-After and the IETF RateLimit headers (draft 7's
+    separate fields)."""
+
+    def __init__(self, rate, used, ttl_ms):
+        super().__init__("more than {} votes in {} s from this {}".format(
+            rate.limit, rate.seconds,
+            "client address" if rate.name == "address" else "voter"))
+        reset = str(max(1, math.ceil(ttl_ms / 1000)))
+        self.headers = {
+            "Retry-After": reset,
+            "RateLimit-Limit": str(rate.limit),
+            "RateLimit-Remaining": str(max(0, rate.limit - used)),
+            "RateLimit-Reset": reset,
+            "RateLimit-Policy": "{};w={}".format(rate.limit, rate.seconds),
+        }
+
+
+class OperatorTokenRequired(Exception):
+    """/metrics or /ready without the operator's bearer token."""
+
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class OperatorRouteMoved(LookupError):
+    """/metrics or /ready asked on the public port once they have an
+    operator address: answered as an unknown route."""
+
+
 # The gateway's answers: exception -> (status, error code), matched with
 # isinstance, in order. This table alone decides what is a 4xx (or 503)
 # and what is an unexpected 500 (services.platform.web).
@@ -60,8 +92,11 @@ ERRORS = (
     (VoterTokenWrongAudience, 401, "VOTER_TOKEN_WRONG_AUDIENCE"),
     (VoterTokenWrongVoter, 401, "VOTER_TOKEN_WRONG_VOTER"),
     (VoterTokenWrongPost, 401, "VOTER_TOKEN_WRONG_POST"),
+    (OperatorTokenRequired, 401, "OPERATOR_TOKEN_REQUIRED"),
     (PostNotFound, 404, "POST_NOT_FOUND"),
+    (OperatorRouteMoved, 404, "NOT_FOUND"),
     (IdempotencyKeyReused, 422, "IDEMPOTENCY_KEY_REUSED"),
+    (RateLimited, 429, "RATE_LIMITED"),
     (BrokerUnavailable, 503, "BROKER_UNAVAILABLE"),
     (ServiceUnavailable, 503, "SERVICE_UNAVAILABLE"),
 )

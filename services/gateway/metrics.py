@@ -34,3 +34,7 @@ idempotent_replays = Counter(
     "gateway_idempotent_replays_total",
     "Keyed vote requests answered again from this process's memory of the "
     "key, without a publish.")
+rate_limit_errors = Counter(
+    "gateway_rate_limit_errors_total",
+    "Vote requests let through unchecked because Redis did not answer the "
+    "rate limiter (fail-open).")

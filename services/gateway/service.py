@@ -10,6 +10,8 @@ from services.gateway import metrics, page, schemas
 from services.gateway.dependencies import RecentKeys, VotePublisher, VotesReader
 from services.gateway.exceptions import ERRORS, IdempotencyKeyReused, PostNotFound
 from services.gateway.live import Closed, LiveCounts
+from services.gateway.operator import ADDRESS_CONFIG_KEY, OperatorGate
+from services.gateway.rate_limits import RateLimiter
 from services.gateway.tokens import VoterTokenChecker
 from services.platform.web import event_stream, json_http, json_response, sse_event
 
@@ -22,6 +24,9 @@ KEEPALIVE_SECONDS = 15
 
 # every route answers errors from the gateway's table (exceptions.ERRORS)
 http = json_http(ERRORS, label="gateway", observe=metrics.observe_request)
+# /metrics, /ready and /health on OPERATOR_ADDRESS, when it is set
+operator_http = json_http(ERRORS, label="gateway-operator",
+                          address_config_key=ADDRESS_CONFIG_KEY)
 
 
 class VoteIds:
@@ -66,6 +71,8 @@ class GatewayService:
     recent_keys = RecentKeys()
     live = LiveCounts()
     voter_tokens = VoterTokenChecker()
+    rate_limits = RateLimiter()
+    operator = OperatorGate()
 
     clock = AcceptClock()
     new_vote_id = VoteIds()
@@ -75,6 +82,8 @@ class GatewayService:
         With an Idempotency-Key every try gets the same vote ids, and the
         votes service counts the key's votes once."""
         self.voter_tokens.check_votes(request.environ, votes)
+        if self.rate_limits is not None:
+            self.rate_limits.check(request.environ, votes)
         key = schemas.idempotency_key(request.environ)
         key_id = fingerprint = None
         if key is not None:
@@ -191,6 +200,19 @@ class GatewayService:
     @http("GET", "/ready")
     def ready(self, request):
         """Readiness: RabbitMQ, the votes service and its Redis answer."""
+        self.operator.check_public(request.environ)
+        return self._readiness()
+
+    @operator_http("GET", "/ready")
+    def operator_ready(self, request):
+        self.operator.check(request.environ)
+        return self._readiness()
+
+    @operator_http("GET", "/health")
+    def operator_health(self, request):
+        return self.health(request)
+
+    def _readiness(self):
         ready, checks = self.votes_rpc.readiness()
         if ready:
             return json_response(200, {"status": "ready", "checks": checks})
@@ -210,4 +232,10 @@ class GatewayService:
 
     @http("GET", "/metrics")
     def prometheus_metrics(self, request):
+        self.operator.check_public(request.environ)
+        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+
+    @operator_http("GET", "/metrics")
+    def operator_metrics(self, request):
+        self.operator.check(request.environ)
         return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)

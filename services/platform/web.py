@@ -25,6 +25,7 @@ from nameko.web.server import WsgiApp, parse_address
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
+from services.platform.cors import Cors
 from services.platform.http_server import (
     ERROR_CODES,
     STREAMING_ENVIRON_KEY,
@@ -99,12 +100,14 @@ def response_for_http_exception(exc):
 
 def response_for_exception(exc, errors, logged=False):
     """The answer to ``exc`` from ``errors`` ((exception class or tuple,
-    status, CODE), matched with isinstance, in order); anything else is a
-    500, logged with its traceback unless ``logged`` (nameko's container
-    has logged it already)."""
+    status, CODE), matched with isinstance, in order), with the headers of
+    its ``headers`` attribute if it has one; anything else is a 500, logged
+    with its traceback unless ``logged`` (nameko's container has logged it
+    already)."""
     for exc_type, status, code in errors:
         if isinstance(exc, exc_type):
-            headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+            headers = getattr(exc, "headers", None) or (
+                {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None)
             return error_response(status, code, str(exc), headers)
     if isinstance(exc, HTTPException) and exc.code and exc.code < 500:
         return response_for_http_exception(exc)
@@ -116,9 +119,30 @@ def response_for_exception(exc, errors, logged=False):
 class JsonWsgiApp(WsgiApp):
     """nameko's WSGI application, whose errors (no route, wrong method, a
     body over the limit, a bug) werkzeug answers in HTML: here in JSON, from
-    the server's error table."""
+    the server's error table. CORS (services.platform.cors) is answered
+    and added here, around the routes."""
 
     def __call__(self, environ, start_response):
+        cors = self.server.cors
+        if cors.is_preflight(environ):
+            response = self.preflight(cors, environ)
+        else:
+            response = cors.decorate(environ, self.respond(environ))
+        return response(environ, start_response)
+
+    @staticmethod
+    def preflight(cors, environ):
+        origin = cors.allowed(environ)
+        if origin is None:
+            response = error_response(
+                403, "CORS_ORIGIN_REFUSED",
+                "this origin may not call the API from a browser")
+        else:
+            response = Response(status=204, headers=cors.preflight_headers(origin))
+        response.vary.add("Origin")
+        return response
+
+    def respond(self, environ):
         try:
             request = Request(environ, shallow=True)
             request.max_content_length = self.server.limits.max_body_bytes
@@ -132,7 +156,7 @@ class JsonWsgiApp(WsgiApp):
                         else exc.get_response(environ))
         except Exception as exc:
             response = response_for_exception(exc, self.server.errors)
-        return response(environ, start_response)
+        return response
 
 
 def _refuse_large_forms(request, environ):
@@ -151,6 +175,11 @@ class JsonWebServer(EdgeWebServer):
     table."""
 
     errors = ()
+    cors = Cors()
+
+    def setup(self):
+        super().setup()
+        self.cors = Cors.from_config(self.container.config)
 
     def get_wsgi_app(self):
         return JsonWsgiApp(self)
@@ -219,15 +248,52 @@ class JsonHttp(HttpRequestHandler):
         return response
 
 
-def json_http(errors, label, observe=None):
+class OptionalJsonServer(JsonWebServer):
+    """A JsonWebServer on the address of ``address_config_key`` instead of
+    WEB_SERVER_ADDRESS; while that setting is empty, no server at all (no
+    socket, no metrics), though its routes are declared."""
+
+    address_config_key = None
+
+    @property
+    def configured(self):
+        return bool(self.container.config.get(self.address_config_key))
+
+    @property
+    def bind_addr(self):  # read by inspect too, while unset
+        address = self.container.config.get(self.address_config_key)
+        return parse_address(address) if address else None
+
+    def setup(self):
+        if self.configured:
+            super().setup()
+
+    def start(self):
+        if self.configured:
+            super().start()
+
+    def stop(self):
+        if self._gt is not None:
+            super().stop()
+
+    def kill(self):
+        if self._gt is not None:
+            super().kill()
+
+
+def json_http(errors, label, observe=None, address_config_key=None):
     """An ``http`` decorator for one service: ``errors`` its table of
     (exception class or tuple, status, CODE), ``label`` the server's name
-    in the http_* metrics, ``observe`` a per-request metrics hook."""
+    in the http_* metrics, ``observe`` a per-request metrics hook. With
+    ``address_config_key``, the routes are on a server of their own at that
+    setting's address, started only when it is set (OptionalJsonServer)."""
 
-    class Server(JsonWebServer):
+    class Server(OptionalJsonServer if address_config_key else JsonWebServer):
         pass
 
     Server.errors, Server.label = tuple(errors), label
+    if address_config_key:
+        Server.address_config_key = address_config_key
 
     class Http(JsonHttp):
         server = Server()

@@ -133,7 +133,10 @@ def test_only_the_gateway_publishes_a_port(compose):
     published = {name: service["ports"]
                  for name, service in compose["services"].items()
                  if service.get("ports")}
-    assert published == {"gateway": ["5000:5000"]}
+    # the operator port (/metrics, /ready) on the host's loopback only
+    assert published == {"gateway": ["5000:5000", "127.0.0.1:9101:9101"]}
+    assert compose["services"]["gateway"]["environment"]["OPERATOR_ADDRESS"] == \
+        "0.0.0.0:9101"
     assert "ports" not in compose["services"]["votes"]
 
 

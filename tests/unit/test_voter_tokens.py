@@ -59,6 +59,26 @@ def test_a_valid_token_votes_as_its_voter():
     assert (vote["postId"], vote["voterId"]) == ("348", "alice")
 
 
+def test_a_verified_token_is_kept_until_it_expires(monkeypatch):
+    worker = service()
+    bearer = token()
+    vote = "/vote?postId=348&score=1&voterId=alice"
+    for _ in range(2):
+        assert answer(worker.vote, request(vote, bearer=bearer))[0] == 202
+    assert list(worker.voter_tokens.verified) == [bearer]
+    # a token with another signature is verified afresh, and refused
+    head, signature = bearer.rsplit(".", 1)
+    forged = "{}.{}{}".format(head, "B" if signature[0] == "A" else "A", signature[1:])
+    assert answer(worker.vote, request(vote, bearer=forged))[1][
+        "error"] == "VOTER_TOKEN_INVALID"
+    expires, _ = worker.voter_tokens.verified[bearer]
+    monkeypatch.setattr(time, "time", lambda: expires)
+    assert answer(worker.vote, request(vote, bearer=bearer)) == (401, {
+        "error": "VOTER_TOKEN_EXPIRED", "message": "the voter token has expired"})
+    assert worker.voter_tokens.verified == {}
+    assert len(queued(worker)) == 2
+
+
 # tokens are made when the test runs: one made at collection may have
 # expired by then
 @pytest.mark.parametrize("make_bearer, code, message", [

@@ -1,0 +1,280 @@
+"""Rate limits on votes, per client address and per voter (README,
+"Securing it").
+
+Off unless RATE_LIMIT_PER_ADDRESS or RATE_LIMIT_PER_VOTER is set
+(``60/minute``: a count, then ``second``, ``minute``, ``hour`` or ``day``,
+optionally with a number: ``100/10 seconds``). Each vote counts one, so a
+batch of 20 takes 20. The counts are in Redis (REDIS_URI), so every gateway
+process shares them: one key per limit and identity, a window that starts
+at its first vote and ends ``period`` later (the key's expiry). A request
+over any of its limits is refused whole and takes nothing from them.
+
+The client address is the socket's peer, or, when that peer is one of
+TRUSTED_PROXIES, the nearest address in ``X-Forwarded-For`` that is not a
+trusted proxy. IPv6 clients are counted per /64, the block one host gets.
+
+If Redis does not answer, votes are let through (fail-open): a limit is a
+brake, not the guard of the counts. Each failure is counted in
+``gateway_rate_limit_errors_total`` and logged at most every 10 s; for a
+second after one, Redis is not asked, so an unreachable Redis costs no
+vote a timeout.
+
+Not the ``limits`` library: its fixed window counts refused hits too, its
+Redis storages build their own client from a URI (``redis+cluster://``
+for a cluster, where REDIS_URI names any node), and the headers of a 429
+would cost a second round trip per limit; here one script call answers
+the checks of many concurrent requests.
+"""
+import ipaddress
+import json
+import logging
+import re
+import time
+from collections import namedtuple
+
+from nameko.exceptions import ConfigurationError
+from nameko.extensions import DependencyProvider
+from redis.cluster import RedisCluster
+
+from services.gateway import metrics
+from services.gateway.exceptions import RateLimited
+from services.platform import redis_nodes
+from services.platform.batching import Expired, GroupCommit
+
+_log = logging.getLogger(__name__)
+
+PER_ADDRESS_CONFIG_KEY = "RATE_LIMIT_PER_ADDRESS"
+PER_VOTER_CONFIG_KEY = "RATE_LIMIT_PER_VOTER"
+TRUSTED_PROXIES_CONFIG_KEY = "TRUSTED_PROXIES"
+REDIS_KEY = "votes"  # the entry of REDIS_URIS: the votes service's Redis
+KEY_PREFIX = "votes:rate:"
+PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+SOCKET_TIMEOUT = 0.5  # seconds: a Redis that hangs costs a vote this at most
+WAIT_TIMEOUT = 1.0    # seconds a check may wait for its group, then fail-open
+PAUSE_AFTER_ERROR = 1.0  # seconds Redis is not asked after a failure
+LOG_INTERVAL = 10.0
+MAX_GROUP = 200       # checks per Redis call
+
+# ARGV[1]: [[[key index, limit, window ms, cost], ...], ...]: checks, each
+# all-or-nothing over its limits. Returns per check: the position of the
+# limit that refused it (0: accepted), that limit's count, and the
+# milliseconds left in its window.
+CHECK_SCRIPT = """
+local out = {}
+for _, check in ipairs(cjson.decode(ARGV[1])) do
+  local refused, refused_used, refused_ttl = 0, 0, 0
+  local used = {}
+  for i, limit in ipairs(check) do
+    local key = KEYS[limit[1]]
+    local count = tonumber(redis.call('GET', key) or '0')
+    local ttl = redis.call('PTTL', key)
+    if ttl < 0 then count, ttl = 0, limit[3] end
+    used[i] = count
+    if refused == 0 and count + limit[4] > limit[2] then
+      refused, refused_used, refused_ttl = i, count, ttl
+    end
+  end
+  if refused == 0 then
+    for i, limit in ipairs(check) do
+      if used[i] == 0 then
+        redis.call('SET', KEYS[limit[1]], limit[4], 'PX', limit[3])
+      else
+        redis.call('INCRBY', KEYS[limit[1]], limit[4])
+      end
+    end
+  end
+  out[#out + 1] = refused
+  out[#out + 1] = refused_used
+  out[#out + 1] = refused_ttl
+end
+return out
+"""
+
+Rate = namedtuple("Rate", "name limit seconds")
+Rate.__doc__ = """``limit`` votes per ``seconds``; ``name`` is the
+setting's kind (address or voter), in keys and metrics."""
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)?\s*(second|minute|hour|day)s?\s*$")
+
+
+def parse_rate(name, key, text):
+    """A Rate from ``60/minute`` or ``100/10 seconds``; None when empty."""
+    if text is None or str(text).strip() == "":
+        return None
+    match = _RATE.match(str(text))
+    if match is None or int(match.group(1)) < 1 or match.group(2) == "0":
+        raise ConfigurationError(
+            "{} must look like 60/minute or 100/10 seconds (got {!r})".format(
+                key, text))
+    seconds = int(match.group(2) or 1) * PERIODS[match.group(3)]
+    return Rate(name, int(match.group(1)), seconds)
+
+
+def parse_networks(text):
+    """TRUSTED_PROXIES: addresses or CIDR blocks, separated by commas or
+    spaces (or a YAML list)."""
+    if not text:
+        return ()
+    items = text if isinstance(text, list) else re.split(r"[,\s]+", str(text))
+    try:
+        return tuple(ipaddress.ip_network(item.strip(), strict=False)
+                     for item in items if item.strip())
+    except ValueError as exc:
+        raise ConfigurationError("TRUSTED_PROXIES: {}".format(exc)) from None
+
+
+def _address(text):
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+def client_address(environ, trusted):
+    """The client's address: the socket's peer, unless it is a trusted
+    proxy; then, walking ``X-Forwarded-For`` from its end (the entry the
+    proxy wrote), the first address that is not a trusted proxy. An entry
+    that is not an address stops the walk at the hop before it."""
+    peer = environ.get("REMOTE_ADDR", "")
+    client = _address(peer)
+    if not trusted or client is None:
+        return peer
+    hops = environ.get("HTTP_X_FORWARDED_FOR", "").split(",")
+    while any(client in network for network in trusted) and hops:
+        hop = _address(hops.pop())
+        if hop is None:
+            break
+        client = hop
+    return str(client)
+
+
+def address_identity(address):
+    """IPv6 addresses by their /64, the block one host gets."""
+    parsed = _address(address)
+    if parsed is not None and parsed.version == 6 and parsed.ipv4_mapped is None:
+        return str(ipaddress.ip_network((parsed, 64), strict=False))
+    return address
+
+
+class RateLimits:
+    """Checks each vote request against the configured limits; raises
+    RateLimited over one."""
+
+    def __init__(self, per_address, per_voter, trusted, submit):
+        self.per_address, self.per_voter = per_address, per_voter
+        self.trusted = trusted
+        self.submit = submit  # submit(check) -> (position, used, ttl_ms)
+
+    def check(self, environ, votes):
+        limits = []  # (Rate, identity, cost)
+        if self.per_address is not None:
+            limits.append((self.per_address, address_identity(
+                client_address(environ, self.trusted)), len(votes)))
+        if self.per_voter is not None:
+            voters = {}
+            for vote in votes:
+                if vote.voterId is not None:
+                    voters[vote.voterId] = voters.get(vote.voterId, 0) + 1
+            limits += [(self.per_voter, voter, cost) for voter, cost in voters.items()]
+        if not limits:
+            return
+        position, used, ttl_ms = self.submit(limits)
+        if position:
+            rate = limits[position - 1][0]
+            raise RateLimited(rate, used, ttl_ms)
+
+
+def _key(rate, identity):
+    return "{}{}:{}:{}".format(KEY_PREFIX, rate.name, rate.seconds, identity)
+
+
+class RateLimiter(DependencyProvider):
+    """Injects the configured RateLimits, or None when no limit is set.
+
+    On one Redis, the checks of concurrent requests go in one script call
+    (services.platform.batching), each all-or-nothing. On a Redis Cluster,
+    each limit is its own call (one key, one slot), address first: a
+    request that a voter limit refuses has then used its address's
+    allowance."""
+
+    def setup(self):
+        config = self.container.config
+        per_address = parse_rate("address", PER_ADDRESS_CONFIG_KEY,
+                                 config.get(PER_ADDRESS_CONFIG_KEY))
+        per_voter = parse_rate("voter", PER_VOTER_CONFIG_KEY,
+                               config.get(PER_VOTER_CONFIG_KEY))
+        trusted = parse_networks(config.get(TRUSTED_PROXIES_CONFIG_KEY))
+        self.limits = None
+        self.client = None
+        if per_address is None and per_voter is None:
+            return
+        self.uri = config["REDIS_URIS"][REDIS_KEY]
+        self.paused_until = 0.0
+        self.logged_at = 0.0
+        self.group = GroupCommit(self._flush, max_weight=MAX_GROUP,
+                                 max_wait=WAIT_TIMEOUT, deadline=WAIT_TIMEOUT)
+        self.limits = RateLimits(per_address, per_voter, trusted, self._submit)
+
+    def start(self):
+        if self.limits is not None:
+            self.container.spawn_managed_thread(self.group.run)
+
+    def stop(self):
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    kill = stop
+
+    def get_dependency(self, worker_ctx):
+        return self.limits
+
+    def _connect(self):
+        if self.client is None:
+            client = redis_nodes.connect(
+                self.uri, socket_timeout=SOCKET_TIMEOUT,
+                socket_connect_timeout=SOCKET_TIMEOUT)
+            self.script = client.register_script(CHECK_SCRIPT)
+            self.cluster = isinstance(client, RedisCluster)
+            self.client = client
+        return self.client
+
+    def _submit(self, limits):
+        """(position, used, ttl_ms) of the check; (0, 0, 0), and the error
+        counted and logged, when Redis does not answer."""
+        if time.monotonic() < self.paused_until:
+            metrics.rate_limit_errors.inc()
+            return 0, 0, 0
+        try:
+            return self.group.submit(limits)
+        except Exception as exc:
+            self._failed(exc)
+            return 0, 0, 0
+
+    def _failed(self, exc):
+        metrics.rate_limit_errors.inc()
+        now = time.monotonic()
+        if not isinstance(exc, Expired):
+            self.paused_until = now + PAUSE_AFTER_ERROR
+        if now - self.logged_at >= LOG_INTERVAL:
+            self.logged_at = now
+            _log.warning("rate limits not checked, votes let through: %r", exc)
+
+    def _flush(self, checks):
+        self._connect()
+        if self.cluster:
+            return [self._run_apart(limits) for limits in checks]
+        keys = {}
+        encoded = [[[keys.setdefault(_key(rate, identity), len(keys) + 1),
+                     rate.limit, rate.seconds * 1000, cost]
+                    for rate, identity, cost in limits] for limits in checks]
+        replies = self.script(keys=list(keys), args=[json.dumps(encoded)])
+        return [tuple(replies[i:i + 3]) for i in range(0, len(replies), 3)]
+
+    def _run_apart(self, limits):
+        for position, (rate, identity, cost) in enumerate(limits, 1):
+            got = self.script(keys=[_key(rate, identity)], args=[json.dumps(
+                [[[1, rate.limit, rate.seconds * 1000, cost]]])])
+            if got[0]:
+                return position, got[1], got[2]
+        return 0, 0, 0

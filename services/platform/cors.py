@@ -1,0 +1,113 @@
+"""CORS for the JSON web server (services.platform.web): an allow-list of
+origins, so that a page on another site can call the API from a browser.
+
+Off while CORS_ORIGINS is empty: no CORS header is ever sent, and OPTIONS
+answers 405 as any undeclared method. When on:
+
+* a preflight (``OPTIONS`` with ``Origin``) from a listed origin answers
+  ``204`` with ``Access-Control-Allow-Origin`` (that origin), ``-Methods``,
+  ``-Headers``, ``-Max-Age`` and ``Vary: Origin``, before any route is
+  matched; from any other origin ``403 CORS_ORIGIN_REFUSED``, without CORS
+  headers;
+* any other answer to a listed origin carries ``Access-Control-Allow-Origin``
+  and ``-Expose-Headers`` (so that a page can read Retry-After and the
+  RateLimit headers); every answer carries ``Vary: Origin``;
+* a request from an unlisted origin is answered as before, without CORS
+  headers: the browser keeps the answer from the page. CORS guards what a
+  page may read, not who may call: any client that is not a browser sends
+  what it likes.
+
+``Access-Control-Allow-Credentials: true`` only with
+CORS_ALLOW_CREDENTIALS (cookies are of no use to this API; tokens go in
+``Authorization``, which needs no credentials mode).
+"""
+import re
+
+from nameko.exceptions import ConfigurationError
+
+ORIGINS_CONFIG_KEY = "CORS_ORIGINS"
+CREDENTIALS_CONFIG_KEY = "CORS_ALLOW_CREDENTIALS"
+MAX_AGE_CONFIG_KEY = "CORS_MAX_AGE"
+DEFAULT_MAX_AGE = 600
+ALLOW_METHODS = "GET, POST"
+ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
+EXPOSE_HEADERS = ("Retry-After, RateLimit-Limit, RateLimit-Remaining, "
+                  "RateLimit-Reset, RateLimit-Policy")
+_ORIGIN = re.compile(r"^https?://[^/\s]+$")
+
+
+def _flag(config, key):
+    value = config.get(key)
+    if value in (None, "", False):
+        return False
+    if value is True or str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise ConfigurationError("{} must be true or false (got {!r})".format(key, value))
+
+
+class Cors:
+    """The policy of one server; ``origins`` empty: off."""
+
+    def __init__(self, origins=(), credentials=False, max_age=DEFAULT_MAX_AGE):
+        self.origins = frozenset(origins)
+        self.credentials = credentials
+        self.max_age = str(max_age)
+
+    @classmethod
+    def from_config(cls, config):
+        raw = config.get(ORIGINS_CONFIG_KEY) or ""
+        items = raw if isinstance(raw, list) else re.split(r"[,\s]+", str(raw))
+        origins = [item.strip().rstrip("/") for item in items if item.strip()]
+        for origin in origins:
+            if not _ORIGIN.match(origin):
+                raise ConfigurationError(
+                    "{}: {!r} is not an origin (scheme://host[:port])".format(
+                        ORIGINS_CONFIG_KEY, origin))
+        max_age = config.get(MAX_AGE_CONFIG_KEY)
+        if max_age is None:
+            max_age = DEFAULT_MAX_AGE
+        if type(max_age) is not int or not 0 <= max_age <= 86400:
+            raise ConfigurationError(
+                "{} must be an integer from 0 to 86400 (got {!r})".format(
+                    MAX_AGE_CONFIG_KEY, max_age))
+        return cls(origins, _flag(config, CREDENTIALS_CONFIG_KEY), max_age)
+
+    @property
+    def on(self):
+        return bool(self.origins)
+
+    def is_preflight(self, environ):
+        return (self.on and environ.get("REQUEST_METHOD") == "OPTIONS"
+                and "HTTP_ORIGIN" in environ)
+
+    def allowed(self, environ):
+        origin = environ.get("HTTP_ORIGIN")
+        return origin if origin in self.origins else None
+
+    def preflight_headers(self, origin):
+        headers = self._allow(origin)
+        headers.update({
+            "Access-Control-Allow-Methods": ALLOW_METHODS,
+            "Access-Control-Allow-Headers": ALLOW_HEADERS,
+            "Access-Control-Max-Age": self.max_age,
+        })
+        return headers
+
+    def _allow(self, origin):
+        headers = {"Access-Control-Allow-Origin": origin}
+        if self.credentials:
+            headers["Access-Control-Allow-Credentials"] = "true"
+        return headers
+
+    def decorate(self, environ, response):
+        """Add the CORS headers of an answer that is not a preflight."""
+        if not self.on:
+            return response
+        response.vary.add("Origin")
+        origin = self.allowed(environ)
+        if origin is not None:
+            response.headers.update(self._allow(origin))
+            response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+        return response
