@@ -42,8 +42,17 @@ EXACT_TAG = re.compile(r"^\d+\.\d+\.\d+(-[a-z0-9.-]+)?$")
 
 
 def load_compose(path=COMPOSE_FILE):
+    """The file as Compose parses it, before interpolation. Not
+    yaml.safe_load: importing nameko's CLI (other tests do) teaches
+    SafeLoader its own ``${VAR:default}`` interpolation."""
+    class ComposeLoader(yaml.SafeLoader):
+        pass
+
+    ComposeLoader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "!env_var"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
     with open(path) as f:
-        return yaml.safe_load(f)
+        return yaml.load(f, Loader=ComposeLoader)
 
 
 @pytest.fixture(scope="module")
