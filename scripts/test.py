@@ -1,12 +1,13 @@
-"""``make test``: the whole suite, as two pytest runs side by side.
+"""``make test``: the whole suite, as three pytest runs side by side, then one alone.
 
-The fault tests spend most of their time waiting (for outages, restarts,
-queues to drain) on servers of their own: a private RabbitMQ node and
-private redis-servers. So they run next to the rest of the suite instead
-of after it. The rest streams to the terminal; the second run's output is
-kept in a file and printed when it ends. The edge tests run last, alone.
-The exit status is non-zero if any run fails. Arguments are passed to
-every run.
+The fault and cluster tests spend most of their time waiting (for
+outages, restarts, failovers, queues to drain) on servers of their own: a
+private RabbitMQ node, private redis-servers, a Redis Cluster, a
+three-node RabbitMQ cluster. So they run as two more pytest runs next to
+the rest of the suite instead of after it. The rest streams to the
+terminal; the other runs' output is kept in files and printed when they
+end. The edge tests run last, alone. The exit status is non-zero if any
+run fails. Arguments are passed to every run.
 
 pytest-xdist is no help here: its workers hang under eventlet's monkey
 patching.
@@ -20,12 +21,16 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (label, pytest arguments); the first streams to the terminal
+BENCH_SMOKE = "tests/integration/test_bench_smoke.py"
+REDIS_CLUSTER_FAULTS = "tests/fault/test_redis_cluster.py"
 GROUPS = (
     ("suite", ["tests", "--ignore=tests/fault", "--ignore=tests/edge",
-               "--ignore=tests/cluster"]),
-    # servers of their own: a private RabbitMQ node, private redis-servers,
-    # a Redis Cluster, a three-node RabbitMQ cluster
-    ("fault+cluster", ["tests/fault", "tests/cluster"]),
+               "--ignore=tests/cluster", "--ignore=" + BENCH_SMOKE]),
+    # servers of their own (a private RabbitMQ node, private redis-servers),
+    # and the bench's smoke run (its own vhost and redis-server)
+    ("fault", ["tests/fault", "--ignore=" + REDIS_CLUSTER_FAULTS, BENCH_SMOKE]),
+    # a Redis Cluster and a three-node RabbitMQ cluster of their own
+    ("cluster", ["tests/cluster", REDIS_CLUSTER_FAULTS]),
 )
 # then, alone: the edge tests bound how late a slow client is cut, which
 # two busy runs on two cores can stretch
