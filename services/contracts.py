@@ -108,6 +108,12 @@ def claim_key(key_id, buckets=DEFAULT_BUCKETS):
     return _tagged(bucket_of(key_id, buckets)) + "claim:" + key_id
 
 
+def rate_key(kind, seconds, identity):
+    """The count of one rate limit (``kind``: address or voter; its window
+    in seconds) for one client address or voter (the gateway's)."""
+    return "{}rate:{}:{}:{}".format(KEY_PREFIX, kind, seconds, identity)
+
+
 def post_id_of(key):
     """The post id in a post_key."""
     return key.split(":post:", 1)[1]

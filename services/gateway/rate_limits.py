@@ -36,6 +36,7 @@ from nameko.exceptions import ConfigurationError
 from nameko.extensions import DependencyProvider
 from redis.cluster import RedisCluster
 
+from services import contracts
 from services.gateway import metrics
 from services.gateway.exceptions import RateLimited
 from services.platform import redis_nodes
@@ -47,7 +48,6 @@ PER_ADDRESS_CONFIG_KEY = "RATE_LIMIT_PER_ADDRESS"
 PER_VOTER_CONFIG_KEY = "RATE_LIMIT_PER_VOTER"
 TRUSTED_PROXIES_CONFIG_KEY = "TRUSTED_PROXIES"
 REDIS_KEY = "votes"  # the entry of REDIS_URIS: the votes service's Redis
-KEY_PREFIX = "votes:rate:"
 PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 SOCKET_TIMEOUT = 0.5  # seconds: a Redis that hangs costs a vote this at most
 WAIT_TIMEOUT = 1.0    # seconds a check may wait for its group, then fail-open
@@ -185,7 +185,7 @@ class RateLimits:
 
 
 def _key(rate, identity):
-    return "{}{}:{}:{}".format(KEY_PREFIX, rate.name, rate.seconds, identity)
+    return contracts.rate_key(rate.name, rate.seconds, identity)
 
 
 class RateLimiter(DependencyProvider):

@@ -72,7 +72,7 @@ def test_address_limit_counts_each_vote_and_no_429_is_counted(
     # reads are not limited
     assert web_session.get("/vote-counts?postId=1").status_code == 200
     # one key for the limit and the address, expiring with its window
-    key = "votes:rate:address:3600:127.0.0.1"
+    key = contracts.rate_key("address", 3600, "127.0.0.1")
     assert int(redis_client.get(key)) == 3
     assert 0 < redis_client.pttl(key) <= 3600 * 1000
 

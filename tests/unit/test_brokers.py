@@ -8,6 +8,7 @@ import pytest
 from kombu import Exchange, Queue
 from nameko.exceptions import ConfigurationError
 
+from services import contracts
 from services.platform import brokers
 
 NODES = ["amqp://guest:guest@node{}:5672/votes".format(n) for n in (1, 2, 3)]
@@ -66,9 +67,9 @@ def test_typed_copies_the_queue_and_keeps_its_other_arguments():
 
 
 def test_typed_queue_without_arguments():
-    quorum = brokers.typed(Queue("rpc-votes"), {"AMQP_QUEUE_TYPE": "quorum"})
+    quorum = brokers.typed(Queue(contracts.RPC_QUEUE), {"AMQP_QUEUE_TYPE": "quorum"})
     assert quorum.queue_arguments == {"x-queue-type": "quorum"}
-    assert brokers.typed(Queue("rpc-votes"), {}).queue_arguments == {}
+    assert brokers.typed(Queue(contracts.RPC_QUEUE), {}).queue_arguments == {}
 
 
 # --- declaring -------------------------------------------------------------
@@ -104,7 +105,7 @@ def test_declare_turns_a_type_refusal_into_queue_type_mismatch():
     error = refusal(MISMATCH_TEXT)
     entities = [FakeEntity("votes.dead-letter", declared),
                 FakeEntity("votes", declared, error),
-                FakeEntity("rpc-votes", declared)]
+                FakeEntity(contracts.RPC_QUEUE, declared)]
     with pytest.raises(brokers.QueueTypeMismatch) as raised:
         brokers.declare(entities, "channel", "quorum")
     assert str(raised.value) == (
