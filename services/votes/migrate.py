@@ -15,8 +15,9 @@ overwriting them, so votes applied meanwhile to the new keys would be lost.
 
 * Each key is copied (its TTL too), then, when source and target are the
   same database, deleted. Counts go to the post's bucket and its
-  leaderboard; an event's exactly-once mark, whose buckets are not known
-  any more, is set in every bucket; an Idempotency-Key's mark becomes its
+  rankings (created at the time of the move, for hot); an event's
+  exactly-once mark, whose buckets are not known any more, is set in
+  every bucket; an Idempotency-Key's mark becomes its
   claim and a mark in every bucket, so no retry of an old request counts.
 * Idempotent: copying a key again writes the same values.
 * Resumable: the SCAN cursor of each step is kept in ``votes:migrated`` on
@@ -26,12 +27,13 @@ overwriting them, so votes applied meanwhile to the new keys would be lost.
 """
 import argparse
 import sys
+import time
 
 import redis
 
 from services import contracts
 from services.settings import read_config
-from services.votes.dependencies import REDIS_KEY, connect, read_buckets
+from services.votes.dependencies import REDIS_KEY, connect, read_buckets, rebuild_command
 
 BATCH = 500  # keys per SCAN and per write pipeline
 DONE = "done"
@@ -123,8 +125,8 @@ class Migration:
                 up, down = int(up or 0), int(down or 0)
                 pipe.hset(contracts.post_key(post_id, self.buckets),
                           mapping={"upvote": up, "downvote": down})
-                pipe.zadd(contracts.top_key(contracts.bucket_of(post_id, self.buckets)),
-                          {post_id: down - up})
+                # created now, as far as hot can tell: no older time is known
+                rebuild_command(pipe, post_id, self.buckets, time.time())
             pipe.execute()
 
     def _marks(self, keys, prefix, values, new_keys):
