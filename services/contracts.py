@@ -99,6 +99,12 @@ def rank_key(bucket, sort):
     return top_key(bucket) if sort == "top" else _tagged(bucket) + "rank:" + sort
 
 
+def created_key(bucket):
+    """postId -> the post's creation time (seconds since the epoch), for
+    the posts of one bucket."""
+    return _tagged(bucket) + "created"
+
+
 def applied_key(bucket, event_id):
     """The exactly-once mark of the part of an event in one bucket."""
     return _tagged(bucket) + "applied:" + event_id

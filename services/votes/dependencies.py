@@ -4,8 +4,7 @@ Redis layout (every key starts with ``votes:``; ``{bN}`` is the hash tag of
 bucket N, one of VOTE_BUCKETS, which a post id's CRC-32 picks; see
 services/contracts.py):
 
-    votes:{bN}:post:<postId>       hash    upvote, downvote (HINCRBY only);
-                                           createdAt (seconds, set once)
+    votes:{bN}:post:<postId>       hash    upvote, downvote (HINCRBY only)
     votes:{bN}:voters:<postId>     hash    voterId -> "<ts>:<voteId>:<score>"
     votes:{bN}:retracted:<postId>  hash    voterId -> "<ts>:<voteId>" of recent
                                            retractions; the key expires
@@ -15,6 +14,7 @@ services/contracts.py):
     votes:{bN}:rank:<sort>         zset    the same, scored by minus the
                                            ranking (best, controversial,
                                            hot; services/rankings.py)
+    votes:{bN}:created             hash    postId -> creation time (seconds)
     votes:{bN}:applied:<eventId>   string  exactly-once mark of the part of an
                                            event in the bucket, expires after
                                            APPLIED_MARK_TTL seconds
@@ -111,7 +111,8 @@ end
 # Idempotency-Key counts once per key, in whichever event it comes.  Per
 # voter the vote with the latest (ts, voteId) wins, whatever order events
 # arrive in. One call may carry several parts (ARGV[2]: [[mark index, top
-# index, votes], ...], the other rankings right after top, each vote naming
+# index, votes], ...], the other rankings and the bucket's creation times
+# right after top (in the order of rankings.SORTS), each vote naming
 # its keys by index): on a cluster each call carries one, on one server all
 # the parts of an event. Every ranking moves in the same step as the counts.
 APPLY_SCRIPT = RANKINGS_LUA + """
@@ -133,6 +134,7 @@ local applied, replayed, conflicts = 0, 0, 0
 for _, part in ipairs(parts) do
   local mark = KEYS[part[1]]
   local ranks = {KEYS[part[2]], KEYS[part[2] + 1], KEYS[part[2] + 2], KEYS[part[2] + 3]}
+  local created_key = KEYS[part[2] + 4]
   -- the part's mark is its first write
   if not redis.call('SET', mark, '1', 'NX', 'EX', mark_ttl) then
     redis.call('SET', mark, '1', 'XX', 'KEEPTTL')
@@ -213,13 +215,13 @@ for _, part in ipairs(parts) do
           local d = redis.call('HINCRBY', post_key, 'downvote', down)
           -- the creation time is set once: by the first vote that counts
           -- (its own createdAt, else its time), or by set_created_at
-          local created = tonumber(redis.call('HGET', post_key, 'createdAt'))
+          local created = tonumber(redis.call('HGET', created_key, post_id))
           if not created then
             created = vote[9]
             if created < 0 then
               created = math.floor(math.min(tonumber(vote[4]), now) / 1000000)
             end
-            redis.call('HSET', post_key, 'createdAt', string.format('%.0f', created))
+            redis.call('HSET', created_key, post_id, string.format('%.0f', created))
           end
           rank(ranks, post_id, u, d, created)
         end
@@ -235,7 +237,7 @@ return {applied, replayed, conflicts}
 SET_CREATED_SCRIPT = RANKINGS_LUA + """
 local created = tonumber(ARGV[2])
 if not created then return redis.error_reply('ERR set_created_at: bad arguments') end
-redis.call('HSET', KEYS[1], 'createdAt', ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 local counts = redis.call('HMGET', KEYS[1], 'upvote', 'downvote')
 if counts[1] or counts[2] then
   local u, d = tonumber(counts[1] or 0), tonumber(counts[2] or 0)
@@ -245,12 +247,13 @@ return 1
 """
 
 # A post's rankings rebuilt from its counts (services.votes.migrate), its
-# creation time set to ARGV[2] if it has none. KEYS: the post, its rankings.
+# creation time set to ARGV[2] if it has none. KEYS: the post, its
+# rankings, the bucket's creation times.
 REBUILD_SCRIPT = RANKINGS_LUA + """
 local counts = redis.call('HMGET', KEYS[1], 'upvote', 'downvote')
 if not (counts[1] or counts[2]) then return 0 end
-redis.call('HSETNX', KEYS[1], 'createdAt', ARGV[2])
-local created = tonumber(redis.call('HGET', KEYS[1], 'createdAt'))
+redis.call('HSETNX', KEYS[6], ARGV[1], ARGV[2])
+local created = tonumber(redis.call('HGET', KEYS[6], ARGV[1]))
 rank({KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, ARGV[1], tonumber(counts[1] or 0),
      tonumber(counts[2] or 0), created)
 return 1
@@ -262,6 +265,7 @@ def rebuild_command(pipe, post_id, buckets, now):
     bucket = contracts.bucket_of(post_id, buckets)
     keys = [contracts.post_keys(bucket, post_id)[0]]
     keys += [contracts.rank_key(bucket, sort) for sort in rankings.SORTS]
+    keys.append(contracts.created_key(bucket))
     pipe.execute_command("EVAL", REBUILD_SCRIPT, len(keys), *keys, post_id, int(now))
 
 
@@ -441,6 +445,7 @@ class VoteStorage:
             mark = len(keys) + 1  # Lua counts from 1
             keys += [contracts.applied_key(bucket, event_id)]
             keys += [contracts.rank_key(bucket, sort) for sort in rankings.SORTS]
+            keys.append(contracts.created_key(bucket))
             packed = []
             once = {}
             for vote in votes:
@@ -563,9 +568,13 @@ class VoteStorage:
                 ranked = ranked[:limit]
                 with self.client.pipeline(transaction=False) as pipe:
                     for _, post_id in ranked:
-                        pipe.hmget(contracts.post_key(post_id, self.buckets),
-                                   "upvote", "downvote", "createdAt")
-                    found = pipe.execute()
+                        bucket = contracts.bucket_of(post_id, self.buckets)
+                        pipe.hmget(contracts.post_keys(bucket, post_id)[0],
+                                   "upvote", "downvote")
+                        pipe.hget(contracts.created_key(bucket), post_id)
+                    replies = pipe.execute()
+                found = [(up, down, created) for (up, down), created
+                         in zip(replies[0::2], replies[1::2], strict=True)]
                 if all(_agrees(sort, score, up, down, created)
                        for (score, _), (up, down, created) in zip(ranked, found, strict=True)):
                     break
@@ -581,7 +590,7 @@ class VoteStorage:
         """Set a post's creation time (and its hot rank, if it has votes)."""
         bucket = contracts.bucket_of(post_id, self.buckets)
         keys = (contracts.post_keys(bucket, post_id)[0],
-                contracts.rank_key(bucket, rankings.HOT))
+                contracts.rank_key(bucket, rankings.HOT), contracts.created_key(bucket))
         command = redis_nodes.Command(
             keys[0], ("EVALSHA", _sha(SET_CREATED_SCRIPT), len(keys), *keys,
                       post_id, created_at), SET_CREATED_SCRIPT)

@@ -106,13 +106,13 @@ def test_stored_values_and_ties(storage, redis_client):
 def test_created_at_is_set_once_and_put_moves_hot(storage, redis_client):
     apply(storage, {"postId": "p", "score": 1, "createdAt": 1_700_000_000})
     apply(storage, {"postId": "p", "score": 1, "createdAt": 1_800_000_000})
-    post_key = contracts.post_key("p")
-    assert redis_client.hget(post_key, "createdAt") == "1700000000"
+    created_of = {p: contracts.created_key(contracts.bucket_of(p)) for p in "pqrs"}
+    assert redis_client.hget(created_of["p"], "p") == "1700000000"
     hot_key = contracts.rank_key(contracts.bucket_of("p"), "hot")
     assert redis_client.zscore(hot_key, "p") == pytest.approx(
         -value("hot", 2, 0, 1_700_000_000), abs=1e-12)
     storage.set_created_at("p", 1_600_000_000)
-    assert redis_client.hget(post_key, "createdAt") == "1600000000"
+    assert redis_client.hget(created_of["p"], "p") == "1600000000"
     assert redis_client.zscore(hot_key, "p") == pytest.approx(
         -value("hot", 2, 0, 1_600_000_000), abs=1e-12)
     # registered before any vote: no counts, no rank, and votes keep its time
@@ -120,14 +120,15 @@ def test_created_at_is_set_once_and_put_moves_hot(storage, redis_client):
     assert storage.counts_many([("q", None)]) == [None]
     assert redis_client.zscore(hot_key, "q") is None
     apply(storage, {"postId": "q", "score": -1, "createdAt": 1_900_000_000})
-    assert redis_client.hget(contracts.post_key("q"), "createdAt") == "1650000000"
+    assert redis_client.hget(created_of["q"], "q") == "1650000000"
     # without createdAt: the time of the first vote that counts
     before = int(time.time())
     apply(storage, {"postId": "r", "score": 1, "voterId": "v", "ts": time.time_ns() // 1000})
-    assert before <= int(redis_client.hget(contracts.post_key("r"), "createdAt")) <= time.time()
+    assert before <= int(redis_client.hget(created_of["r"], "r")) <= time.time()
     # retracting nothing creates no post, and records no time
     apply(storage, {"postId": "s", "score": 0, "voterId": "v", "createdAt": 5})
     assert redis_client.exists(contracts.post_key("s")) == 0
+    assert redis_client.hget(created_of["s"], "s") is None
 
 
 def test_a_redelivered_event_moves_no_ranking(storage, redis_client):
