@@ -11,7 +11,18 @@ from bench import store_drain
 from bench.context import Bench
 from bench.env import Environment, SetupError, ensure_wrk
 from bench.machine import code_version, machine_info, versions
-from bench.phases import bare, batch, checks, drain, latency, memory, reads, single, streams
+from bench.phases import (
+    bare,
+    batch,
+    checks,
+    drain,
+    latency,
+    memory,
+    rankings,
+    reads,
+    single,
+    streams,
+)
 from harness.process import GATEWAY, ROOT, VOTES
 
 RESULTS = os.path.join(ROOT, "bench", "results", "latest.txt")
@@ -41,6 +52,8 @@ PROFILES = {
         "announce_posts": 10_000,  # posts changed each second
         "announce_seconds": 5,
         "settle_timeout": 120.0,
+        "rankings_sizes": (10, 500),  # votes per event of the rankings drains
+        "rankings_rounds": 2,         # drains per side and size; the best counts
     },
     "quick": {
         "window": 2.0,
@@ -64,6 +77,8 @@ PROFILES = {
         "announce_posts": 1_000,
         "announce_seconds": 2,
         "settle_timeout": 60.0,
+        "rankings_sizes": (500,),
+        "rankings_rounds": 1,
     },
 }
 
@@ -79,6 +94,7 @@ PHASES = (
     ("latency", latency.run),
     ("memory", lambda bench: (memory.run(bench), memory.rss(bench))),
     ("streams", streams.run),
+    ("rankings", rankings.run),
 )
 # phases that use a figure of another
 NEEDS = {"drain": "single", "latency": "single"}
