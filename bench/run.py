@@ -53,7 +53,7 @@ PROFILES = {
         "announce_seconds": 5,
         "settle_timeout": 120.0,
         "rankings_sizes": (10, 500),  # votes per event of the rankings drains
-        "rankings_rounds": 2,         # drains per side and size; the best counts
+        "rankings_rounds": 3,         # drains per side and size; the best counts
     },
     "quick": {
         "window": 2.0,

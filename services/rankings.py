@@ -2,10 +2,12 @@
 their names, the cursor of a page, and what a post's creation time may be.
 
 Each ranking is kept per bucket in a sorted set (contracts.rank_key) whose
-score is the ranking's value negated, so that Redis's own order (score
-ascending, then member bytewise) is "highest first, ties by postId". The
-votes service's apply script computes the values; ``value`` below is the
-same arithmetic, used to rebuild a ranking from the counts and to check
+score is the ranking's key negated, so that Redis's own order (score
+ascending, then member bytewise) is "highest first, ties by postId". A key
+is an integer that orders as the value does (``stored``): best times
+10^15, the logarithm of controversial times 10^13, hot times 10^7 (reddit
+rounds hot to 7 digits too), each rounded. The votes service's apply script
+computes them; the functions below are the same arithmetic, used to check
 that a page's counts agree with its order.
 """
 import base64
@@ -70,9 +72,21 @@ def value(sort, up, down, created_at=0):
     return hot(up, down, created_at)
 
 
+# a key times its scale stays below 2**53, so it is exact in a double
+SCALES = {BEST: 1e15, CONTROVERSIAL: 1e13, HOT: 1e7}
+
+
 def stored(sort, up, down, created_at=0):
     """The score the post has in the ranking's sorted set."""
-    return -value(sort, up, down, created_at) or 0.0  # never -0.0
+    if sort == TOP:
+        return float(down - up)
+    if sort == CONTROVERSIAL:
+        # the logarithm of the value: the same order, and bounded
+        number = 0.0 if up == 0 or down == 0 else \
+            min(up, down) / max(up, down) * math.log(up + down)
+    else:
+        number = value(sort, up, down, created_at)
+    return -float(math.floor(number * SCALES[sort] + 0.5)) or 0.0  # never -0.0
 
 
 class BadCursor(ValueError):

@@ -1,18 +1,26 @@
 """Rankings: the drain of a backlog with all four rankings kept by the
 apply script, against the votes service of commit 556c710 (before
-rankings, run from a copy of that commit); and a page of 100 posts under
-each sort over HTTP, with wrk."""
+rankings, run from a copy of that commit); the apply script alone against
+that commit's; and a page of 100 posts under each sort over HTTP, with
+wrk."""
+import ast
 import json
+import random
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 from bench import client, store_drain
 from bench.context import cpu_note, fmt
 from harness import rabbit
 from harness.process import ROOT
+from harness.redis_server import RedisServer
+from services.votes import schemas
+from services.votes.dependencies import Limits, VoteStorage, _sha, connect
 
 BASELINE = "556c710"  # the last commit before rankings
 SORTS = ("top", "best", "controversial", "hot")
@@ -64,6 +72,82 @@ def drain_rows(bench):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _baseline_script():
+    """BASELINE's apply script, read from git."""
+    source = subprocess.run(
+        ["git", "-C", str(ROOT), "show", BASELINE + ":services/votes/dependencies.py"],
+        capture_output=True, check=True, text=True).stdout
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "APPLY_SCRIPT":
+            return ast.literal_eval(node.value)
+    raise RuntimeError("no APPLY_SCRIPT at " + BASELINE)
+
+
+class _Before(VoteStorage):
+    """The store with BASELINE's script. It reads the same command: its
+    votes name their keys by index, and it never looks past the top's key
+    or a vote's 8th field, where the rankings' keys and createdAt are."""
+
+    script = _baseline_script()
+
+    def _command(self, event_id, parts):
+        command = super()._command(event_id, parts)
+        return command._replace(args=("EVALSHA", _sha(self.script), *command.args[2:]),
+                                script=self.script)
+
+
+def _redis_usec(client):
+    stats = client.info("commandstats").get("cmdstat_evalsha", {})
+    return stats.get("usec", 0)
+
+
+def script_rows(bench):
+    """Each script applies the same events from this process, alternately,
+    on a private Redis; Redis's own time in EVALSHA per vote, and votes/s."""
+    folder = Path(tempfile.mkdtemp(prefix="rankings-script-"))
+    server = RedisServer(folder, *store_drain.REDIS_OPTIONS)
+    server.start()
+    rng = random.Random(17)
+    posts = ["s-{}".format(i) for i in range(1000)]
+    try:
+        client = connect(server.uri)
+        limits = Limits(3600, 3600, 2.0, 3600)
+        sides = {"before": _Before(client, limits), "rankings": VoteStorage(client, limits)}
+        for size in bench.p["rankings_sizes"]:
+            events = [[schemas.parse_vote({
+                "voteId": uuid.uuid4().hex, "postId": rng.choice(posts),
+                "score": 1 if k % 4 else -1, "ts": 1_700_000_000_000_000 + k})
+                for k in range(size)] for _ in range(bench.p["store_drain_votes"] // size)]
+            best = {}
+            for _ in range(3):
+                for label, storage in sides.items():
+                    client.flushdb()
+                    client.config_resetstat()
+                    start = time.perf_counter()
+                    for votes in events:
+                        storage.apply(uuid.uuid4().hex, votes)
+                    seconds = time.perf_counter() - start
+                    total = len(events) * size
+                    usec = _redis_usec(client) / total
+                    rate, old_usec = best.get(label, (0, usec))
+                    best[label] = (max(rate, total / seconds), min(old_usec, usec))
+            bench.row("apply script with 4 rankings, events of {}".format(size),
+                      "{} votes/s".format(fmt(best["rankings"][0])),
+                      "x{:.2f} of {} ({} votes/s)".format(
+                          best["rankings"][0] / best["before"][0], BASELINE,
+                          fmt(best["before"][0])),
+                      "VoteStorage.apply, one client, one private Redis; the same "
+                      "events with {}'s script".format(BASELINE),
+                      "Redis time in EVALSHA {:.1f} us a vote, {:.1f} us at {}; "
+                      "best of 3 alternating runs of {} votes".format(
+                          best["rankings"][1], best["before"][1], BASELINE,
+                          fmt(len(events) * size)))
+        client.close()
+    finally:
+        server.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _seed(bench, prefix):
     """Posts with varied counts and creation times, so every sort differs."""
     posts = bench.posts(prefix)
@@ -106,4 +190,5 @@ def page_rows(bench):
 
 def run(bench):
     page_rows(bench)
+    script_rows(bench)
     drain_rows(bench)

@@ -12,8 +12,9 @@ services/contracts.py):
     votes:{bN}:top                 zset    the bucket's postIds scored by
                                            downvote - upvote
     votes:{bN}:rank:<sort>         zset    the same, scored by minus the
-                                           ranking (best, controversial,
-                                           hot; services/rankings.py)
+                                           ranking's integer key (best,
+                                           controversial, hot;
+                                           services/rankings.py)
     votes:{bN}:created             hash    postId -> creation time (seconds)
     votes:{bN}:applied:<eventId>   string  exactly-once mark of the part of an
                                            event in the bucket, expires after
@@ -67,15 +68,19 @@ WAIT_TIMEOUT_CONFIG_KEY = "REDIS_WAIT_TIMEOUT"  # milliseconds
 DEFAULT_WAIT_TIMEOUT = 1000
 
 
-# The rankings' values (services/rankings.py holds the same arithmetic),
-# stored negated: Redis's order, score then member ascending, is then
-# highest first, ties by postId. '%.17g' keeps every bit of a double (Lua
-# would print 14 digits).
+# The rankings' sort keys (services/rankings.py holds the same arithmetic):
+# integers, exact in a double, stored negated, so that Redis's order (score,
+# then member ascending) is highest first, ties by postId. Integers, because
+# a small sorted set (listpack) keeps an integer score as an integer, and
+# compares it without parsing text: with 17-digit scores each ZADD took
+# three times as long.
 RANKINGS_LUA = """
 local WILSON_Z, HOT_EPOCH, HOT_SECONDS = %r, %d, %d
-local function stored(value)
-  if value == 0 then return '0' end
-  return string.format('%%.17g', -value)
+local BEST_SCALE, CONTROVERSIAL_SCALE, HOT_SCALE = %r, %r, %r
+local function key(value, scale)
+  local k = math.floor(value * scale + 0.5)
+  if k == 0 then return '0' end
+  return string.format('%%.0f', -k)
 end
 local function best(up, down)
   local n = up + down
@@ -84,9 +89,10 @@ local function best(up, down)
   return (p + z * z / (2 * n) - z * math.sqrt((p * (1 - p) + z * z / (4 * n)) / n))
     / (1 + z * z / n)
 end
+-- the logarithm of (up + down) ^ (min / max): the same order, and bounded
 local function controversial(up, down)
   if up == 0 or down == 0 then return 0 end
-  return (up + down) ^ (math.min(up, down) / math.max(up, down))
+  return math.min(up, down) / math.max(up, down) * math.log(up + down)
 end
 local function hot(up, down, created)
   local s = up - down
@@ -95,14 +101,44 @@ local function hot(up, down, created)
   if s > 0 then sign = 1 elseif s < 0 then sign = -1 end
   return sign * order + (created - HOT_EPOCH) / HOT_SECONDS
 end
--- ranks: the keys of the rankings, in the order of rankings.SORTS
-local function rank(ranks, post_id, u, d, created)
-  redis.call('ZADD', ranks[1], d - u, post_id)
-  redis.call('ZADD', ranks[2], stored(best(u, d)), post_id)
-  redis.call('ZADD', ranks[3], stored(controversial(u, d)), post_id)
-  redis.call('ZADD', ranks[4], stored(hot(u, d, created)), post_id)
+-- Rank posts whose counts changed: ranks, the keys of the rankings in the
+-- order of rankings.SORTS; created_key, the bucket's creation times; ids,
+-- the posts; counts[id] = {upvote, downvote, the creation time to record
+-- if the post has none}. One HMGET, HSET and ZADD per ranking for all of
+-- them: a call from Lua costs more than the work of most commands.
+local function rank_posts(ranks, created_key, ids, counts)
+  for first = 1, #ids, 500 do  -- unpack() has a bounded stack
+    local chunk = {}
+    for i = first, math.min(#ids, first + 499) do chunk[#chunk + 1] = ids[i] end
+    local known = redis.call('HMGET', created_key, unpack(chunk))
+    local new, top, b, c, h = {}, {}, {}, {}, {}
+    for i, id in ipairs(chunk) do
+      local u, d = counts[id][1], counts[id][2]
+      local created = tonumber(known[i])
+      if not created then
+        created = counts[id][3]
+        new[#new + 1] = id
+        new[#new + 1] = string.format('%%.0f', created)
+      end
+      top[#top + 1] = d - u
+      top[#top + 1] = id
+      b[#b + 1] = key(best(u, d), BEST_SCALE)
+      b[#b + 1] = id
+      c[#c + 1] = key(controversial(u, d), CONTROVERSIAL_SCALE)
+      c[#c + 1] = id
+      h[#h + 1] = key(hot(u, d, created), HOT_SCALE)
+      h[#h + 1] = id
+    end
+    if #new > 0 then redis.call('HSET', created_key, unpack(new)) end
+    redis.call('ZADD', ranks[1], unpack(top))
+    redis.call('ZADD', ranks[2], unpack(b))
+    redis.call('ZADD', ranks[3], unpack(c))
+    redis.call('ZADD', ranks[4], unpack(h))
+  end
 end
-""" % (rankings.WILSON_Z, rankings.HOT_EPOCH, rankings.HOT_SECONDS)
+""" % (rankings.WILSON_Z, rankings.HOT_EPOCH, rankings.HOT_SECONDS,
+       rankings.SCALES[rankings.BEST], rankings.SCALES[rankings.CONTROVERSIAL],
+       rankings.SCALES[rankings.HOT])
 
 # One atomic step per part of an event (its votes in one bucket): the
 # part's mark, its votes and the bucket's leaderboard. A redelivered part
@@ -140,6 +176,7 @@ for _, part in ipairs(parts) do
     redis.call('SET', mark, '1', 'XX', 'KEEPTTL')
   else
     local once, seen = {}, {}
+    local changed, counts = {}, {}  -- the posts whose counts changed
     for _, vote in ipairs(part[3]) do
       local post_id, score, voter, vote_id = vote[1], vote[2], vote[3], vote[5]
       local base = vote[8]
@@ -213,20 +250,22 @@ for _, part in ipairs(parts) do
         if up ~= 0 or down ~= 0 then
           local u = redis.call('HINCRBY', post_key, 'upvote', up)
           local d = redis.call('HINCRBY', post_key, 'downvote', down)
-          -- the creation time is set once: by the first vote that counts
-          -- (its own createdAt, else its time), or by set_created_at
-          local created = tonumber(redis.call('HGET', created_key, post_id))
-          if not created then
-            created = vote[9]
+          if counts[post_id] then
+            counts[post_id][1], counts[post_id][2] = u, d
+          else
+            -- the creation time is set once: by the first vote that counts
+            -- (its own createdAt, else its time), or by set_created_at
+            local created = vote[9]
             if created < 0 then
               created = math.floor(math.min(tonumber(vote[4]), now) / 1000000)
             end
-            redis.call('HSET', created_key, post_id, string.format('%.0f', created))
+            counts[post_id] = {u, d, created}
+            changed[#changed + 1] = post_id
           end
-          rank(ranks, post_id, u, d, created)
         end
       end
     end
+    if #changed > 0 then rank_posts(ranks, created_key, changed, counts) end
   end
 end
 return {applied, replayed, conflicts}
@@ -241,7 +280,7 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 local counts = redis.call('HMGET', KEYS[1], 'upvote', 'downvote')
 if counts[1] or counts[2] then
   local u, d = tonumber(counts[1] or 0), tonumber(counts[2] or 0)
-  redis.call('ZADD', KEYS[2], stored(hot(u, d, created)), ARGV[1])
+  redis.call('ZADD', KEYS[2], key(hot(u, d, created), HOT_SCALE), ARGV[1])
 end
 return 1
 """
@@ -252,10 +291,9 @@ return 1
 REBUILD_SCRIPT = RANKINGS_LUA + """
 local counts = redis.call('HMGET', KEYS[1], 'upvote', 'downvote')
 if not (counts[1] or counts[2]) then return 0 end
-redis.call('HSETNX', KEYS[6], ARGV[1], ARGV[2])
-local created = tonumber(redis.call('HGET', KEYS[6], ARGV[1]))
-rank({KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, ARGV[1], tonumber(counts[1] or 0),
-     tonumber(counts[2] or 0), created)
+rank_posts({KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, KEYS[6], {ARGV[1]},
+           {[ARGV[1]] = {tonumber(counts[1] or 0), tonumber(counts[2] or 0),
+                         tonumber(ARGV[2])}})
 return 1
 """
 
@@ -388,10 +426,9 @@ def _agrees(sort, score, up, down, created):
     if up is None and down is None:
         return False
     up, down = int(up or 0), int(down or 0)
-    if sort == rankings.TOP:
-        return score == down - up
-    want = rankings.stored(sort, up, down, int(created or 0))
-    return abs(score - want) <= 1e-9 * max(1.0, abs(want))
+    # one unit of leeway: another machine's libm may round differently
+    return abs(score - rankings.stored(sort, up, down, int(created or 0))) <= (
+        0 if sort == rankings.TOP else 1)
 
 
 def _voter_score(entry):

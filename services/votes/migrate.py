@@ -1,6 +1,7 @@
 """Move vote data from the layout before buckets to the bucketed one.
 
     python -m services.votes.migrate [--config config.yml] [--from URI] [--again]
+    python -m services.votes.migrate [--config config.yml] --rankings
 
 The old layout (``votes:post:<postId>``, ``votes:voters:<postId>``,
 ``votes:retracted:<postId>``, ``votes:top``, ``votes:applied:<eventId>``,
@@ -24,6 +25,10 @@ overwriting them, so votes applied meanwhile to the new keys would be lost.
   the target after each batch; a second run goes on from there, and one
   after the end does nothing (``--again`` starts over).
 * Progress goes to stdout, a line per batch.
+
+``--rankings`` does only this: every post's rankings (best, controversial,
+hot) rebuilt from its counts, once, for data written before rankings. It
+can run while the services run.
 """
 import argparse
 import sys
@@ -32,6 +37,7 @@ import time
 import redis
 
 from services import contracts
+from services.platform import redis_nodes
 from services.settings import read_config
 from services.votes.dependencies import REDIS_KEY, connect, read_buckets, rebuild_command
 
@@ -162,6 +168,25 @@ def _chunks(items, size=BATCH):
         yield chunk
 
 
+def rebuild_rankings(target, buckets, out=sys.stdout):
+    """Every post's rankings rebuilt from its counts (REBUILD_SCRIPT), for
+    data written before rankings existed; a post without a creation time
+    gets the time of this run. Idempotent, and safe while votes arrive: each
+    post is rebuilt in one atomic step from the counts it has then."""
+    count = 0
+    for _, node in redis_nodes.node_clients(target):
+        for keys in _chunks(node.scan_iter(match=contracts.POST_KEY_PATTERN, count=BATCH)):
+            with target.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    rebuild_command(pipe, contracts.post_id_of(key), buckets, time.time())
+                pipe.execute()
+            count += len(keys)
+            out.write("rankings: {} posts rebuilt\n".format(count))
+            out.flush()
+    out.write("rankings: done, {} posts\n".format(count))
+    return count
+
+
 def main(argv=None, out=sys.stdout):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="config.yml")
@@ -169,11 +194,20 @@ def main(argv=None, out=sys.stdout):
                         help="the Redis holding the old layout (default: the target)")
     parser.add_argument("--again", action="store_true",
                         help="scan from the start, whatever an earlier run did")
+    parser.add_argument("--rankings", action="store_true",
+                        help="only rebuild every post's rankings from its counts "
+                        "(once, after upgrading data written before rankings)")
     args = parser.parse_args(argv)
     config = read_config(args.config)
     uri = config["REDIS_URIS"][REDIS_KEY]
     options = dict(socket_connect_timeout=5, socket_timeout=30)
     target = connect(uri, **options)
+    if args.rankings:
+        try:
+            rebuild_rankings(target, read_buckets(config), out)
+        finally:
+            target.close()
+        return 0
     source_uri = args.source or uri
     source = redis.Redis.from_url(source_uri, decode_responses=True, **options)
     try:

@@ -6,6 +6,7 @@ full walks over HTTP, a walk while votes arrive, and random vote sequences
 Expected orders are computed here from the counts, with reddit's formulas
 written out again (not imported from services.rankings)."""
 import collections
+import io
 import itertools
 import math
 import random
@@ -15,11 +16,12 @@ import uuid
 import eventlet
 import pytest
 import requests
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services import contracts
-from services.votes import schemas
+from services.votes import migrate, schemas
 from services.votes.dependencies import Limits, VoteStorage, connect
 from tests.conftest import make_vote
 from tests.integration.test_pipeline import counts
@@ -48,9 +50,30 @@ def value(sort, up, down, created):
     return sign * math.log10(max(abs(s), 1)) + (created - HOT_EPOCH) / 45000
 
 
+# the precision the store keeps (README): values that agree to it are ties
+DIGITS = {"top": None, "best": 12, "controversial": 9, "hot": 7}
+
+
+def rounded(sort, up, down, created):
+    worth = value(sort, up, down, created)
+    if sort == "controversial":  # kept as its logarithm: relative precision
+        return float("{:.9g}".format(worth))
+    return worth if DIGITS[sort] is None else round(worth, DIGITS[sort])
+
+
 def expected_order(sort, tally, created):
     """Post ids by the ranking, highest first, ties by postId."""
-    return sorted(tally, key=lambda p: (-value(sort, *tally[p], created.get(p, 0)), p))
+    return sorted(tally, key=lambda p: (-rounded(sort, *tally[p], created.get(p, 0)), p))
+
+
+def stored_key(sort, up, down, created):
+    """The score the store keeps: minus the value as an integer (README)."""
+    worth = value(sort, up, down, created)
+    if sort == "top":
+        return -worth
+    if sort == "controversial":
+        worth = math.log(worth) if worth else 0.0
+    return -math.floor(worth * {"best": 1e15, "controversial": 1e13, "hot": 1e7}[sort] + 0.5)
 
 
 @pytest.fixture
@@ -94,8 +117,8 @@ def test_stored_values_and_ties(storage, redis_client):
     for sort in SORTS:
         bucket_of = {p: contracts.bucket_of(p) for p in plan}
         got = {p: redis_client.zscore(contracts.rank_key(bucket_of[p], sort), p) for p in plan}
-        want = {p: -value(sort, *plan[p], created) for p in plan}
-        assert got == pytest.approx(want, abs=1e-12), sort
+        want = {p: stored_key(sort, *plan[p], created) for p in plan}
+        assert got == pytest.approx(want, abs=1), sort
         assert storage_walk(storage, sort, 2) == expected_order(sort, plan, {
             p: created for p in plan}), sort
     assert storage_walk(storage, "controversial", 3)[:4] == ["e", "f", "g", "h"]
@@ -109,12 +132,10 @@ def test_created_at_is_set_once_and_put_moves_hot(storage, redis_client):
     created_of = {p: contracts.created_key(contracts.bucket_of(p)) for p in "pqrs"}
     assert redis_client.hget(created_of["p"], "p") == "1700000000"
     hot_key = contracts.rank_key(contracts.bucket_of("p"), "hot")
-    assert redis_client.zscore(hot_key, "p") == pytest.approx(
-        -value("hot", 2, 0, 1_700_000_000), abs=1e-12)
+    assert redis_client.zscore(hot_key, "p") == stored_key("hot", 2, 0, 1_700_000_000)
     storage.set_created_at("p", 1_600_000_000)
     assert redis_client.hget(created_of["p"], "p") == "1600000000"
-    assert redis_client.zscore(hot_key, "p") == pytest.approx(
-        -value("hot", 2, 0, 1_600_000_000), abs=1e-12)
+    assert redis_client.zscore(hot_key, "p") == stored_key("hot", 2, 0, 1_600_000_000)
     # registered before any vote: no counts, no rank, and votes keep its time
     storage.set_created_at("q", 1_650_000_000)
     assert storage.counts_many([("q", None)]) == [None]
@@ -310,3 +331,28 @@ def http_walk_slowly(web_session, sort, limit):
         if after is None:
             return
         eventlet.sleep(0.02)
+
+
+def test_rankings_rebuilt_for_data_from_before_them(storage, redis_client, redis_uri,
+                                                    tmp_path):
+    """Counts written as before rankings (a post hash and the top only):
+    ``migrate --rankings`` ranks them, created at the time of the run."""
+    plan = {"a": (3, 1), "b": (1, 1), "c": (0, 2), "d": (9, 1), "e": (5, 5)}
+    for post, (up, down) in plan.items():
+        bucket = contracts.bucket_of(post)
+        redis_client.hset(contracts.post_key(post), mapping={"upvote": up, "downvote": down})
+        redis_client.zadd(contracts.top_key(bucket), {post: down - up})
+    storage.set_created_at("d", 1_600_000_000)  # kept: it has a time already
+    config_path = tmp_path / "config.yml"
+    config_path.write_text(yaml.safe_dump({"REDIS_URIS": {"votes": redis_uri}}))
+    before = int(time.time())
+    out = io.StringIO()
+    for _ in range(2):  # a second run changes nothing
+        assert migrate.main(["--config", str(config_path), "--rankings"], out=out) == 0
+    assert out.getvalue().splitlines()[-1] == "rankings: done, 5 posts"
+    created = {p: int(redis_client.hget(contracts.created_key(contracts.bucket_of(p)), p))
+               for p in plan}
+    assert created["d"] == 1_600_000_000
+    assert all(before <= created[p] <= time.time() for p in "abce")
+    for sort in SORTS:
+        assert storage_walk(storage, sort, 2) == expected_order(sort, plan, created), sort

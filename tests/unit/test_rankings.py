@@ -64,11 +64,32 @@ def test_hot(up, down, created, expected):
     assert rankings.hot(up, down, created) == pytest.approx(expected, abs=1e-12)
 
 
-def test_stored_scores_are_negated_and_never_minus_zero():
+def test_stored_keys_are_negated_integers_and_never_minus_zero():
     assert rankings.stored("top", 3, 1) == -2.0
     assert math.copysign(1, rankings.stored("best", 0, 0)) == 1.0
-    assert rankings.stored("controversial", 1, 1) == -2.0
-    assert rankings.stored("hot", 10, 0, E) == -1.0
+    assert rankings.stored("best", 1, 0) == -round(1e15 / (1 + Z * Z))
+    assert rankings.stored("controversial", 1, 1) == -6931471805599  # ln 2, 10^13
+    assert rankings.stored("controversial", 0, 5) == 0.0
+    assert rankings.stored("hot", 10, 0, E) == -10_000_000
+    assert rankings.stored("hot", 0, 100, E + 1) == 19_999_778  # -2 + 1/45000, 7 digits
+    assert rankings.stored("controversial", 10 ** 15, 10 ** 15) == -round(
+        math.log(2e15) * 1e13)
+    for sort in rankings.SORTS:
+        key = rankings.stored(sort, 10 ** 15, 3, 253402300799)
+        assert key == int(key) and abs(key) < 2 ** 53
+
+
+def test_stored_keys_order_as_the_values():
+    """Over every count up to 15/15: a higher value never gets a lower key,
+    and values apart by more than rounding get different keys."""
+    grid = [(up, down) for up in range(16) for down in range(16)]
+    for sort in ("best", "controversial", "hot"):
+        worth = {c: rankings.value(sort, *c, E + 45000 * sum(c)) for c in grid}
+        key = {c: -rankings.stored(sort, *c, E + 45000 * sum(c)) for c in grid}
+        for a in grid:
+            for b in grid:
+                if worth[a] > worth[b] * (1 + 1e-9) + 1e-9:
+                    assert key[a] > key[b], (sort, a, b)
 
 
 def test_ties_sort_by_post_id_with_stored_scores():
