@@ -19,6 +19,7 @@ from bench.phases import (
     latency,
     memory,
     mq_cluster,
+    rankings,
     reads,
     single,
     streams,
@@ -54,6 +55,8 @@ PROFILES = {
         "announce_seconds": 5,
         "settle_timeout": 120.0,
         "mq_cluster": True,     # boot four private RabbitMQ nodes
+        "rankings_sizes": (10, 500),  # votes per event of the rankings drains
+        "rankings_rounds": 3,         # drains per side and size; the best counts
     },
     "quick": {
         "window": 1.0,
@@ -78,6 +81,8 @@ PROFILES = {
         "announce_seconds": 1,
         "settle_timeout": 60.0,
         "mq_cluster": False,
+        "rankings_sizes": (500,),
+        "rankings_rounds": 1,
     },
 }
 
@@ -95,6 +100,7 @@ PHASES = (
     ("memory", lambda bench: (memory.run(bench), memory.rss(bench))),
     ("streams", streams.run),
     ("trust", trust.run),
+    ("rankings", rankings.run),
 )
 # phases that use a figure of another
 NEEDS = {"drain": "single", "latency": "single"}

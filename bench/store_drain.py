@@ -95,9 +95,10 @@ class Store:
             self.server.stop()
 
 
-def drain(store, size, total, n_posts, base_config, folder, vhosts):
+def drain(store, size, total, n_posts, base_config, folder, vhosts, root=None):
     """(votes/s, CPU s per vote, events, seconds from start) of one row;
-    its posts are its own, so rows can share a store."""
+    its posts are its own, so rows can share a store. ``root``: the
+    checkout whose votes service runs (by default this one)."""
     vhost = vhosts.take()
     amqp_uri = rabbit.amqp_uri(AMQP_HOST, vhost)
     client = store.client()
@@ -105,7 +106,8 @@ def drain(store, size, total, n_posts, base_config, folder, vhosts):
     try:
         config = write_config(folder / "votes.yml", amqp_uri, store.uri, free_port(),
                               base=base_config, log_level="WARNING")
-        votes = Process.nameko("votes", VOTES, config, folder / "votes.log")
+        votes = Process.nameko("votes", VOTES, config, folder / "votes.log",
+                               **({"cwd": root} if root else {}))
         # once, so that it declares its queue; then stopped
         votes.start()
         wait_until(lambda: rabbit.queue_state(amqp_uri, contracts.VOTES_QUEUE)[1] >= 1,

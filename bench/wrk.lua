@@ -1,6 +1,6 @@
 -- wrk script for the bench (see bench/wrk.py). Settings come from the
 -- environment:
---   BENCH_MODE   vote | voter | read | batch
+--   BENCH_MODE   vote | voter | read | batch | page (GET BENCH_PREFIX, a path)
 --   BENCH_VOTER, BENCH_AUTH  voter mode: the voterId and its bearer token
 --   BENCH_STOP   a file: once it exists, every new request is a harmless
 --                DELETE /vote (answered 405, never a vote), so that no vote
@@ -76,8 +76,10 @@ function init(args)
       requests_[#requests_ + 1] = wrk.format(
         "POST", "/votes", headers, '{"votes":[' .. table.concat(parts, ",") .. ']}')
     end
+  elseif mode == "page" then
+    requests_[1] = wrk.format("GET", prefix)
   else
-    error("BENCH_MODE must be vote, read or batch")
+    error("BENCH_MODE must be vote, voter, read, batch or page")
   end
   stop_request = wrk.format("DELETE", "/vote")
 end

@@ -119,6 +119,8 @@ def run(wrk, url, mode, connections, window, tail, prefix, posts, batch=100,
     if not bench:
         raise RuntimeError("wrk printed no BENCH line:\n" + text)
     shown = "wrk -t1 -c{} {:g}s {} {}".format(
-        connections, window, {"vote": "GET /vote", "voter": "GET /vote", "read": "GET /vote-counts",
-                              "batch": "POST /votes"}[mode], url.split("/")[2])
+        connections, window, {"vote": "GET /vote", "voter": "GET /vote",
+                              "read": "GET /vote-counts", "batch": "POST /votes",
+                              "page": "GET " + prefix}[mode],
+        url.split("/")[2])
     return WrkResult(elapsed, bench, text, cpu, shown)

@@ -70,8 +70,9 @@ class Process:
     of its own, so that a Ctrl-C reaches only its owner, which stops it;
     ``nofile`` lowers its open-file limit (``ulimit -n``)."""
 
-    def __init__(self, label, argv, log_path, nofile=None, port=None):
+    def __init__(self, label, argv, log_path, nofile=None, port=None, cwd=ROOT):
         self.label = label
+        self.cwd = cwd  # another checkout runs its own code (bench baselines)
         self.argv = argv
         self.log_path = Path(log_path)
         self.nofile = nofile
@@ -93,7 +94,7 @@ class Process:
             log.write("--- start {}\n".format(" ".join(self.argv)).encode())
             log.flush()
             self.proc = subprocess.Popen(
-                self.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                self.argv, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
                 env=dict(os.environ, PYTHONWARNINGS=QUIET_WARNINGS),
                 preexec_fn=self._limit if self.nofile is not None else None)

@@ -34,8 +34,10 @@ RPC_VOTE = "vote"
 RPC_GET_COUNTS = "get_counts"
 RPC_GET_COUNTS_MANY = "get_counts_many"
 RPC_TOP = "top"
+RPC_SET_CREATED_AT = "set_created_at"
 RPC_HEALTH = "health"
-RPC_METHODS = (RPC_VOTE, RPC_GET_COUNTS, RPC_GET_COUNTS_MANY, RPC_TOP, RPC_HEALTH)
+RPC_METHODS = (RPC_VOTE, RPC_GET_COUNTS, RPC_GET_COUNTS_MANY, RPC_TOP,
+               RPC_SET_CREATED_AT, RPC_HEALTH)
 
 
 def rpc_routing_key(method):
@@ -89,6 +91,18 @@ def post_keys(bucket, post_id):
 def top_key(bucket):
     """The leaderboard of one bucket."""
     return _tagged(bucket) + "top"
+
+
+def rank_key(bucket, sort):
+    """The ranking ``sort`` (services.rankings.SORTS) of one bucket; "top"
+    is the leaderboard."""
+    return top_key(bucket) if sort == "top" else _tagged(bucket) + "rank:" + sort
+
+
+def created_key(bucket):
+    """postId -> the post's creation time (seconds since the epoch), for
+    the posts of one bucket."""
+    return _tagged(bucket) + "created"
 
 
 def applied_key(bucket, event_id):

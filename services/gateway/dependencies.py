@@ -71,6 +71,13 @@ class VotesReader(RpcClient):
     def top(self, limit):
         return self.call(contracts.RPC_TOP, limit)
 
+    def top_page(self, limit, sort, after):
+        """{"posts": [counts, ...], "next": cursor or None}"""
+        return self.call(contracts.RPC_TOP, limit, sort, after)
+
+    def set_created_at(self, post_id, created_at):
+        return self.call(contracts.RPC_SET_CREATED_AT, post_id, created_at)
+
     def readiness(self):
         """(ready, checks): the broker, the votes service and its Redis, and
         how many votes wait in the queue."""

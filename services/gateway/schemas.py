@@ -10,12 +10,15 @@ from typing import Annotated, List, Optional
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from services import rankings
 from services.gateway.exceptions import ValidationError as InvalidRequest
 from services.rules import IDEMPOTENCY_KEY_PATTERN, Identifier, Score
 
@@ -30,9 +33,21 @@ MESSAGES = {
     "score": "must be 1 or -1 (or 0, with a voterId, to retract)",
     "limit": "must be an integer from 1 to 100",
     "votes": "must be a list of 1 to 1000 votes",
+    "createdAt": rankings.CREATED_AT_RULE,
 }
 RETRACT_RULE = "0 retracts a vote and needs a voterId"
 SCORES = {"1": 1, "-1": -1, "0": 0}
+
+
+def _created_at(value):
+    try:
+        return rankings.parse_created_at(value)
+    except ValueError:
+        raise PydanticCustomError("created_at", rankings.CREATED_AT_RULE) from None
+
+
+# seconds since the epoch, from RFC 3339 or a number of seconds
+CreatedAt = Annotated[int, BeforeValidator(_created_at)]
 
 
 class Vote(BaseModel):
@@ -41,6 +56,7 @@ class Vote(BaseModel):
     postId: Identifier
     score: Score
     voterId: Optional[Identifier] = None
+    createdAt: Optional[CreatedAt] = None
 
     @model_validator(mode="after")
     def _retraction_needs_voter(self):
@@ -115,7 +131,7 @@ def _vote_strings(values):
 def vote_from_query(multidict):
     """A vote from query or form fields (all strings)."""
     return _validate(Vote, _vote_strings(
-        _single_values(multidict, ("postId", "score", "voterId"))))
+        _single_values(multidict, ("postId", "score", "voterId", "createdAt"))))
 
 
 # objects and arrays a JSON body may hold: a full batch has 1,002
@@ -175,6 +191,41 @@ def top_query(multidict):
         # plain decimal digits only: no sign, spaces or '1e2'
         values["limit"] = int(text) if text.isascii() and text.isdigit() and len(text) < 5 else text
     return _validate(TopQuery, values).limit
+
+
+def page_query(multidict):
+    """(sort, after) of GET /posts/top, or None when it names neither (the
+    call as it was before rankings: no ``next`` in the answer)."""
+    values = _single_values(multidict, ("sort", "after"))
+    if not values:
+        return None
+    sort = values.get("sort", rankings.DEFAULT_SORT)
+    if sort not in rankings.SORTS:
+        raise InvalidRequest("sort: must be one of " + ", ".join(rankings.SORTS))
+    after = values.get("after")
+    if after is not None:
+        try:
+            rankings.decode_cursor(after, sort)
+        except rankings.BadCursor as exc:
+            raise InvalidRequest("after: {}".format(exc)) from None
+    return sort, after
+
+
+class CreatedAtBody(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    createdAt: CreatedAt
+
+
+def created_at_from_json(document):
+    """The createdAt (seconds) of PUT /posts/<postId>."""
+    if not isinstance(document, dict):
+        raise InvalidRequest("body: must be a JSON object")
+    return _validate(CreatedAtBody, document).createdAt
+
+
+def post_id(value):
+    return _validate(CountsQuery, {"postId": value}).postId
 
 
 IDEMPOTENCY_KEY_HEADER = "Idempotency-Key"

@@ -119,6 +119,8 @@ class GatewayService:
                 entry["key"], entry["fp"] = key_id, fingerprint
             if vote.voterId is not None:
                 entry["voterId"] = vote.voterId
+            if vote.createdAt is not None:
+                entry["createdAt"] = vote.createdAt
             stamped.append(entry)
         return stamped
 
@@ -127,7 +129,7 @@ class GatewayService:
         (entry,) = self._accept(request, [_vote_fields(request)])
         body = {"success": True}
         body.update(entry)
-        for internal in ("ts", "key", "fp"):
+        for internal in ("ts", "key", "fp", "createdAt"):
             body.pop(internal, None)
         return json_response(202, body)
 
@@ -149,7 +151,17 @@ class GatewayService:
     @http("GET", "/posts/top")
     def top(self, request):
         limit = schemas.top_query(request.args)
-        return json_response(200, {"posts": self.votes_rpc.top(limit)})
+        page = schemas.page_query(request.args)
+        if page is None:  # as before rankings: no sort, no cursor, no next
+            return json_response(200, {"posts": self.votes_rpc.top(limit)})
+        return json_response(200, self.votes_rpc.top_page(limit, *page))
+
+    @http("PUT", "/posts/<string:post_id>")
+    def set_created_at(self, request, post_id):
+        """A post's creation time, which hot ranks it by."""
+        post_id = schemas.post_id(post_id)
+        created_at = schemas.created_at_from_json(schemas.parse_json(request.get_data()))
+        return json_response(200, self.votes_rpc.set_created_at(post_id, created_at))
 
     @http("GET", "/stream")
     def stream(self, request):

@@ -11,6 +11,11 @@ services/contracts.py):
                                            RETRACTION_TTL seconds after the last
     votes:{bN}:top                 zset    the bucket's postIds scored by
                                            downvote - upvote
+    votes:{bN}:rank:<sort>         zset    the same, scored by minus the
+                                           ranking's integer key (best,
+                                           controversial, hot;
+                                           services/rankings.py)
+    votes:{bN}:created             hash    postId -> creation time (seconds)
     votes:{bN}:applied:<eventId>   string  exactly-once mark of the part of an
                                            event in the bucket, expires after
                                            APPLIED_MARK_TTL seconds
@@ -37,7 +42,7 @@ from nameko_redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from services import contracts
+from services import contracts, rankings
 from services.platform import redis_nodes
 from services.platform.events import dead_letter_queue
 from services.settings import number
@@ -63,6 +68,78 @@ WAIT_TIMEOUT_CONFIG_KEY = "REDIS_WAIT_TIMEOUT"  # milliseconds
 DEFAULT_WAIT_TIMEOUT = 1000
 
 
+# The rankings' sort keys (services/rankings.py holds the same arithmetic):
+# integers, exact in a double, stored negated, so that Redis's order (score,
+# then member ascending) is highest first, ties by postId. Integers, because
+# a small sorted set (listpack) keeps an integer score as an integer, and
+# compares it without parsing text: with 17-digit scores each ZADD took
+# three times as long.
+RANKINGS_LUA = """
+local WILSON_Z, HOT_EPOCH, HOT_SECONDS = %r, %d, %d
+local BEST_SCALE, CONTROVERSIAL_SCALE, HOT_SCALE = %r, %r, %r
+local function key(value, scale)
+  local k = math.floor(value * scale + 0.5)
+  if k == 0 then return '0' end
+  return string.format('%%.0f', -k)
+end
+local function best(up, down)
+  local n = up + down
+  if n == 0 or up == 0 then return 0 end
+  local p, z = up / n, WILSON_Z
+  return (p + z * z / (2 * n) - z * math.sqrt((p * (1 - p) + z * z / (4 * n)) / n))
+    / (1 + z * z / n)
+end
+-- the logarithm of (up + down) ^ (min / max): the same order, and bounded
+local function controversial(up, down)
+  if up == 0 or down == 0 then return 0 end
+  return math.min(up, down) / math.max(up, down) * math.log(up + down)
+end
+local function hot(up, down, created)
+  local s = up - down
+  local order = math.log10(math.max(math.abs(s), 1))
+  local sign = 0
+  if s > 0 then sign = 1 elseif s < 0 then sign = -1 end
+  return sign * order + (created - HOT_EPOCH) / HOT_SECONDS
+end
+-- Rank posts whose counts changed: ranks, the keys of the rankings in the
+-- order of rankings.SORTS; created_key, the bucket's creation times; ids,
+-- the posts; counts[id] = {upvote, downvote, the creation time to record
+-- if the post has none}. One HMGET, HSET and ZADD per ranking for all of
+-- them: a call from Lua costs more than the work of most commands.
+local function rank_posts(ranks, created_key, ids, counts)
+  for first = 1, #ids, 500 do  -- unpack() has a bounded stack
+    local chunk = {}
+    for i = first, math.min(#ids, first + 499) do chunk[#chunk + 1] = ids[i] end
+    local known = redis.call('HMGET', created_key, unpack(chunk))
+    local new, top, b, c, h = {}, {}, {}, {}, {}
+    for i, id in ipairs(chunk) do
+      local u, d = counts[id][1], counts[id][2]
+      local created = tonumber(known[i])
+      if not created then
+        created = counts[id][3]
+        new[#new + 1] = id
+        new[#new + 1] = string.format('%%.0f', created)
+      end
+      top[#top + 1] = d - u
+      top[#top + 1] = id
+      b[#b + 1] = key(best(u, d), BEST_SCALE)
+      b[#b + 1] = id
+      c[#c + 1] = key(controversial(u, d), CONTROVERSIAL_SCALE)
+      c[#c + 1] = id
+      h[#h + 1] = key(hot(u, d, created), HOT_SCALE)
+      h[#h + 1] = id
+    end
+    if #new > 0 then redis.call('HSET', created_key, unpack(new)) end
+    redis.call('ZADD', ranks[1], unpack(top))
+    redis.call('ZADD', ranks[2], unpack(b))
+    redis.call('ZADD', ranks[3], unpack(c))
+    redis.call('ZADD', ranks[4], unpack(h))
+  end
+end
+""" % (rankings.WILSON_Z, rankings.HOT_EPOCH, rankings.HOT_SECONDS,
+       rankings.SCALES[rankings.BEST], rankings.SCALES[rankings.CONTROVERSIAL],
+       rankings.SCALES[rankings.HOT])
+
 # One atomic step per part of an event (its votes in one bucket): the
 # part's mark, its votes and the bucket's leaderboard. A redelivered part
 # finds its mark and changes nothing (but rewrites the mark, so that a WAIT
@@ -70,9 +147,11 @@ DEFAULT_WAIT_TIMEOUT = 1000
 # Idempotency-Key counts once per key, in whichever event it comes.  Per
 # voter the vote with the latest (ts, voteId) wins, whatever order events
 # arrive in. One call may carry several parts (ARGV[2]: [[mark index, top
-# index, votes], ...], each vote naming its keys by index): on a cluster
-# each call carries one, on one server all the parts of an event.
-APPLY_SCRIPT = """
+# index, votes], ...], the other rankings and the bucket's creation times
+# right after top (in the order of rankings.SORTS), each vote naming
+# its keys by index): on a cluster each call carries one, on one server all
+# the parts of an event. Every ranking moves in the same step as the counts.
+APPLY_SCRIPT = RANKINGS_LUA + """
 -- every input is checked before the first write: an error that can be
 -- foreseen changes nothing, so a retry can never add a vote twice
 local mark_ttl, once_ttl = tonumber(ARGV[1]), tonumber(ARGV[3])
@@ -89,12 +168,15 @@ local function later(ts, id, than_ts, than_id)
 end
 local applied, replayed, conflicts = 0, 0, 0
 for _, part in ipairs(parts) do
-  local mark, top = KEYS[part[1]], KEYS[part[2]]
+  local mark = KEYS[part[1]]
+  local ranks = {KEYS[part[2]], KEYS[part[2] + 1], KEYS[part[2] + 2], KEYS[part[2] + 3]}
+  local created_key = KEYS[part[2] + 4]
   -- the part's mark is its first write
   if not redis.call('SET', mark, '1', 'NX', 'EX', mark_ttl) then
     redis.call('SET', mark, '1', 'XX', 'KEEPTTL')
   else
     local once, seen = {}, {}
+    local changed, counts = {}, {}  -- the posts whose counts changed
     for _, vote in ipairs(part[3]) do
       local post_id, score, voter, vote_id = vote[1], vote[2], vote[3], vote[5]
       -- the post's key; for a voter's vote its voters and retracted keys follow
@@ -170,13 +252,83 @@ for _, part in ipairs(parts) do
         if up ~= 0 or down ~= 0 then
           local u = redis.call('HINCRBY', post_key, 'upvote', up)
           local d = redis.call('HINCRBY', post_key, 'downvote', down)
-          redis.call('ZADD', top, d - u, post_id)
+          if counts[post_id] then
+            counts[post_id][1], counts[post_id][2] = u, d
+          else
+            -- the creation time is set once: by the first vote that counts
+            -- (its own createdAt, else its time), or by set_created_at
+            local created = vote[9]
+            if created < 0 then
+              created = math.floor(math.min(tonumber(vote[4]), now) / 1000000)
+            end
+            counts[post_id] = {u, d, created}
+            changed[#changed + 1] = post_id
+          end
         end
       end
     end
+    if #changed > 0 then rank_posts(ranks, created_key, changed, counts) end
   end
 end
 return {applied, replayed, conflicts}
+"""
+
+# A post's creation time, set by the site (PUT /posts/<postId>); its hot
+# rank moves with it in the same step, if the post has votes.
+SET_CREATED_SCRIPT = RANKINGS_LUA + """
+local created = tonumber(ARGV[2])
+if not created then return redis.error_reply('ERR set_created_at: bad arguments') end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+local counts = redis.call('HMGET', KEYS[1], 'upvote', 'downvote')
+if counts[1] or counts[2] then
+  local u, d = tonumber(counts[1] or 0), tonumber(counts[2] or 0)
+  redis.call('ZADD', KEYS[2], key(hot(u, d, created), HOT_SCALE), ARGV[1])
+end
+return 1
+"""
+
+# A post's rankings rebuilt from its counts (services.votes.migrate), its
+# creation time set to ARGV[2] if it has none. KEYS: the post, its
+# rankings, the bucket's creation times.
+REBUILD_SCRIPT = RANKINGS_LUA + """
+local counts = redis.call('HMGET', KEYS[1], 'upvote', 'downvote')
+if not (counts[1] or counts[2]) then return 0 end
+rank_posts({KEYS[2], KEYS[3], KEYS[4], KEYS[5]}, KEYS[6], {ARGV[1]},
+           {[ARGV[1]] = {tonumber(counts[1] or 0), tonumber(counts[2] or 0),
+                         tonumber(ARGV[2])}})
+return 1
+"""
+
+
+def rebuild_command(pipe, post_id, buckets, now):
+    """Queue on ``pipe`` the rebuild of a post's rankings (REBUILD_SCRIPT)."""
+    bucket = contracts.bucket_of(post_id, buckets)
+    keys = [contracts.post_keys(bucket, post_id)[0]]
+    keys += [contracts.rank_key(bucket, sort) for sort in rankings.SORTS]
+    keys.append(contracts.created_key(bucket))
+    pipe.execute_command("EVAL", REBUILD_SCRIPT, len(keys), *keys, post_id, int(now))
+
+
+# The first ARGV[3] entries of the ranking KEYS[1] that come after
+# (ARGV[1] score, ARGV[2] postId): past the ties of the score, a binary
+# search of the members that share it (bytewise, as Redis orders them; Lua's
+# own < follows the locale).
+AFTER_SCRIPT = """
+local key, score, after, count = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
+local function greater(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x > y end
+  end
+  return #a > #b
+end
+local lo = redis.call('ZCOUNT', key, '-inf', '(' .. score)
+local hi = redis.call('ZCOUNT', key, '-inf', score)
+while lo < hi do
+  local mid = math.floor((lo + hi) / 2)
+  if greater(redis.call('ZRANGE', key, mid, mid)[1], after) then hi = mid else lo = mid + 1 end
+end
+return redis.call('ZRANGE', key, lo, lo + count - 1, 'WITHSCORES')
 """
 
 # Redis replies that mean "not now", not "never": out of memory (OOM), cannot
@@ -263,6 +415,24 @@ def counts_dict(post_id, upvote, downvote, my_vote=None):
     return counts
 
 
+def _pairs(ranks):
+    """(member, score) pairs of a ZRANGE WITHSCORES, as redis-py gives them
+    (pairs) or as a script returns them (flat)."""
+    if ranks and not isinstance(ranks[0], (list, tuple)):
+        return zip(ranks[0::2], ranks[1::2], strict=True)
+    return ranks
+
+
+def _agrees(sort, score, up, down, created):
+    """Whether counts read after a ranking give the score it was read at."""
+    if up is None and down is None:
+        return False
+    up, down = int(up or 0), int(down or 0)
+    # one unit of leeway: another machine's libm may round differently
+    return abs(score - rankings.stored(sort, up, down, int(created or 0))) <= (
+        0 if sort == rankings.TOP else 1)
+
+
 def _voter_score(entry):
     return int(entry.rsplit(":", 1)[1]) if entry else 0
 
@@ -312,7 +482,9 @@ class VoteStorage:
         packed_parts = []
         for bucket, votes in parts:
             mark = len(keys) + 1  # Lua counts from 1
-            keys += [contracts.applied_key(bucket, event_id), contracts.top_key(bucket)]
+            keys += [contracts.applied_key(bucket, event_id)]
+            keys += [contracts.rank_key(bucket, sort) for sort in rankings.SORTS]
+            keys.append(contracts.created_key(bucket))
             packed = []
             once = {}
             # each post's keys once; its voters and retracted keys only if a
@@ -332,7 +504,8 @@ class VoteStorage:
                         keys.append(contracts.once_key(bucket, vote.key))
                         slot = once[vote.key] = len(keys)
                 packed.append([vote.postId, vote.score, vote.voterId or "",
-                               str(vote.ts), vote.voteId, slot, vote.fp or "", base])
+                               str(vote.ts), vote.voteId, slot, vote.fp or "", base,
+                               -1 if vote.createdAt is None else vote.createdAt])
             packed_parts.append([mark, mark + 1, packed])
         limits = self.limits
         args = ("EVALSHA", self._apply_sha, len(keys), *keys,
@@ -413,30 +586,65 @@ class VoteStorage:
             return False
 
     def top(self, limit):
-        """The top ``limit`` posts: score descending, ties by postId. The
-        first ``limit`` of each bucket's leaderboard are merged, then the
-        counts of the winners read; if a vote came in between (a count that
+        """The top ``limit`` posts by score (see page)."""
+        return self.page(rankings.TOP, limit)[0]
+
+    def page(self, sort, limit, after=None):
+        """(counts of up to ``limit`` posts, the cursor of the next page or
+        None) in the ranking ``sort``: its value descending, ties by postId,
+        starting right after ``after`` (stored score, postId), if given.
+        Each bucket's first ``limit + 1`` after the cursor are merged, then
+        the counts of the page read; if a vote came in between (a count that
         disagrees with its rank), it is read again, up to TOP_READS times."""
         try:
             for _ in range(TOP_READS):
                 with self.client.pipeline(transaction=False) as pipe:
                     for bucket in range(self.buckets):
-                        pipe.zrange(contracts.top_key(bucket), 0, limit - 1,
-                                    withscores=True)
-                    ranked = sorted((score, post_id) for ranks in pipe.execute()
-                                    for post_id, score in ranks)[:limit]
+                        key = contracts.rank_key(bucket, sort)
+                        if after is None:
+                            pipe.zrange(key, 0, limit, withscores=True)
+                        else:
+                            # (a cluster pipeline has no eval())
+                            pipe.execute_command("EVAL", AFTER_SCRIPT, 1, key,
+                                                 repr(after[0]), after[1], limit + 1)
+                    ranked = sorted(
+                        (float(score), post_id) for ranks in pipe.execute()
+                        for post_id, score in _pairs(ranks))
+                more = len(ranked) > limit
+                ranked = ranked[:limit]
                 with self.client.pipeline(transaction=False) as pipe:
                     for _, post_id in ranked:
-                        pipe.hmget(contracts.post_key(post_id, self.buckets),
+                        bucket = contracts.bucket_of(post_id, self.buckets)
+                        pipe.hmget(contracts.post_keys(bucket, post_id)[0],
                                    "upvote", "downvote")
-                    counts = [counts_dict(post_id, up, down) for (_, post_id), (up, down)
-                              in zip(ranked, pipe.execute(), strict=True)]
-                if all(-c["score"] == score for c, (score, _) in zip(counts, ranked, strict=True)):
+                        pipe.hget(contracts.created_key(bucket), post_id)
+                    replies = pipe.execute()
+                found = [(up, down, created) for (up, down), created
+                         in zip(replies[0::2], replies[1::2], strict=True)]
+                if all(_agrees(sort, score, up, down, created)
+                       for (score, _), (up, down, created) in zip(ranked, found, strict=True)):
                     break
         except REDIS_ERRORS as exc:
             store_error(exc)
             raise
-        return counts
+        counts = [counts_dict(post_id, up, down)
+                  for (_, post_id), (up, down, _) in zip(ranked, found, strict=True)]
+        cursor = rankings.encode_cursor(sort, *ranked[-1]) if more else None
+        return counts, cursor
+
+    def set_created_at(self, post_id, created_at):
+        """Set a post's creation time (and its hot rank, if it has votes)."""
+        bucket = contracts.bucket_of(post_id, self.buckets)
+        keys = (contracts.post_keys(bucket, post_id)[0],
+                contracts.rank_key(bucket, rankings.HOT), contracts.created_key(bucket))
+        command = redis_nodes.Command(
+            keys[0], ("EVALSHA", _sha(SET_CREATED_SCRIPT), len(keys), *keys,
+                      post_id, created_at), SET_CREATED_SCRIPT)
+        try:
+            self.writes.run([command])
+        except REDIS_ERRORS as exc:
+            store_error(exc)
+            raise
 
     def seal_marks(self, event_id, post_ids):
         """Whether any part of the event has its exactly-once mark, each

@@ -1,6 +1,7 @@
 """Move vote data from the layout before buckets to the bucketed one.
 
     python -m services.votes.migrate [--config config.yml] [--from URI] [--again]
+    python -m services.votes.migrate [--config config.yml] --rankings
 
 The old layout (``votes:post:<postId>``, ``votes:voters:<postId>``,
 ``votes:retracted:<postId>``, ``votes:top``, ``votes:applied:<eventId>``,
@@ -15,23 +16,30 @@ overwriting them, so votes applied meanwhile to the new keys would be lost.
 
 * Each key is copied (its TTL too), then, when source and target are the
   same database, deleted. Counts go to the post's bucket and its
-  leaderboard; an event's exactly-once mark, whose buckets are not known
-  any more, is set in every bucket; an Idempotency-Key's mark becomes its
+  rankings (created at the time of the move, for hot); an event's
+  exactly-once mark, whose buckets are not known any more, is set in
+  every bucket; an Idempotency-Key's mark becomes its
   claim and a mark in every bucket, so no retry of an old request counts.
 * Idempotent: copying a key again writes the same values.
 * Resumable: the SCAN cursor of each step is kept in ``votes:migrated`` on
   the target after each batch; a second run goes on from there, and one
   after the end does nothing (``--again`` starts over).
 * Progress goes to stdout, a line per batch.
+
+``--rankings`` does only this: every post's rankings (best, controversial,
+hot) rebuilt from its counts, once, for data written before rankings. It
+can run while the services run.
 """
 import argparse
 import sys
+import time
 
 import redis
 
 from services import contracts
+from services.platform import redis_nodes
 from services.settings import read_config
-from services.votes.dependencies import REDIS_KEY, connect, read_buckets
+from services.votes.dependencies import REDIS_KEY, connect, read_buckets, rebuild_command
 
 BATCH = 500  # keys per SCAN and per write pipeline
 DONE = "done"
@@ -123,8 +131,8 @@ class Migration:
                 up, down = int(up or 0), int(down or 0)
                 pipe.hset(contracts.post_key(post_id, self.buckets),
                           mapping={"upvote": up, "downvote": down})
-                pipe.zadd(contracts.top_key(contracts.bucket_of(post_id, self.buckets)),
-                          {post_id: down - up})
+                # created now, as far as hot can tell: no older time is known
+                rebuild_command(pipe, post_id, self.buckets, time.time())
             pipe.execute()
 
     def _marks(self, keys, prefix, values, new_keys):
@@ -160,6 +168,25 @@ def _chunks(items, size=BATCH):
         yield chunk
 
 
+def rebuild_rankings(target, buckets, out=sys.stdout):
+    """Every post's rankings rebuilt from its counts (REBUILD_SCRIPT), for
+    data written before rankings existed; a post without a creation time
+    gets the time of this run. Idempotent, and safe while votes arrive: each
+    post is rebuilt in one atomic step from the counts it has then."""
+    count = 0
+    for _, node in redis_nodes.node_clients(target):
+        for keys in _chunks(node.scan_iter(match=contracts.POST_KEY_PATTERN, count=BATCH)):
+            with target.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    rebuild_command(pipe, contracts.post_id_of(key), buckets, time.time())
+                pipe.execute()
+            count += len(keys)
+            out.write("rankings: {} posts rebuilt\n".format(count))
+            out.flush()
+    out.write("rankings: done, {} posts\n".format(count))
+    return count
+
+
 def main(argv=None, out=sys.stdout):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="config.yml")
@@ -167,11 +194,20 @@ def main(argv=None, out=sys.stdout):
                         help="the Redis holding the old layout (default: the target)")
     parser.add_argument("--again", action="store_true",
                         help="scan from the start, whatever an earlier run did")
+    parser.add_argument("--rankings", action="store_true",
+                        help="only rebuild every post's rankings from its counts "
+                        "(once, after upgrading data written before rankings)")
     args = parser.parse_args(argv)
     config = read_config(args.config)
     uri = config["REDIS_URIS"][REDIS_KEY]
     options = dict(socket_connect_timeout=5, socket_timeout=30)
     target = connect(uri, **options)
+    if args.rankings:
+        try:
+            rebuild_rankings(target, read_buckets(config), out)
+        finally:
+            target.close()
+        return 0
     source_uri = args.source or uri
     source = redis.Redis.from_url(source_uri, decode_responses=True, **options)
     try:

@@ -15,6 +15,8 @@ from pydantic import (
     model_validator,
 )
 
+from services import rankings
+from services.rankings import MAX_CREATED_AT
 from services.rules import (
     IDEMPOTENCY_KEY_PATTERN,
     Fingerprint,
@@ -42,6 +44,9 @@ class Vote(BaseModel):
     # with an Idempotency-Key: the key's id and the request's fingerprint
     key: Optional[KeyId] = None
     fp: Optional[Fingerprint] = None
+    # the post's creation time (seconds since the epoch), if the client
+    # gave one: kept only by the post's first vote that counts
+    createdAt: Optional[Annotated[int, Field(ge=0, le=MAX_CREATED_AT)]] = None
 
     @model_validator(mode="after")
     def _retraction_needs_voter(self):
@@ -115,3 +120,23 @@ def parse_idempotency_key(value):
     except ValidationError:
         raise InvalidVote(
             "idempotency_key: must be 1-128 visible ASCII characters") from None
+
+
+def parse_page(sort, after):
+    """(sort, (stored score, postId) or None) of a page of a ranking."""
+    sort = rankings.DEFAULT_SORT if sort is None else sort
+    if sort not in rankings.SORTS:
+        raise InvalidVote("sort: must be one of " + ", ".join(rankings.SORTS))
+    if after is None:
+        return sort, None
+    try:
+        return sort, rankings.decode_cursor(after, sort)
+    except rankings.BadCursor as exc:
+        raise InvalidVote("after: {}".format(exc)) from None
+
+
+def parse_created_at(value):
+    try:
+        return rankings.parse_created_at(value)
+    except ValueError as exc:
+        raise InvalidVote("created_at: {}".format(exc)) from None

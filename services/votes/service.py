@@ -96,10 +96,26 @@ class VotesService:
         return self.store.counts_many(pairs)
 
     @rpc(expected_exceptions=(InvalidVote, StoreUnavailable))
-    def top(self, limit=10):
+    def top(self, limit=10, sort=None, after=None):
+        """A page of a ranking (services/rankings.py): {"posts": [counts,
+        ...], "next": cursor or None}. Without ``sort`` and ``after``, the
+        top ``limit`` by score as a plain list, as before rankings."""
         if type(limit) is not int or not 1 <= limit <= MAX_TOP:
             raise InvalidVote("limit: must be an integer from 1 to 100")
-        return self.store.top(limit)
+        if sort is None and after is None:
+            return self.store.top(limit)
+        sort, after = schemas.parse_page(sort, after)
+        posts, cursor = self.store.page(sort, limit, after)
+        return {"posts": posts, "next": cursor}
+
+    @rpc(expected_exceptions=(InvalidVote, StoreUnavailable))
+    def set_created_at(self, post_id, created_at):
+        """Set a post's creation time (RFC 3339 or seconds since the epoch),
+        which hot ranks it by; returns {"postId", "createdAt"} (seconds)."""
+        schemas.parse_identifier(post_id, "post_id")
+        seconds = schemas.parse_created_at(created_at)
+        self.store.set_created_at(post_id, seconds)
+        return {"postId": post_id, "createdAt": seconds}
 
     @rpc
     def health(self):

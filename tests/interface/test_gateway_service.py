@@ -11,6 +11,7 @@ from nameko.rpc import rpc
 
 from services import contracts, rules
 from services.gateway.service import GatewayService
+from services.rankings import CREATED_AT_RULE
 
 VOTES_QUEUE = contracts.VOTES_QUEUE
 ID_RULE = "must be 1-64 characters of A-Z a-z 0-9 _ -"
@@ -130,6 +131,17 @@ BAD_REQUESTS = [
     ("GET", "/vote-counts?postId=a/b", {}, 400, "postId: " + ID_RULE),
     ("GET", "/posts/top?limit=0", {}, 400, "limit: must be an integer from 1 to 100"),
     ("GET", "/posts/top?limit=abc", {}, 400, "limit: must be an integer from 1 to 100"),
+    ("GET", "/posts/top?sort=new", {}, 400, "sort: must be one of top, best, controversial, hot"),
+    ("GET", "/posts/top?sort=hot&after=xyz", {}, 400, "after: is not a cursor from this API"),
+    ("GET", "/vote?postId=1&score=1&createdAt=tomorrow", {}, 400,
+     "createdAt: " + CREATED_AT_RULE),
+    ("POST", "/votes", {"json": {"votes": [{"postId": "1", "score": 1, "createdAt": [1]}]}},
+     400, "votes[0].createdAt: " + CREATED_AT_RULE),
+    ("PUT", "/posts/348", {"json": {"createdAt": "2026-12-06"}}, 400,
+     "createdAt: " + CREATED_AT_RULE),
+    ("PUT", "/posts/%E2%82%AC", {"json": {"createdAt": 1}}, 400, "postId: " + ID_RULE),
+    ("PUT", "/posts/348", {"data": b"{", "headers": {"Content-Type": "application/json"}},
+     400, "body: is not valid JSON"),
 ] + [
     (method, path, dict(body, headers={"Idempotency-Key": key}), 400,
      "Idempotency-Key: must be 1-128 visible ASCII characters")

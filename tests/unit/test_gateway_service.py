@@ -7,7 +7,8 @@ from nameko.testing.services import worker_factory
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from services import rules
+from services import rankings, rules
+from services.gateway import schemas
 from services.gateway.exceptions import (
     ERRORS,
     IdempotencyKeyReused,
@@ -174,3 +175,63 @@ def test_a_key_is_remembered_only_once_queued(service):
         service.vote(request("/vote?postId=1&score=1",
                              headers={"Idempotency-Key": "k1"}))
     assert service.recent_keys.entries == {}
+
+
+def test_a_page_of_a_ranking(service):
+    page = {"posts": [COUNTS], "next": "abc"}
+    service.votes_rpc.top_page.return_value = page
+    response = service.top(request("/posts/top?sort=hot&limit=1"))
+    assert (response.status_code, body(response)) == (200, page)
+    service.votes_rpc.top_page.assert_called_once_with(1, "hot", None)
+    cursor = rankings.encode_cursor("best", -0.5, "348")
+    service.top(request("/posts/top?sort=best&after=" + cursor))
+    service.votes_rpc.top_page.assert_called_with(10, "best", cursor)
+    service.votes_rpc.top.assert_not_called()
+
+
+@pytest.mark.parametrize("query, message", [
+    ("sort=new", "sort: must be one of top, best, controversial, hot"),
+    ("sort=hot&sort=top", "sort: given more than once"),
+    ("after=%21", "after: is not a cursor from this API"),
+    ("sort=top&after=" + rankings.encode_cursor("hot", -1.0, "1"),
+     "after: is a cursor of sort=hot, not top"),
+    ("after=" + rankings.encode_cursor("hot", -1.0, "1"),
+     "after: is a cursor of sort=hot, not top"),
+])
+def test_a_bad_page_asks_nothing(service, query, message):
+    with pytest.raises(ValidationError) as error:
+        service.top(request("/posts/top?" + query))
+    assert str(error.value) == message
+    service.votes_rpc.top_page.assert_not_called()
+
+
+def test_created_at_goes_with_the_vote_in_seconds(service):
+    response = service.vote(request("/vote?postId=1&score=1&createdAt=2023-11-14T22:13:20Z"))
+    service.votes(request("/votes", "POST", json={"votes": [
+        {"postId": "2", "score": 1, "createdAt": 1700000000.5}, {"postId": "3", "score": 1}]}))
+    assert [vote.get("createdAt") for vote in queued(service)] == [1700000000, 1700000000, None]
+    assert "createdAt" not in body(response)
+
+
+def test_put_post_sets_its_creation_time(service):
+    service.votes_rpc.set_created_at.return_value = {"postId": "348", "createdAt": 1700000000}
+    response = service.set_created_at(request(
+        "/posts/348", "PUT", json={"createdAt": "2023-11-14T22:13:20Z"}), "348")
+    assert (response.status_code, body(response)) == (
+        200, {"postId": "348", "createdAt": 1700000000})
+    service.votes_rpc.set_created_at.assert_called_once_with("348", 1700000000)
+
+
+@pytest.mark.parametrize("post_id, document, message", [
+    ("a b", {"createdAt": 1}, "postId: " + schemas.ID_RULE),
+    ("348", [], "body: must be a JSON object"),
+    ("348", {}, "createdAt: is required"),
+    ("348", {"createdAt": None}, "createdAt: " + rankings.CREATED_AT_RULE),
+    ("348", {"createdAt": "yesterday"}, "createdAt: " + rankings.CREATED_AT_RULE),
+    ("348", {"createdAt": -1}, "createdAt: " + rankings.CREATED_AT_RULE),
+])
+def test_put_post_refuses_bad_input(service, post_id, document, message):
+    with pytest.raises(ValidationError) as error:
+        service.set_created_at(request("/posts/x", "PUT", json=document), post_id)
+    assert str(error.value) == message
+    service.votes_rpc.set_created_at.assert_not_called()

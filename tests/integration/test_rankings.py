@@ -1,0 +1,358 @@
+"""The rankings of /posts/top (best, controversial, hot, top) with cursor
+pagination, on one Redis and on a Redis Cluster: the apply script's values,
+full walks over HTTP, a walk while votes arrive, and random vote sequences
+(hypothesis).
+
+Expected orders are computed here from the counts, with reddit's formulas
+written out again (not imported from services.rankings)."""
+import collections
+import io
+import itertools
+import math
+import random
+import time
+import uuid
+
+import eventlet
+import pytest
+import requests
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services import contracts
+from services.votes import migrate, schemas
+from services.votes.dependencies import Limits, VoteStorage, connect
+from tests.conftest import make_vote
+from tests.integration.test_pipeline import counts
+
+pytestmark = pytest.mark.stores
+
+SORTS = ("top", "best", "controversial", "hot")
+Z = 1.281551565545
+HOT_EPOCH = 1134028003
+
+
+def value(sort, up, down, created):
+    if sort == "top":
+        return up - down
+    if sort == "best":
+        n = up + down
+        if up == 0:
+            return 0.0
+        p = up / n
+        return (p + Z * Z / (2 * n) - Z * math.sqrt((p * (1 - p) + Z * Z / (4 * n)) / n)) \
+            / (1 + Z * Z / n)
+    if sort == "controversial":
+        return 0.0 if up == 0 or down == 0 else (up + down) ** (min(up, down) / max(up, down))
+    s = up - down
+    sign = (s > 0) - (s < 0)
+    return sign * math.log10(max(abs(s), 1)) + (created - HOT_EPOCH) / 45000
+
+
+# the precision the store keeps (README): values that agree to it are ties
+DIGITS = {"top": None, "best": 12, "controversial": 9, "hot": 7}
+
+
+def rounded(sort, up, down, created):
+    worth = value(sort, up, down, created)
+    if sort == "controversial":  # kept as its logarithm: relative precision
+        return float("{:.9g}".format(worth))
+    return worth if DIGITS[sort] is None else round(worth, DIGITS[sort])
+
+
+def expected_order(sort, tally, created):
+    """Post ids by the ranking, highest first, ties by postId."""
+    return sorted(tally, key=lambda p: (-rounded(sort, *tally[p], created.get(p, 0)), p))
+
+
+def stored_key(sort, up, down, created):
+    """The score the store keeps: minus the value as an integer (README)."""
+    worth = value(sort, up, down, created)
+    if sort == "top":
+        return -worth
+    if sort == "controversial":
+        worth = math.log(worth) if worth else 0.0
+    return -math.floor(worth * {"best": 1e15, "controversial": 1e13, "hot": 1e7}[sort] + 0.5)
+
+
+@pytest.fixture
+def storage(redis_uri):
+    client = connect(redis_uri)
+    yield VoteStorage(client, Limits(3600, 3600, 2.0, 3600))
+    client.close()
+
+
+def apply(storage, *votes):
+    return storage.apply(uuid.uuid4().hex, [schemas.parse_vote(make_vote(**v)) for v in votes])
+
+
+def walk(read_page, limit):
+    """Every page of a ranking: [[postId, ...], ...]."""
+    pages, after = [], None
+    while True:
+        posts, after = read_page(limit, after)
+        pages.append([c["postId"] for c in posts])
+        if after is None:
+            return pages
+
+
+def storage_walk(storage, sort, limit):
+    def read(limit, after):
+        return storage.page(sort, limit, schemas.parse_page(sort, after)[1])
+    return [p for page in walk(read, limit) for p in page]
+
+
+def test_stored_values_and_ties(storage, redis_client):
+    created = 1_700_000_000
+    plan = {"a": (0, 0), "b": (1, 0), "c": (0, 1), "d": (9, 1), "e": (500, 480),
+            "f": (1, 1), "g": (1, 1), "h": (3, 1), "i": (1, 3)}
+    for post, (up, down) in plan.items():
+        votes = [{"postId": post, "score": 1, "createdAt": created}] * up
+        votes += [{"postId": post, "score": -1, "createdAt": created}] * down
+        if not votes:  # 0/0: a voter's vote taken back
+            votes = [{"postId": post, "score": 1, "voterId": "v", "createdAt": created},
+                     {"postId": post, "score": 0, "voterId": "v"}]
+        apply(storage, *votes)
+    for sort in SORTS:
+        bucket_of = {p: contracts.bucket_of(p) for p in plan}
+        got = {p: redis_client.zscore(contracts.rank_key(bucket_of[p], sort), p) for p in plan}
+        want = {p: stored_key(sort, *plan[p], created) for p in plan}
+        assert got == pytest.approx(want, abs=1), sort
+        assert storage_walk(storage, sort, 2) == expected_order(sort, plan, {
+            p: created for p in plan}), sort
+    assert storage_walk(storage, "controversial", 3)[:4] == ["e", "f", "g", "h"]
+    assert storage.page("best", 3)[0] == [counts("d", 9, 1), counts("e", 500, 480),
+                                          counts("h", 3, 1)]
+
+
+def test_created_at_is_set_once_and_put_moves_hot(storage, redis_client):
+    apply(storage, {"postId": "p", "score": 1, "createdAt": 1_700_000_000})
+    apply(storage, {"postId": "p", "score": 1, "createdAt": 1_800_000_000})
+    created_of = {p: contracts.created_key(contracts.bucket_of(p)) for p in "pqrs"}
+    assert redis_client.hget(created_of["p"], "p") == "1700000000"
+    hot_key = contracts.rank_key(contracts.bucket_of("p"), "hot")
+    assert redis_client.zscore(hot_key, "p") == stored_key("hot", 2, 0, 1_700_000_000)
+    storage.set_created_at("p", 1_600_000_000)
+    assert redis_client.hget(created_of["p"], "p") == "1600000000"
+    assert redis_client.zscore(hot_key, "p") == stored_key("hot", 2, 0, 1_600_000_000)
+    # registered before any vote: no counts, no rank, and votes keep its time
+    storage.set_created_at("q", 1_650_000_000)
+    assert storage.counts_many([("q", None)]) == [None]
+    assert redis_client.zscore(hot_key, "q") is None
+    apply(storage, {"postId": "q", "score": -1, "createdAt": 1_900_000_000})
+    assert redis_client.hget(created_of["q"], "q") == "1650000000"
+    # without createdAt: the time of the first vote that counts
+    before = int(time.time())
+    apply(storage, {"postId": "r", "score": 1, "voterId": "v", "ts": time.time_ns() // 1000})
+    assert before <= int(redis_client.hget(created_of["r"], "r")) <= time.time()
+    # retracting nothing creates no post, and records no time
+    apply(storage, {"postId": "s", "score": 0, "voterId": "v", "createdAt": 5})
+    assert redis_client.exists(contracts.post_key("s")) == 0
+    assert redis_client.hget(created_of["s"], "s") is None
+
+
+def test_a_redelivered_event_moves_no_ranking(storage, redis_client):
+    vote = schemas.parse_vote(make_vote(postId="p", createdAt=1_700_000_000))
+    storage.apply("e1", [vote])
+    before = {sort: storage.page(sort, 10) for sort in SORTS}
+    storage.apply("e1", [vote])
+    assert {sort: storage.page(sort, 10) for sort in SORTS} == before
+
+
+def everything_deleted(redis_client):
+    for key in list(redis_client.scan_iter(contracts.KEY_PREFIX + "*")):
+        redis_client.delete(key)
+
+
+VOTES = st.lists(st.tuples(
+    st.sampled_from(["p0", "p1", "p2", "p3", "p4", "p5"]),
+    st.sampled_from([1, -1, 0]),
+    st.sampled_from([None, "ann", "bob", "cy"]),
+), min_size=1, max_size=40)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(votes=VOTES, split=st.integers(1, 5), seed=st.integers(0, 1000))
+def test_random_sequences_rank_as_their_final_counts(storage, redis_client, votes, split,
+                                                     seed):
+    """Votes with retractions and switches, in events applied in a shuffled
+    order and some twice: every ranking is the order of the final counts."""
+    everything_deleted(redis_client)
+    ts = itertools.count(1_700_000_000_000_000)
+    stamped = [make_vote(postId=post, score=score if voter else (score or 1), voterId=voter,
+                         ts=next(ts), createdAt=1_700_000_000 + int(post[1]) * 5000)
+               for post, score, voter in votes]
+    # what the counts must be: the latest vote of each voter, every anonymous one
+    latest, tally = {}, collections.defaultdict(lambda: [0, 0])
+    for vote in stamped:
+        if "voterId" in vote:
+            latest[(vote["postId"], vote["voterId"])] = vote["score"]
+        else:
+            tally[vote["postId"]][0 if vote["score"] == 1 else 1] += 1
+    for (post, _), score in latest.items():
+        tally[post]  # a post a voter voted on exists, even if taken back
+        if score:
+            tally[post][0 if score == 1 else 1] += 1
+    events = [(uuid.uuid4().hex, stamped[i:i + split]) for i in range(0, len(stamped), split)]
+    order = random.Random(seed).sample(events, len(events)) + events[:2]
+    for event_id, event_votes in order:
+        storage.apply(event_id, [schemas.parse_vote(v) for v in event_votes])
+
+    # a post whose only counted vote came after its retraction has no entry
+    stored = {c["postId"]: (c["upvote"], c["downvote"]) for c in storage.page("top", 100)[0]}
+    assert {p: tuple(t) for p, t in tally.items() if p in stored} == stored
+    assert all(tally[p] == [0, 0] for p in set(tally) - set(stored))
+    created = {p: 1_700_000_000 + int(p[1]) * 5000 for p in stored}
+    for sort in SORTS:
+        assert storage_walk(storage, sort, 2) == expected_order(sort, stored, created), sort
+
+
+# --- over HTTP, both services ---
+
+def wait_applied(redis_client, tally, timeout=60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with redis_client.pipeline(transaction=False) as pipe:
+            for post in tally:
+                pipe.hmget(contracts.post_key(post), "upvote", "downvote")
+            replies = pipe.execute()
+        got = {p: (int(u or 0), int(d or 0)) for p, (u, d) in zip(tally, replies, strict=True)}
+        if got == tally:
+            return
+        time.sleep(0.1)
+    assert got == tally
+
+
+def http_walk(web_session, sort, limit):
+    def read(limit, after):
+        params = {"sort": sort, "limit": limit}
+        if after is not None:
+            params["after"] = after
+        response = web_session.get("/posts/top", params=params)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert set(body) == {"posts", "next"}
+        return body["posts"], body["next"]
+    return walk(read, limit)
+
+
+def test_full_walks_of_2000_votes_over_200_posts(services, web_session, redis_client):
+    rng = random.Random(17)
+    posts = ["post-{:03d}".format(i) for i in range(200)]
+    created = {p: rng.randrange(1_500_000_000, 1_800_000_000) for p in posts}
+    put = posts[:20]  # registered up front; their votes carry no createdAt
+    for post in put:
+        response = web_session.put("/posts/" + post, json={"createdAt": created[post]})
+        assert (response.status_code, response.json()) == (
+            200, {"postId": post, "createdAt": created[post]})
+    tally = {p: [0, 0] for p in posts}
+    votes = []
+    for i in range(2000):
+        post = posts[i % 200] if i < 200 else rng.choice(posts)
+        # a post's share of upvotes varies, so that every ranking differs
+        score = 1 if rng.random() < (int(post[-3:]) % 10) / 10 + 0.05 else -1
+        tally[post][0 if score == 1 else 1] += 1
+        vote = {"postId": post, "score": score}
+        if post not in put:
+            stamp = created[post]
+            vote["createdAt"] = stamp if i % 2 else time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+        votes.append(vote)
+    for i in range(0, 2000, 500):
+        response = web_session.post("/votes", json={"votes": votes[i:i + 500]})
+        assert response.status_code == 202
+    tally = {p: tuple(t) for p, t in tally.items()}
+    wait_applied(redis_client, tally)
+
+    for sort in SORTS:
+        pages = http_walk(web_session, sort, 7)
+        assert [len(page) for page in pages] == [7] * 28 + [4], sort
+        walked = [p for page in pages for p in page]
+        assert walked == expected_order(sort, tally, created), sort
+    # the call as it was: no sort, no cursor, no next
+    assert web_session.get("/posts/top?limit=2").json() == {"posts": [
+        counts(p, *tally[p]) for p in expected_order("top", tally, created)[:2]]}
+
+
+def test_a_walk_while_votes_arrive(services, web_session, redis_client):
+    """A post that gets no vote during the walk is seen exactly once, in
+    its place; only posts that moved may be seen twice or not at all."""
+    rng = random.Random(7)
+    posts = ["w{:03d}".format(i) for i in range(120)]
+    movers = set(posts[::6])
+    created = {p: rng.randrange(1_600_000_000, 1_700_000_000) for p in posts}
+    votes = [{"postId": p, "score": rng.choice((1, 1, -1)), "createdAt": created[p]}
+             for p in posts for _ in range(rng.randrange(1, 8))]
+    assert web_session.post("/votes", json={"votes": votes}).status_code == 202
+    tally = collections.defaultdict(lambda: [0, 0])
+    for vote in votes:
+        tally[vote["postId"]][0 if vote["score"] == 1 else 1] += 1
+    wait_applied(redis_client, {p: tuple(t) for p, t in tally.items()})
+
+    base = web_session.base_url
+    walking = [True]
+
+    def vote_on_movers():
+        with requests.Session() as session:
+            while walking[0]:
+                for post in sorted(movers):
+                    session.get(base + "vote", params={
+                        "postId": post, "score": rng.choice((1, -1, -1))}, timeout=10)
+                eventlet.sleep(0.01)
+
+    voter = eventlet.spawn(vote_on_movers)
+    try:
+        for sort in SORTS:
+            walked = []
+            for page in http_walk_slowly(web_session, sort, 7):
+                walked += page
+            stationary = [p for p in walked if p not in movers]
+            assert collections.Counter(stationary) == collections.Counter(
+                p for p in posts if p not in movers), sort
+            assert stationary == [p for p in expected_order(sort, dict(tally), created)
+                                  if p not in movers], sort
+    finally:
+        walking[0] = False
+        voter.wait()
+
+
+def http_walk_slowly(web_session, sort, limit):
+    """Pages one by one, with a pause for votes to land between them."""
+    after = None
+    while True:
+        params = {"sort": sort, "limit": limit}
+        if after is not None:
+            params["after"] = after
+        body = web_session.get("/posts/top", params=params).json()
+        yield [c["postId"] for c in body["posts"]]
+        after = body["next"]
+        if after is None:
+            return
+        eventlet.sleep(0.02)
+
+
+def test_rankings_rebuilt_for_data_from_before_them(storage, redis_client, redis_uri,
+                                                    tmp_path):
+    """Counts written as before rankings (a post hash and the top only):
+    ``migrate --rankings`` ranks them, created at the time of the run."""
+    plan = {"a": (3, 1), "b": (1, 1), "c": (0, 2), "d": (9, 1), "e": (5, 5)}
+    for post, (up, down) in plan.items():
+        bucket = contracts.bucket_of(post)
+        redis_client.hset(contracts.post_key(post), mapping={"upvote": up, "downvote": down})
+        redis_client.zadd(contracts.top_key(bucket), {post: down - up})
+    storage.set_created_at("d", 1_600_000_000)  # kept: it has a time already
+    config_path = tmp_path / "config.yml"
+    config_path.write_text(yaml.safe_dump({"REDIS_URIS": {"votes": redis_uri}}))
+    before = int(time.time())
+    out = io.StringIO()
+    for _ in range(2):  # a second run changes nothing
+        assert migrate.main(["--config", str(config_path), "--rankings"], out=out) == 0
+    assert out.getvalue().splitlines()[-1] == "rankings: done, 5 posts"
+    created = {p: int(redis_client.hget(contracts.created_key(contracts.bucket_of(p)), p))
+               for p in plan}
+    assert created["d"] == 1_600_000_000
+    assert all(before <= created[p] <= time.time() for p in "abce")
+    for sort in SORTS:
+        assert storage_walk(storage, sort, 2) == expected_order(sort, plan, created), sort
