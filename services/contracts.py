@@ -4,6 +4,7 @@ each defined here once.
 
 The gateway never imports the votes service's code; both import this.
 """
+import functools
 import zlib
 
 # the vote_cast event: published by the gateway, handled by the votes service
@@ -65,6 +66,7 @@ def bucket_of(post_id, buckets=DEFAULT_BUCKETS):
     return zlib.crc32(post_id.encode()) % buckets
 
 
+@functools.lru_cache(maxsize=MAX_BUCKETS)  # built for every key of every vote
 def _tagged(bucket):
     return "{}{{b{}}}:".format(KEY_PREFIX, bucket)
 
