@@ -257,7 +257,10 @@ for _, part in ipairs(parts) do
           else
             -- the creation time is set once: by the first vote that counts
             -- (its own createdAt, else its time), or by set_created_at
+            -- a creation time ahead of the store's clock by more than the
+            -- allowed skew is not trusted (it would pin the post atop hot)
             local created = vote[9]
+            if created > (now + skew) / 1000000 then created = -1 end
             if created < 0 then
               created = math.floor(math.min(tonumber(vote[4]), now) / 1000000)
             end
@@ -276,15 +279,19 @@ return {applied, replayed, conflicts}
 # A post's creation time, set by the site (PUT /posts/<postId>); its hot
 # rank moves with it in the same step, if the post has votes.
 SET_CREATED_SCRIPT = RANKINGS_LUA + """
-local created = tonumber(ARGV[2])
-if not created then return redis.error_reply('ERR set_created_at: bad arguments') end
-redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+local created, skew = tonumber(ARGV[2]), tonumber(ARGV[3])
+if not (created and skew) then return redis.error_reply('ERR set_created_at: bad arguments') end
+-- not later than the store's clock allows (see the apply script)
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+if created > (now + skew) / 1000000 then created = math.floor(now / 1000000) end
+redis.call('HSET', KEYS[3], ARGV[1], string.format('%.0f', created))
 local counts = redis.call('HMGET', KEYS[1], 'upvote', 'downvote')
 if counts[1] or counts[2] then
   local u, d = tonumber(counts[1] or 0), tonumber(counts[2] or 0)
   redis.call('ZADD', KEYS[2], key(hot(u, d, created), HOT_SCALE), ARGV[1])
 end
-return 1
+return string.format('%.0f', created)
 """
 
 # A post's rankings rebuilt from its counts (services.votes.migrate), its
@@ -633,18 +640,22 @@ class VoteStorage:
         return counts, cursor
 
     def set_created_at(self, post_id, created_at):
-        """Set a post's creation time (and its hot rank, if it has votes)."""
+        """Set a post's creation time (and its hot rank, if it has votes);
+        returns the time set: one ahead of the store's clock by more than
+        MAX_CLOCK_SKEW becomes the store's time."""
         bucket = contracts.bucket_of(post_id, self.buckets)
         keys = (contracts.post_keys(bucket, post_id)[0],
                 contracts.rank_key(bucket, rankings.HOT), contracts.created_key(bucket))
         command = redis_nodes.Command(
             keys[0], ("EVALSHA", _sha(SET_CREATED_SCRIPT), len(keys), *keys,
-                      post_id, created_at), SET_CREATED_SCRIPT)
+                      post_id, created_at, int(self.limits.clock_skew * 1_000_000)),
+            SET_CREATED_SCRIPT)
         try:
-            self.writes.run([command])
+            (stored,) = self.writes.run([command])
         except REDIS_ERRORS as exc:
             store_error(exc)
             raise
+        return int(stored)
 
     def seal_marks(self, event_id, post_ids):
         """Whether any part of the event has its exactly-once mark, each

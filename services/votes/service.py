@@ -111,11 +111,11 @@ class VotesService:
     @rpc(expected_exceptions=(InvalidVote, StoreUnavailable))
     def set_created_at(self, post_id, created_at):
         """Set a post's creation time (RFC 3339 or seconds since the epoch),
-        which hot ranks it by; returns {"postId", "createdAt"} (seconds)."""
+        which hot ranks it by; returns {"postId", "createdAt"} (seconds): a
+        time in the future (past MAX_CLOCK_SKEW) is taken as now."""
         schemas.parse_identifier(post_id, "post_id")
         seconds = schemas.parse_created_at(created_at)
-        self.store.set_created_at(post_id, seconds)
-        return {"postId": post_id, "createdAt": seconds}
+        return {"postId": post_id, "createdAt": self.store.set_created_at(post_id, seconds)}
 
     @rpc
     def health(self):
