@@ -25,6 +25,7 @@ for a cluster, where REDIS_URI names any node), and the headers of a 429
 would cost a second round trip per limit; here one script call answers
 the checks of many concurrent requests.
 """
+import functools
 import ipaddress
 import json
 import logging
@@ -54,6 +55,7 @@ WAIT_TIMEOUT = 1.0    # seconds a check may wait for its group, then fail-open
 PAUSE_AFTER_ERROR = 1.0  # seconds Redis is not asked after a failure
 LOG_INTERVAL = 10.0
 MAX_GROUP = 200       # checks per Redis call
+ADDRESS_CACHE = 4096  # parsed client addresses kept
 
 # ARGV[1]: [[[key index, limit, window ms, cost], ...], ...]: checks, each
 # all-or-nothing over its limits. Returns per check: the position of the
@@ -123,6 +125,7 @@ def parse_networks(text):
         raise ConfigurationError("TRUSTED_PROXIES: {}".format(exc)) from None
 
 
+@functools.lru_cache(maxsize=ADDRESS_CACHE)  # ipaddress parses slowly; clients repeat
 def _address(text):
     try:
         return ipaddress.ip_address(text.strip())
@@ -148,6 +151,7 @@ def client_address(environ, trusted):
     return str(client)
 
 
+@functools.lru_cache(maxsize=ADDRESS_CACHE)
 def address_identity(address):
     """IPv6 addresses by their /64, the block one host gets."""
     parsed = _address(address)
