@@ -1,12 +1,13 @@
-"""``make test``: the whole suite, as three pytest runs side by side, then one alone.
+"""``make test``: the whole suite, as four pytest runs side by side, then one alone.
 
 The fault and cluster tests spend most of their time waiting (for
 outages, restarts, failovers, queues to drain) on servers of their own: a
 private RabbitMQ node, private redis-servers, a Redis Cluster, a
 three-node RabbitMQ cluster. So they run as two more pytest runs next to
-the rest of the suite instead of after it. The rest streams to the
-terminal; the other runs' output is kept in files and printed when they
-end. The edge tests run last, alone. The exit status is non-zero if any
+the rest of the suite instead of after it, and so does the bench's smoke
+run (about 80 s, mostly its own processes starting and waiting). The rest
+streams to the terminal; the other runs' output is kept in files and
+printed when they end. The edge tests run last, alone. The exit status is non-zero if any
 run fails. Arguments are passed to every run.
 
 pytest-xdist is no help here: its workers hang under eventlet's monkey
@@ -26,11 +27,12 @@ REDIS_CLUSTER_FAULTS = "tests/fault/test_redis_cluster.py"
 GROUPS = (
     ("suite", ["tests", "--ignore=tests/fault", "--ignore=tests/edge",
                "--ignore=tests/cluster", "--ignore=" + BENCH_SMOKE]),
-    # servers of their own (a private RabbitMQ node, private redis-servers),
-    # and the bench's smoke run (its own vhost and redis-server)
-    ("fault", ["tests/fault", "--ignore=" + REDIS_CLUSTER_FAULTS, BENCH_SMOKE]),
+    # servers of their own (a private RabbitMQ node, private redis-servers)
+    ("fault", ["tests/fault", "--ignore=" + REDIS_CLUSTER_FAULTS]),
     # a Redis Cluster and a three-node RabbitMQ cluster of their own
     ("cluster", ["tests/cluster", REDIS_CLUSTER_FAULTS]),
+    # the bench's smoke run: its own vhost, redis-servers and processes
+    ("bench", [BENCH_SMOKE]),
 )
 # then, alone: the edge tests bound how late a slow client is cut, which
 # two busy runs on two cores can stretch
