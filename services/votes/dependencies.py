@@ -462,6 +462,7 @@ class VoteStorage:
             client, min_replicas, limits.wait_timeout,
             on_redirect=lambda kind: metrics.redirects.labels(kind).inc())
         self._apply_sha = _sha(APPLY_SCRIPT)  # loaded on the first NOSCRIPT
+        self._set_created_sha = _sha(SET_CREATED_SCRIPT)
 
     def _claims(self, votes):
         """{keyId: the fingerprint it is claimed for}: each Idempotency-Key
@@ -649,7 +650,7 @@ class VoteStorage:
         keys = (contracts.post_keys(bucket, post_id)[0],
                 contracts.rank_key(bucket, rankings.HOT), contracts.created_key(bucket))
         command = redis_nodes.Command(
-            keys[0], ("EVALSHA", _sha(SET_CREATED_SCRIPT), len(keys), *keys,
+            keys[0], ("EVALSHA", self._set_created_sha, len(keys), *keys,
                       post_id, created_at, int(self.limits.clock_skew * 1_000_000)),
             SET_CREATED_SCRIPT)
         try:
