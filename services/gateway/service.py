@@ -245,9 +245,12 @@ class GatewayService:
     @http("GET", "/metrics")
     def prometheus_metrics(self, request):
         self.operator.check_public(request.environ)
-        return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+        return self._metrics()
 
     @operator_http("GET", "/metrics")
     def operator_metrics(self, request):
         self.operator.check(request.environ)
+        return self._metrics()
+
+    def _metrics(self):
         return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
