@@ -7,8 +7,8 @@ three-node RabbitMQ cluster. So they run as two more pytest runs next to
 the rest of the suite instead of after it, and so does the bench's smoke
 run (about 80 s, mostly its own processes starting and waiting). The rest
 streams to the terminal; the other runs' output is kept in files and
-printed when they end. The edge tests run last, alone. The exit status is non-zero if any
-run fails. Arguments are passed to every run.
+printed when they end. The edge tests run last, alone. The exit status is
+non-zero if any run fails. Arguments are passed to every run.
 
 pytest-xdist is no help here: its workers hang under eventlet's monkey
 patching.
