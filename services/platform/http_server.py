@@ -34,6 +34,7 @@ import json
 import logging
 import resource
 import socket
+import sys
 import time
 from dataclasses import dataclass
 
@@ -164,6 +165,12 @@ class EscapingLog:
         self._emit(logging.DEBUG, msg, *args)
 
     def info(self, msg, *args, **kwargs):
+        # eventlet logs the traceback of an answer it could not write at
+        # info; a client that went away before reading it is no error
+        gone = sys.exc_info()[1]
+        if isinstance(gone, ConnectionError) and str(msg).startswith("Traceback"):
+            self._emit(logging.DEBUG, "client gone before its answer was written: %r", gone)
+            return
         self._emit(logging.INFO, msg, *args)
 
     def error(self, msg, *args, **kwargs):
@@ -171,6 +178,9 @@ class EscapingLog:
 
     def write(self, msg, *args):
         self._emit(logging.INFO, msg, *args)
+
+
+LISTEN_BACKLOG = 1024  # connections the kernel queues before accept (somaxconn caps it)
 
 
 class _Deadline(Exception):
@@ -477,6 +487,10 @@ class EdgeWebServer(WebServer):
 
     def start(self):
         super().start()
+        # nameko listens with eventlet's backlog of 50: a burst of new
+        # clients past it has its handshakes dropped and retried a second
+        # later by the kernel, a second lost before any deadline can start
+        self._sock.listen(LISTEN_BACKLOG)
         if self._reaper is None:
             self._reaper = hubs.get_hub().schedule_call_global(self._tick, self._reap)
 

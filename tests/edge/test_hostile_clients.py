@@ -113,6 +113,26 @@ def test_bad_requests_then_reset_many_times(gateway):
     assert_serving(gateway)
 
 
+def test_good_requests_then_reset_leave_no_traceback(gateway):
+    """Whole requests (a read, a vote, health), each reset as soon as it is
+    sent: the answer's write fails; the process serves on, and the log
+    holds no traceback for a client that went away."""
+    requests_sent = (b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+                     b"GET /vote-counts?postId=gone HTTP/1.1\r\nHost: x\r\n\r\n",
+                     b"GET /vote?postId=gone&score=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    before = gateway.process.log_path.read_text(errors="replace").count("Traceback")
+    for _ in range(20):
+        for raw in requests_sent:
+            sock = connect(gateway)
+            sock.sendall(raw)
+            reset(sock)
+    eventlet.sleep(0.5)
+    assert gateway.process.alive, gateway.process.tail()
+    assert_serving(gateway)
+    log = gateway.process.log_path.read_text(errors="replace")
+    assert log.count("Traceback") == before, log[-3000:]
+
+
 def test_slow_clients_do_not_starve_others(gateway):
     """300 slow clients: half a request line, a trickle of one byte every
     half second, or headers that announce a body that never comes. Others
