@@ -20,7 +20,8 @@ from harness import rabbit
 from harness.process import ROOT
 from harness.redis_server import RedisServer
 from services.votes import schemas
-from services.votes.dependencies import Limits, VoteStorage, _sha, connect
+from services.votes.dependencies import (APPLY_GROUP_VOTES, Limits, VoteStorage, _sha,
+                                         connect)
 
 BASELINE = "556c710"  # the last commit before rankings
 SORTS = ("top", "best", "controversial", "hot")
@@ -95,10 +96,14 @@ class _Before(VoteStorage):
 
     script = _baseline_script()
 
-    def _command(self, event_id, parts):
-        command = super()._command(event_id, parts)
+    def _command(self, parts):
+        command = super()._command(parts)
         return command._replace(args=("EVALSHA", _sha(self.script), *command.args[2:]),
                                 script=self.script)
+
+    def _part_results(self, reply, count):
+        # BASELINE's script answers the totals of the call
+        return [reply] + [[0, 0, 0]] * (count - 1)
 
 
 def _redis_usec(client):
@@ -108,7 +113,10 @@ def _redis_usec(client):
 
 def script_rows(bench):
     """Each script applies the same events from this process, alternately,
-    on a private Redis; Redis's own time in EVALSHA per vote, and votes/s."""
+    on a private Redis: BASELINE's and this tree's one event per call, and
+    this tree's in groups as the service makes them (apply_many, up to
+    APPLY_GROUP_VOTES votes a call); Redis's own time in EVALSHA per vote,
+    and votes/s."""
     folder = Path(tempfile.mkdtemp(prefix="rankings-script-"))
     server = RedisServer(folder, *store_drain.REDIS_OPTIONS)
     server.start()
@@ -117,36 +125,46 @@ def script_rows(bench):
     try:
         client = connect(server.uri)
         limits = Limits(3600, 3600, 2.0, 3600)
-        sides = {"before": _Before(client, limits), "rankings": VoteStorage(client, limits)}
+        sides = {"before": _Before(client, limits), "rankings": VoteStorage(client, limits),
+                 "grouped": VoteStorage(client, limits)}
         for size in bench.p["rankings_sizes"]:
             events = [[schemas.parse_vote({
                 "voteId": uuid.uuid4().hex, "postId": rng.choice(posts),
                 "score": 1 if k % 4 else -1, "ts": 1_700_000_000_000_000 + k})
                 for k in range(size)] for _ in range(bench.p["store_drain_votes"] // size)]
+            per_call = max(1, APPLY_GROUP_VOTES // size)
             best = {}
             for _ in range(3):
                 for label, storage in sides.items():
                     client.flushdb()
                     client.config_resetstat()
                     start = time.perf_counter()
-                    for votes in events:
-                        storage.apply(uuid.uuid4().hex, votes)
+                    if label == "grouped":
+                        for first in range(0, len(events), per_call):
+                            storage.apply_many([(uuid.uuid4().hex, votes)
+                                                for votes in events[first:first + per_call]])
+                    else:
+                        for votes in events:
+                            storage.apply(uuid.uuid4().hex, votes)
                     seconds = time.perf_counter() - start
                     total = len(events) * size
                     usec = _redis_usec(client) / total
                     rate, old_usec = best.get(label, (0, usec))
                     best[label] = (max(rate, total / seconds), min(old_usec, usec))
-            bench.row("apply script with 4 rankings, events of {}".format(size),
-                      "{} votes/s".format(fmt(best["rankings"][0])),
-                      "x{:.2f} of {} ({} votes/s)".format(
-                          best["rankings"][0] / best["before"][0], BASELINE,
-                          fmt(best["before"][0])),
-                      "VoteStorage.apply, one client, one private Redis; the same "
-                      "events with {}'s script".format(BASELINE),
-                      "Redis time in EVALSHA {:.1f} us a vote, {:.1f} us at {}; "
-                      "best of 3 alternating runs of {} votes".format(
-                          best["rankings"][1], best["before"][1], BASELINE,
-                          fmt(len(events) * size)))
+            for label, how in (("rankings", "one event a call"),
+                               ("grouped", "{} events a call".format(per_call))):
+                bench.row("apply script with 4 rankings, events of {}, {}".format(size, how),
+                          "{} votes/s".format(fmt(best[label][0])),
+                          "x{:.2f} of {} ({} votes/s)".format(
+                              best[label][0] / best["before"][0], BASELINE,
+                              fmt(best["before"][0])),
+                          "VoteStorage.apply{}, one client, one private Redis; the "
+                          "same events with {}'s script, one event a call".format(
+                              "_many" if label == "grouped" else "", BASELINE),
+                          "Redis time in EVALSHA {:.1f} us a vote, {:.1f} us at {}; "
+                          "best of 3 alternating runs of {} votes".format(
+                              best[label][1], best["before"][1], BASELINE,
+                              fmt(len(events) * size)))
         client.close()
     finally:
         server.kill()

@@ -36,6 +36,7 @@ import json
 import logging
 import re
 
+import orjson
 import redis
 from nameko.constants import DEFAULT_MAX_WORKERS, MAX_WORKERS_CONFIG_KEY
 from nameko_redis import Redis
@@ -44,6 +45,7 @@ from redis.retry import Retry
 
 from services import contracts, rankings
 from services.platform import redis_nodes
+from services.platform.batching import GroupCommit
 from services.platform.events import dead_letter_queue
 from services.settings import number
 from services.votes import metrics
@@ -142,17 +144,19 @@ end
        rankings.SCALES[rankings.BEST], rankings.SCALES[rankings.CONTROVERSIAL],
        rankings.SCALES[rankings.HOT])
 
-# One atomic step per part of an event (its votes in one bucket): the
-# part's mark, its votes and the bucket's leaderboard. A redelivered part
-# finds its mark and changes nothing (but rewrites the mark, so that a WAIT
-# after it covers the write that set it); a vote sent with an
-# Idempotency-Key counts once per key, in whichever event it comes.  Per
-# voter the vote with the latest (ts, voteId) wins, whatever order events
-# arrive in. One call may carry several parts (ARGV[2]: [[mark index, top
-# index, votes], ...], the other rankings and the bucket's creation times
-# right after top (in the order of rankings.SORTS), each vote naming
-# its keys by index): on a cluster each call carries one, on one server all
-# the parts of an event. Every ranking moves in the same step as the counts.
+# One atomic step for the parts of one or more events (a part: an event's
+# votes in one bucket), each with its own mark. A redelivered part finds
+# its mark and changes nothing (but rewrites the mark, so that a WAIT after
+# it covers the write that set it); a vote sent with an Idempotency-Key
+# counts once per key, in whichever event it comes. Per voter the vote with
+# the latest (ts, voteId) wins, whatever order events arrive in. ARGV[2]:
+# [[mark index, top index, votes], ...], the other rankings and the
+# bucket's creation times right after top (in the order of rankings.SORTS),
+# each vote naming its keys by index. On a cluster a call carries the parts
+# of one bucket, on one server every part of a group of events. Each
+# bucket's rankings move once per call, after its counts: a post voted on
+# in several events of the group is ranked once. Returns applied, replayed
+# and conflicts for each part, in order.
 APPLY_SCRIPT = RANKINGS_LUA + """
 -- every input is checked before the first write: an error that can be
 -- foreseen changes nothing, so a retry can never add a vote twice
@@ -168,17 +172,24 @@ local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local function later(ts, id, than_ts, than_id)
   return ts > than_ts or (ts == than_ts and id > than_id)
 end
-local applied, replayed, conflicts = 0, 0, 0
+local results = {}
+-- the posts whose counts changed, per bucket (by the index of its top key);
+-- a post id is in one bucket only, so counts need no bucket
+local changed, buckets, counts = {}, {}, {}
 for _, part in ipairs(parts) do
   local mark = KEYS[part[1]]
-  local ranks = {KEYS[part[2]], KEYS[part[2] + 1], KEYS[part[2] + 2], KEYS[part[2] + 3]}
-  local created_key = KEYS[part[2] + 4]
+  local applied, replayed, conflicts = 0, 0, 0
+  local bucket_changed = changed[part[2]]
+  if not bucket_changed then
+    bucket_changed = {}
+    changed[part[2]] = bucket_changed
+    buckets[#buckets + 1] = part[2]
+  end
   -- the part's mark is its first write
   if not redis.call('SET', mark, '1', 'NX', 'EX', mark_ttl) then
     redis.call('SET', mark, '1', 'XX', 'KEEPTTL')
   else
     local once, seen = {}, {}
-    local changed, counts = {}, {}  -- the posts whose counts changed
     for _, vote in ipairs(part[3]) do
       local post_id, score, voter, vote_id = vote[1], vote[2], vote[3], vote[5]
       -- the post's key; for a voter's vote its voters and retracted keys follow
@@ -267,15 +278,23 @@ for _, part in ipairs(parts) do
               created = math.floor(math.min(tonumber(vote[4]), now) / 1000000)
             end
             counts[post_id] = {u, d, created}
-            changed[#changed + 1] = post_id
+            bucket_changed[#bucket_changed + 1] = post_id
           end
         end
       end
     end
-    if #changed > 0 then rank_posts(ranks, created_key, changed, counts) end
+  end
+  results[#results + 1] = applied
+  results[#results + 1] = replayed
+  results[#results + 1] = conflicts
+end
+for _, top in ipairs(buckets) do
+  if #changed[top] > 0 then
+    rank_posts({KEYS[top], KEYS[top + 1], KEYS[top + 2], KEYS[top + 3]},
+               KEYS[top + 4], changed[top], counts)
   end
 end
-return {applied, replayed, conflicts}
+return results
 """
 
 # A post's creation time, set by the site (PUT /posts/<postId>); its hot
@@ -409,6 +428,11 @@ Limits = collections.namedtuple(
     "min_replicas wait_timeout",
     defaults=(contracts.DEFAULT_BUCKETS, None, DEFAULT_WAIT_TIMEOUT))
 TOP_READS = 3  # reads of the top until its order and its counts agree
+# votes of the events applied in one script call, at most (an event larger
+# than that goes alone); and calls in flight at once, so that one group is
+# packed while Redis runs another
+APPLY_GROUP_VOTES = 2000
+APPLY_FLUSHERS = 2
 
 
 def counts_dict(post_id, upvote, downvote, my_vote=None):
@@ -463,6 +487,7 @@ class VoteStorage:
             on_redirect=lambda kind: metrics.redirects.labels(kind).inc())
         self._apply_sha = _sha(APPLY_SCRIPT)  # loaded on the first NOSCRIPT
         self._set_created_sha = _sha(SET_CREATED_SCRIPT)
+        self.group = None  # a GroupCommit of apply_many, if set
 
     def _claims(self, votes):
         """{keyId: the fingerprint it is claimed for}: each Idempotency-Key
@@ -484,23 +509,27 @@ class VoteStorage:
         return {key_id: fp if old is None else old
                 for (key_id, fp), old in zip(firsts.items(), prior, strict=True)}
 
-    def _command(self, event_id, parts):
-        """The apply script's command for some parts of an event
-        [(bucket, votes), ...]: every key named in KEYS, the votes as one
-        JSON argument (far cheaper to pack than a few arguments each)."""
+    def _command(self, parts):
+        """The apply script's command for parts [(event_id, bucket, votes),
+        ...]: every key named once in KEYS, the votes as one JSON argument
+        (far cheaper to pack than a few arguments each)."""
         keys = []
+        index = {}  # key -> its index in KEYS (Lua counts from 1)
+        tops = {}   # bucket -> the index of its top key
         packed_parts = []
-        for bucket, votes in parts:
-            mark = len(keys) + 1  # Lua counts from 1
-            keys += [contracts.applied_key(bucket, event_id)]
-            keys += [contracts.rank_key(bucket, sort) for sort in rankings.SORTS]
-            keys.append(contracts.created_key(bucket))
+        # a post's voters and retracted keys only if a voter votes on it
+        # (redis-py packs every key: about 2 us each)
+        voted = {vote.postId for _, _, votes in parts for vote in votes if vote.voterId}
+        bases = {}
+        for event_id, bucket, votes in parts:
+            mark = len(keys) + 1
+            keys.append(contracts.applied_key(bucket, event_id))
+            top = tops.get(bucket)
+            if top is None:
+                top = tops[bucket] = len(keys) + 1
+                keys += [contracts.rank_key(bucket, sort) for sort in rankings.SORTS]
+                keys.append(contracts.created_key(bucket))
             packed = []
-            once = {}
-            # each post's keys once; its voters and retracted keys only if a
-            # voter votes on it (redis-py packs every key: about 2 us each)
-            voted = {vote.postId for vote in votes if vote.voterId}
-            bases = {}
             for vote in votes:
                 base = bases.get(vote.postId)
                 if base is None:
@@ -509,20 +538,25 @@ class VoteStorage:
                     keys += post_keys if vote.postId in voted else post_keys[:1]
                 slot = 0
                 if vote.key is not None:
-                    slot = once.get(vote.key)
+                    once_key = contracts.once_key(bucket, vote.key)
+                    slot = index.get(once_key)
                     if slot is None:
-                        keys.append(contracts.once_key(bucket, vote.key))
-                        slot = once[vote.key] = len(keys)
+                        keys.append(once_key)
+                        slot = index[once_key] = len(keys)
                 packed.append([vote.postId, vote.score, vote.voterId or "",
                                str(vote.ts), vote.voteId, slot, vote.fp or "", base,
                                -1 if vote.createdAt is None else vote.createdAt])
-            packed_parts.append([mark, mark + 1, packed])
+            packed_parts.append([mark, top, packed])
         limits = self.limits
         args = ("EVALSHA", self._apply_sha, len(keys), *keys,
-                limits.mark_ttl, json.dumps(packed_parts, separators=(",", ":")),
+                limits.mark_ttl, orjson.dumps(packed_parts),
                 limits.idempotency_ttl, int(limits.clock_skew * 1_000_000),
                 limits.retraction_ttl)
         return redis_nodes.Command(keys[0], args, APPLY_SCRIPT)
+
+    def _part_results(self, reply, count):
+        """(applied, replayed, conflicts) of each part, from the script's reply."""
+        return [reply[i:i + 3] for i in range(0, 3 * count, 3)]
 
     def apply(self, event_id, votes):
         """Apply the votes of one event, once. Returns Applied: how many
@@ -530,33 +564,53 @@ class VoteStorage:
         replays of their key or as conflicts with it (all 0 when the event
         had been applied before).
 
-        The event is split by bucket; each part is applied by one script
-        with a mark of its own, so that a retry after a failure part way
-        applies only the parts still missing. It returns only when every
-        part is applied (and, with REDIS_MIN_REPLICAS, on that many
-        replicas); else it raises."""
+        The event is split by bucket; each part is applied with a mark of
+        its own, so that a retry after a failure part way applies only the
+        parts still missing. It returns only when every part is applied
+        (and, with REDIS_MIN_REPLICAS, on that many replicas); else it
+        raises. With a ``group`` (the service's), concurrent workers'
+        events share script calls (apply_many)."""
+        if self.group is not None:
+            return self.group.submit((event_id, votes))
+        return self.apply_many([(event_id, votes)])[0]
+
+    def apply_many(self, events):
+        """apply() for [(event_id, votes), ...] in as few script calls as
+        the layout allows: one on one server, one per bucket on a cluster.
+        Returns an Applied per event, or raises for all of them (a retry
+        re-applies only the parts that are missing)."""
         try:
-            claims = self._claims(votes)
-            conflicts = 0
-            parts = collections.defaultdict(list)
-            for vote in votes:
-                if vote.key is not None and claims[vote.key] != (vote.fp or ""):
-                    conflicts += 1
-                    continue
-                parts[contracts.bucket_of(vote.postId, self.buckets)].append(vote)
-            parts = sorted(parts.items())
+            claims = self._claims([vote for _, votes in events for vote in votes])
+            conflicts = [0] * len(events)
+            by_bucket = collections.defaultdict(list)  # bucket -> [(event, part)]
+            for number, (event_id, votes) in enumerate(events):
+                parts = collections.defaultdict(list)
+                for vote in votes:
+                    if vote.key is not None and claims[vote.key] != (vote.fp or ""):
+                        conflicts[number] += 1
+                        continue
+                    parts[contracts.bucket_of(vote.postId, self.buckets)].append(vote)
+                for bucket, part in parts.items():
+                    by_bucket[bucket].append((number, (event_id, bucket, part)))
             if self.writes.cluster:  # a script may touch one slot only
-                commands = [self._command(event_id, [part]) for part in parts]
+                calls = [by_bucket[bucket] for bucket in sorted(by_bucket)]
             else:  # one server: one call (none when every vote was a conflict)
-                commands = [self._command(event_id, parts)] if parts else []
-            results = self.writes.run(commands)
+                calls = [[part for bucket in sorted(by_bucket) for part in by_bucket[bucket]]]
+                calls = [call for call in calls if call]
+            replies = self.writes.run([self._command([part for _, part in call])
+                                       for call in calls])
         except REDIS_ERRORS as exc:
             store_error(exc)
             raise
-        applied = sum(max(result[0], 0) for result in results)
-        replayed = sum(result[1] for result in results)
-        conflicts += sum(result[2] for result in results)
-        return Applied(applied, replayed, conflicts)
+        totals = [[0, 0, c] for c in conflicts]
+        for call, reply in zip(calls, replies, strict=True):
+            for (number, _), result in zip(call, self._part_results(reply, len(call)),
+                                           strict=True):
+                total = totals[number]
+                total[0] += max(result[0], 0)
+                total[1] += result[1]
+                total[2] += result[2]
+        return [Applied(*total) for total in totals]
 
     def counts_many(self, queries):
         """[(post_id, voter_id or None), ...] -> [counts or None, ...]"""
@@ -738,6 +792,13 @@ class VoteStore(Redis):
     def start(self):
         self.client = redis_nodes.connect(self.redis_uri, **self.options)
         self.storage = VoteStorage(self.client, self.limits)
+        # the events that workers apply while a call is in flight share the
+        # next call; a group stays small enough not to hold Redis long
+        self.storage.group = GroupCommit(
+            self.storage.apply_many, max_weight=APPLY_GROUP_VOTES,
+            max_wait=float("inf"), weigh=lambda event: len(event[1]))
+        for _ in range(APPLY_FLUSHERS):
+            self.container.spawn_managed_thread(self.storage.group.run)
 
     def stop(self):
         self.client.close()

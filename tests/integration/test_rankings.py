@@ -20,7 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services import contracts
+from services import contracts, rules
 from services.votes import migrate, schemas
 from services.votes.dependencies import Limits, VoteStorage, connect
 from tests.conftest import make_vote
@@ -374,3 +374,63 @@ def test_rankings_rebuilt_for_data_from_before_them(storage, redis_client, redis
     assert all(before <= created[p] <= time.time() for p in "abce")
     for sort in SORTS:
         assert storage_walk(storage, sort, 2) == expected_order(sort, plan, created), sort
+
+
+def _group_plan(rng, prefix):
+    """Events over 15 posts: voters who switch and retract, out of order;
+    keyed requests, replayed and conflicting; an event delivered twice."""
+    now = int(time.time() * 1_000_000)
+    events = []
+    for n in range(40):
+        votes = []
+        for _ in range(rng.randint(1, 12)):
+            vote = {"postId": "{}{}".format(prefix, rng.randrange(15)),
+                    "score": rng.choice((1, -1)), "ts": now - rng.randrange(10**6),
+                    "voteId": "{}{}".format(prefix, uuid.UUID(int=rng.getrandbits(128)).hex)}
+            if rng.random() < 0.5:
+                vote["voterId"] = "v{}".format(rng.randrange(6))
+                vote["score"] = rng.choice((1, -1, 0))
+            votes.append(vote)
+        if n % 9 == 4:  # a keyed request, then a replay and a conflict later
+            key = rules.key_id(prefix + str(n))
+            post = "{}{}".format(prefix, n % 15)
+            keyed = {"postId": post, "score": 1, "ts": now, "voteId": key, "key": key,
+                     "fp": rules.fingerprint([(post, 1, None)])}
+            votes.append(keyed)
+            later = dict(keyed, fp=rules.fingerprint([(post, -1, None)]), score=-1)
+            events.append(("{}e{}".format(prefix, n), votes))
+            events.append(("{}r{}".format(prefix, n), [keyed]))
+            events.append(("{}c{}".format(prefix, n), [later]))
+            continue
+        events.append(("{}e{}".format(prefix, n), votes))
+        if n % 7 == 3:
+            events.append(events[-1])  # delivered twice
+    return [(event_id, [schemas.parse_vote(v) for v in votes]) for event_id, votes in events]
+
+
+def test_events_applied_in_groups_end_as_applied_one_by_one(storage):
+    """The service applies concurrent workers' events in shared script
+    calls (apply_many): every result, count, voter's vote and ranking is
+    what applying them one at a time gives, duplicates in one group too."""
+    one_by_one = _group_plan(random.Random(5), "s")
+    grouped = _group_plan(random.Random(5), "g")
+    alone = [tuple(storage.apply(event_id, votes)) for event_id, votes in one_by_one]
+    together = []
+    for first in range(0, len(grouped), 7):
+        together += [tuple(a) for a in storage.apply_many(grouped[first:first + 7])]
+    assert together == alone
+    assert sum(a[0] for a in alone) > 100 and sum(a[1] for a in alone) > 0
+    assert sum(a[2] for a in alone) > 0
+    posts = ["{}".format(i) for i in range(15)]
+    queries = [(prefix + post, voter) for post in posts
+               for voter in (None, "v0", "v1", "v2", "v3", "v4", "v5")
+               for prefix in ("s",)]
+    mine = storage.counts_many(queries)
+    theirs = storage.counts_many([("g" + q[1:], voter) for q, voter in queries])
+    assert [c and dict(c, postId=c["postId"][1:]) for c in theirs] == \
+        [c and dict(c, postId=c["postId"][1:]) for c in mine]
+    assert any(c and c.get("myVote") for c in mine)
+    for sort in ("top", "best", "controversial", "hot"):
+        order = storage_walk(storage, sort, 7)
+        assert [p[1:] for p in order if p[0] == "g"] == \
+            [p[1:] for p in order if p[0] == "s"], sort
