@@ -56,38 +56,54 @@ PAUSE_AFTER_ERROR = 1.0  # seconds Redis is not asked after a failure
 LOG_INTERVAL = 10.0
 MAX_GROUP = 200       # checks per Redis call
 ADDRESS_CACHE = 4096  # parsed client addresses kept
+# An accepted check also takes a lease on each of its limits: up to
+# LEASE_SHARE of what is left of it, at most MAX_LEASE votes, counted in
+# Redis at once and spent by this process without asking Redis again until
+# the window ends. The total never exceeds a limit; a lease left unspent
+# refuses its identity that many votes early. Limits below about 200 get
+# no lease (1% of their headroom is under one vote).
+LEASE_SHARE = 0.01
+MAX_LEASE = 50
+MAX_LEASES = 10_000  # identities whose leases this process keeps
 
 # ARGV[1]: [[[key index, limit, window ms, cost], ...], ...]: checks, each
-# all-or-nothing over its limits. Returns per check: the position of the
-# limit that refused it (0: accepted), that limit's count, and the
-# milliseconds left in its window.
+# all-or-nothing over its limits; ARGV[2], ARGV[3]: the share of a limit's
+# headroom leased with an accepted check, and the most leased. Returns per
+# check: the position of the limit that refused it (0: accepted), that
+# limit's count, and the milliseconds left in its window; then, per limit,
+# the votes leased to the caller and the milliseconds its window has left.
 CHECK_SCRIPT = """
+local share, most = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
 for _, check in ipairs(cjson.decode(ARGV[1])) do
   local refused, refused_used, refused_ttl = 0, 0, 0
-  local used = {}
+  local used, ttls = {}, {}
   for i, limit in ipairs(check) do
     local key = KEYS[limit[1]]
     local count = tonumber(redis.call('GET', key) or '0')
     local ttl = redis.call('PTTL', key)
     if ttl < 0 then count, ttl = 0, limit[3] end
-    used[i] = count
+    used[i], ttls[i] = count, ttl
     if refused == 0 and count + limit[4] > limit[2] then
       refused, refused_used, refused_ttl = i, count, ttl
-    end
-  end
-  if refused == 0 then
-    for i, limit in ipairs(check) do
-      if used[i] == 0 then
-        redis.call('SET', KEYS[limit[1]], limit[4], 'PX', limit[3])
-      else
-        redis.call('INCRBY', KEYS[limit[1]], limit[4])
-      end
     end
   end
   out[#out + 1] = refused
   out[#out + 1] = refused_used
   out[#out + 1] = refused_ttl
+  for i, limit in ipairs(check) do
+    local lease = 0
+    if refused == 0 then
+      lease = math.max(0, math.min(most, math.floor((limit[2] - used[i] - limit[4]) * share)))
+      if used[i] == 0 then
+        redis.call('SET', KEYS[limit[1]], limit[4] + lease, 'PX', limit[3])
+      else
+        redis.call('INCRBY', KEYS[limit[1]], limit[4] + lease)
+      end
+    end
+    out[#out + 1] = lease
+    out[#out + 1] = ttls[i]
+  end
 end
 return out
 """
@@ -215,6 +231,7 @@ class RateLimiter(DependencyProvider):
         self.uri = config["REDIS_URIS"][REDIS_KEY]
         self.paused_until = 0.0
         self.logged_at = 0.0
+        self.leases = {}  # key -> [votes left, monotonic end of its window]
         self.group = GroupCommit(self._flush, max_weight=MAX_GROUP,
                                  max_wait=WAIT_TIMEOUT, deadline=WAIT_TIMEOUT)
         self.limits = RateLimits(per_address, per_voter, trusted, self._submit)
@@ -245,8 +262,17 @@ class RateLimiter(DependencyProvider):
 
     def _submit(self, limits):
         """(position, used, ttl_ms) of the check; (0, 0, 0), and the error
-        counted and logged, when Redis does not answer."""
-        if time.monotonic() < self.paused_until:
+        counted and logged, when Redis does not answer. A check that this
+        process's leases cover takes from them and asks nothing."""
+        now = time.monotonic()
+        keys = [_key(rate, identity) for rate, identity, _ in limits]
+        leases = [self.leases.get(key) for key in keys]
+        if all(lease is not None and lease[1] > now and lease[0] >= cost
+               for lease, (_, _, cost) in zip(leases, limits)):
+            for lease, (_, _, cost) in zip(leases, limits):
+                lease[0] -= cost
+            return 0, 0, 0
+        if now < self.paused_until:
             metrics.rate_limit_errors.inc()
             return 0, 0, 0
         try:
@@ -272,13 +298,40 @@ class RateLimiter(DependencyProvider):
         encoded = [[[keys.setdefault(_key(rate, identity), len(keys) + 1),
                      rate.limit, rate.seconds * 1000, cost]
                     for rate, identity, cost in limits] for limits in checks]
-        replies = self.script(keys=list(keys), args=[json.dumps(encoded)])
-        return [tuple(replies[i:i + 3]) for i in range(0, len(replies), 3)]
+        sent = time.monotonic()
+        replies = self._call(list(keys), encoded)
+        results, at = [], 0
+        for limits in checks:
+            results.append(tuple(replies[at:at + 3]))
+            at += 3
+            for rate, identity, _ in limits:
+                self._leased(_key(rate, identity), replies[at], replies[at + 1], sent)
+                at += 2
+        return results
+
+    def _call(self, keys, encoded):
+        return self.script(keys=keys, args=[json.dumps(encoded), LEASE_SHARE, MAX_LEASE])
+
+    def _leased(self, key, votes, ttl_ms, sent):
+        """Keep a lease the script granted (added to one still running). It
+        ends ``ttl_ms`` after the call was sent: never after its window."""
+        if votes <= 0:
+            return
+        lease = self.leases.pop(key, None)
+        if lease is None or lease[1] <= time.monotonic():
+            lease = [0, 0.0]
+        lease[0] += votes
+        lease[1] = sent + ttl_ms / 1000
+        if len(self.leases) >= MAX_LEASES:  # the oldest goes, unspent
+            del self.leases[next(iter(self.leases))]
+        self.leases[key] = lease
 
     def _run_apart(self, limits):
         for position, (rate, identity, cost) in enumerate(limits, 1):
-            got = self.script(keys=[_key(rate, identity)], args=[json.dumps(
-                [[[1, rate.limit, rate.seconds * 1000, cost]]])])
+            key = _key(rate, identity)
+            sent = time.monotonic()
+            got = self._call([key], [[[1, rate.limit, rate.seconds * 1000, cost]]])
             if got[0]:
                 return position, got[1], got[2]
+            self._leased(key, got[3], got[4], sent)
         return 0, 0, 0

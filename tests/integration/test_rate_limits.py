@@ -146,15 +146,70 @@ def test_redis_down_lets_votes_through(runner_factory, config, web_session):
     assert after[key] - before.get(key, 0) == 5
 
 
+class LeasedCount:
+    """The rule of leases, written out: an accepted call to Redis counts
+    the votes and a lease of 1% of the headroom left after them (at most
+    50), which later votes of this process spend without asking."""
+
+    def __init__(self, limit):
+        self.limit, self.count, self.lease = limit, 0, 0
+
+    def take(self, cost):
+        if self.lease >= cost:
+            self.lease -= cost
+        elif self.count + cost <= self.limit:
+            grant = max(0, min(50, (self.limit - self.count - cost) // 100))
+            self.count += cost + grant
+            self.lease += grant
+        else:
+            return False
+        return True
+
+
+@pytest.mark.stores
+def test_a_busy_client_spends_leases_counted_ahead(
+        runner_factory, config, web_session, rabbit_config, redis_client):
+    """With 1,000 an hour, the count in Redis runs ahead of the votes by
+    the lease not yet spent; every vote up to the 1,000th is accepted."""
+    config["RATE_LIMIT_PER_ADDRESS"] = "1000/hour"
+    runner_factory(config, GatewayService, VotesService).start()
+    key = contracts.rate_key("address", 3600, "127.0.0.1")
+    rule = LeasedCount(1000)
+    for n in range(301):
+        assert rule.take(1)
+        assert web_session.get("/vote?postId=l&score=1").status_code == 202, n
+    assert (rule.count, rule.lease) == (304, 3)
+    assert int(redis_client.get(key)) == 304
+    batch = {"votes": [{"postId": "l", "score": 1}] * 100}
+    for _ in range(6):
+        assert rule.take(100)
+        assert web_session.post("/votes", json=batch).status_code == 202
+    assert int(redis_client.get(key)) == rule.count
+    accepted = 901
+    while True:
+        response = web_session.get("/vote?postId=l&score=1")
+        if response.status_code != 202:
+            break
+        accepted += 1
+    assert accepted == 1000
+    assert int(redis_client.get(key)) == 1000
+    assert_limited(response, {
+        "error": "RATE_LIMITED",
+        "message": "more than 1000 votes in 3600 s from this client address"}, 1000, 3600)
+    assert settled(web_session, rabbit_config, {"l": counts("l", 1000, 0)}) == {
+        "l": counts("l", 1000, 0)}
+
+
+@pytest.mark.parametrize("limit, votes", [(10, 40), (300, 500)])
 def test_two_gateway_processes_share_one_limit(
-        runner_factory, config, rabbit_config, redis_uri, tmp_path):
+        runner_factory, config, rabbit_config, redis_uri, tmp_path, limit, votes):
     runner_factory(config, VotesService).start()
     gateways = []
     for n in range(2):
         port = free_port()
         path = write_config(tmp_path / "gateway-{}.yml".format(n),
                             config["AMQP_URI"], redis_uri, port,
-                            settings={"RATE_LIMIT_PER_ADDRESS": "10/hour"})
+                            settings={"RATE_LIMIT_PER_ADDRESS": "{}/hour".format(limit)})
         gateways.append(Process.nameko("gateway-{}".format(n), GATEWAY, path,
                                        tmp_path / "gateway-{}.log".format(n),
                                        port=port).start())
@@ -166,11 +221,12 @@ def test_two_gateway_processes_share_one_limit(
             url = "http://127.0.0.1:{}/vote?postId=8&score=1".format(
                 gateways[n % 2].port)
             return requests.get(url, timeout=30).status_code
-        statuses = list(eventlet.GreenPool(20).imap(vote, range(40)))
-        assert (statuses.count(202), statuses.count(429)) == (10, 30)
+        # with 300 an hour each process also spends leases (of up to 2)
+        statuses = list(eventlet.GreenPool(20).imap(vote, range(votes)))
+        assert (statuses.count(202), statuses.count(429)) == (limit, votes - limit)
         session = WebSession("http://127.0.0.1:{}/".format(gateways[0].port))
-        assert settled(session, rabbit_config, {"8": counts("8", 10, 0)}) == {
-            "8": counts("8", 10, 0)}
+        assert settled(session, rabbit_config, {"8": counts("8", limit, 0)}) == {
+            "8": counts("8", limit, 0)}
     finally:
         for gateway in gateways:
             gateway.stop()
