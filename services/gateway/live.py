@@ -35,6 +35,7 @@ from nameko.constants import AMQP_URI_CONFIG_KEY, HEARTBEAT_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 
 from services import contracts
+from services.gateway.read_cache import CountsCache
 from services.platform import brokers
 from services.platform.web import sse_event
 
@@ -261,6 +262,7 @@ class LiveCounts(DependencyProvider):
     # nameko
     def setup(self):
         config = self.container.config
+        self.cache = CountsCache.from_config(config)
         self.amqp_uri = config[AMQP_URI_CONFIG_KEY]
         self.heartbeat = config.get(HEARTBEAT_CONFIG_KEY, 60)
         self.queue = Queue(
@@ -293,6 +295,11 @@ class LiveCounts(DependencyProvider):
         try:
             if isinstance(body, dict):
                 self.fanout.announce(body)
+                at = body.get("at")
+                if type(at) in (int, float) and isinstance(body.get("posts"), list):
+                    self.cache.announced(
+                        [counts for counts in body["posts"]
+                         if isinstance(counts, dict) and "postId" in counts], at)
         except Exception:
             _log.exception("could not fan out a counts_changed event")
 
@@ -306,6 +313,8 @@ class LiveCounts(DependencyProvider):
                                   callbacks=[self._on_message], no_ack=True,
                                   accept=["json"]):
                         self.connected = True
+                        # announcements may have been missed while away
+                        self.cache.clear()
                         _log.info("live counts: consuming %s", self.queue.name)
                         self._drain(connection)
             except Exception as exc:

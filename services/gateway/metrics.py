@@ -38,3 +38,8 @@ rate_limit_errors = Counter(
     "gateway_rate_limit_errors_total",
     "Vote requests let through unchecked because Redis did not answer the "
     "rate limiter (fail-open).")
+read_cache = Counter(
+    "gateway_read_cache_total",
+    "GET /vote-counts reads without a voterId, by result: hit (answered from "
+    "this process's copy) or miss (read through the votes RPC).",
+    ["result"])

@@ -13,7 +13,8 @@ when a page reconnects), and nothing here ever blocks or fails the handler.
 Payload::
 
     {"posts": [{"postId", "upvote", "downvote", "score"}, ...],
-     "top": [{"postId", "upvote", "downvote", "score"}, ...]}
+     "top": [{"postId", "upvote", "downvote", "score"}, ...],
+     "at": <seconds since the epoch, taken before the counts were read>}
 
 ``top`` is the leaderboard (TOP_SIZE posts) read in the same flush; it is
 left out when it could not be read.
@@ -52,7 +53,8 @@ class Coalescer:
     ``publish(payload)`` sends it. Any of them may raise: the flush is then
     logged and dropped."""
 
-    def __init__(self, read_counts, read_top, publish):
+    def __init__(self, read_counts, read_top, publish, clock=time.time):
+        self.clock = clock
         self.read_counts = read_counts
         self.read_top = read_top
         self.publish = publish
@@ -71,9 +73,10 @@ class Coalescer:
             return None
         post_ids, self.pending = sorted(self.pending), set()
         try:
+            at = self.clock()  # the counts are at least this recent
             posts = [counts for counts in self.read_counts(post_ids)
                      if counts is not None]
-            payload = {"posts": posts}
+            payload = {"posts": posts, "at": at}
             try:
                 payload["top"] = self.read_top()
             except Exception as exc:

@@ -71,9 +71,24 @@ def test_nothing_changed_nothing_sent(store, sent):
 
 
 def test_a_post_without_counts_is_left_out(store, sent):
-    feed = Coalescer(store.read_counts, store.read_top, sent.append)
+    feed = Coalescer(store.read_counts, store.read_top, sent.append, clock=lambda: 17.5)
     feed.changed(["gone"])
-    assert feed.flush() == {"posts": [], "top": []}
+    assert feed.flush() == {"posts": [], "top": [], "at": 17.5}
+
+
+def test_at_is_taken_before_the_counts_are_read(store, sent):
+    """A gateway's copy trusts counts as of ``at``: never later than the read."""
+    ticks = iter(range(100, 200))
+    read_at = []
+
+    def read_counts(post_ids):
+        read_at.append(next(ticks))
+        return store.read_counts(post_ids)
+    feed = Coalescer(read_counts, store.read_top, sent.append, clock=lambda: next(ticks))
+    store.posts["a"] = (1, 0)
+    feed.changed(["a"])
+    payload = feed.flush()
+    assert (payload["at"], read_at) == (100, [101])
 
 
 def test_a_failed_publish_is_dropped_and_the_next_flush_goes(store):
@@ -105,10 +120,10 @@ def test_a_failed_read_is_dropped(store, sent):
 def test_the_top_is_optional(store, sent):
     def no_top():
         raise OSError("redis away")
-    feed = Coalescer(store.read_counts, no_top, sent.append)
+    feed = Coalescer(store.read_counts, no_top, sent.append, clock=lambda: 3.0)
     store.posts["a"] = (1, 0)
     feed.changed(["a"])
-    assert feed.flush() == {"posts": [counts("a", 1)]}
+    assert feed.flush() == {"posts": [counts("a", 1)], "at": 3.0}
 
 
 def test_changed_never_raises_or_blocks(store):

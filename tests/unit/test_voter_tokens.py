@@ -2,6 +2,7 @@
 for each kind of bad token the exact 401 and nothing queued."""
 import json
 import time
+from types import SimpleNamespace
 
 import jwt
 import pytest
@@ -11,6 +12,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from services.gateway.exceptions import ERRORS
+from services.gateway.read_cache import CountsCache
 from services.gateway.service import GatewayService
 from services.gateway.tokens import Unchecked, VoterTokens, from_config
 from services.platform.web import response_for_exception
@@ -27,7 +29,8 @@ def token(sub="alice", exp=None, aud="votes", key=SECRET, **claims):
 
 def service(anonymous=True):
     worker = worker_factory(
-        GatewayService, voter_tokens=VoterTokens(SECRET, "HS256", "votes", anonymous))
+        GatewayService, voter_tokens=VoterTokens(SECRET, "HS256", "votes", anonymous),
+        live=SimpleNamespace(cache=CountsCache(1.0, 100)))
     worker.votes_rpc.counts.return_value = COUNTS
     return worker
 

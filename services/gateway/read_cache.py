@@ -1,0 +1,97 @@
+"""A local copy of recent counts, for GET /vote-counts without a voterId.
+
+Each gateway process keeps the counts it has read (or learned of) for at
+most READ_CACHE_TTL seconds (1 s at most), in an LRU of READ_CACHE_SIZE
+posts. An entry is stamped with the time its counts were true (or
+earlier): the time its RPC read was sent, or the ``at`` of the
+``counts_changed`` announcement that brought it, which the votes service
+takes before it reads the counts. An announcement refreshes only posts
+already held and never replaces newer counts. So an answer from the copy
+is never older than the TTL (plus the clock difference between the votes
+and gateway hosts). When the feed's connection is lost and made again the
+copy is emptied, since announcements may have been missed meanwhile; any
+miss reads through the votes RPC. A post read in the second half of its
+entry's life is read again in the background (``due``), so that a post
+read often is always answered from the copy. ``voterId`` reads
+(``myVote``) and ``/posts/top`` never use it.
+"""
+import collections
+import time
+
+from services.settings import number
+
+TTL_CONFIG_KEY = "READ_CACHE_TTL"
+SIZE_CONFIG_KEY = "READ_CACHE_SIZE"
+DEFAULT_TTL = 1.0
+MAX_TTL = 1.0
+DEFAULT_SIZE = 100_000
+
+
+class CountsCache:
+    """post id -> (counts or None, stamp); ``clock`` is wall time, as the
+    announcements' ``at``."""
+
+    def __init__(self, ttl, size, clock=time.time):
+        self.ttl = ttl
+        self.size = size
+        self.clock = clock
+        self.entries = collections.OrderedDict()
+        self.refreshing = set()  # posts being read again in the background
+        self.hits = self.misses = 0
+
+    @classmethod
+    def from_config(cls, config):
+        ttl = number(config, TTL_CONFIG_KEY, DEFAULT_TTL, 0, MAX_TTL)
+        size = number(config, SIZE_CONFIG_KEY, DEFAULT_SIZE, 1, 10_000_000, integer=True)
+        return cls(ttl, size)
+
+    @property
+    def enabled(self):
+        return self.ttl > 0
+
+    def get(self, post_id):
+        """(True, counts or None) from the copy, or (False, None) on a miss."""
+        entry = self.entries.get(post_id)
+        if entry is not None and self.clock() - entry[1] <= self.ttl:
+            self.entries.move_to_end(post_id)
+            self.hits += 1
+            return True, entry[0]
+        self.misses += 1
+        return False, None
+
+    def due(self, post_id):
+        """Whether a held post should be read again now, in the background:
+        past half its entry's life, and not being read already. The caller
+        then reads it and calls ``refreshed`` (whatever the outcome)."""
+        entry = self.entries.get(post_id)
+        if entry is None or post_id in self.refreshing or \
+                self.clock() - entry[1] <= self.ttl / 2:
+            return False
+        self.refreshing.add(post_id)
+        return True
+
+    def refreshed(self, post_id):
+        self.refreshing.discard(post_id)
+
+    def put(self, post_id, counts, stamp):
+        """Counts read through the RPC sent at ``stamp``."""
+        entry = self.entries.get(post_id)
+        if entry is not None and entry[1] > stamp:
+            return  # an announcement newer than this read came meanwhile
+        self.entries[post_id] = (counts, stamp)
+        self.entries.move_to_end(post_id)
+        if len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+    def announced(self, posts, at):
+        """A counts_changed announcement: posts held get its counts, if
+        they are newer than theirs."""
+        entries = self.entries
+        for counts in posts:
+            entry = entries.get(counts.get("postId"))
+            if entry is not None and entry[1] <= at:
+                entries[counts["postId"]] = (counts, at)
+
+    def clear(self):
+        self.entries.clear()
+        self.refreshing.clear()

@@ -1,0 +1,78 @@
+"""The gateway's copy of recent counts, with the real votes service, broker
+and Redis; its clock is the test's, so nothing here depends on timing."""
+import time
+
+import pytest
+from kombu import Connection, Producer
+
+from services import contracts
+from services.gateway.live import LiveCounts
+from services.gateway.service import GatewayService
+from services.votes import feed
+from services.votes.service import VotesService
+from tests.integration.test_operating import scrape
+from tests.integration.test_pipeline import counts, wait_for_counts
+
+
+@pytest.fixture
+def gateway(runner_factory, config):
+    runner = runner_factory(config, GatewayService, VotesService)
+    runner.start()
+    container = next(c for c in runner.containers if c.service_cls is GatewayService)
+    live = next(d for d in container.dependencies if isinstance(d, LiveCounts))
+    clock = [time.time()]
+    live.cache.clock = lambda: clock[0]
+    return live, clock
+
+
+def cache_results(web_session):
+    got = scrape(web_session.base_url + "metrics")
+    return tuple(got.get(("gateway_read_cache_total", ("result", result)), 0)
+                 for result in ("hit", "miss"))
+
+
+def read(web_session, post_id, **params):
+    response = web_session.get("/vote-counts", params=dict(postId=post_id, **params))
+    return response.status_code, response.json()
+
+
+def test_counts_are_served_from_the_copy_for_the_ttl(gateway, web_session, redis_client):
+    live, clock = gateway
+    assert web_session.get("/vote?postId=c1&score=1").status_code == 202
+    assert wait_for_counts(web_session, {"c1": counts("c1", 1, 0)}) == {"c1": counts("c1", 1, 0)}
+    before = cache_results(web_session)
+    # a change the feed never announces: the copy answers the old counts
+    redis_client.hincrby(contracts.post_key("c1"), "upvote", 5)
+    assert read(web_session, "c1") == (200, counts("c1", 1, 0))
+    # myVote reads always go to the votes service
+    assert read(web_session, "c1", voterId="ann") == (200, dict(counts("c1", 6, 0), myVote=0))
+    clock[0] += 1.001
+    assert read(web_session, "c1") == (200, counts("c1", 6, 0))
+    assert cache_results(web_session) == (before[0] + 1, before[1] + 1)
+
+
+def test_a_post_without_votes_is_kept_as_such(gateway, web_session):
+    live, clock = gateway
+    assert read(web_session, "none")[0] == 404
+    before = cache_results(web_session)
+    assert read(web_session, "none") == (404, {"error": "POST_NOT_FOUND",
+                                               "message": "post none has no votes"})
+    assert cache_results(web_session) == (before[0] + 1, before[1])
+
+
+def test_an_announcement_refreshes_the_copy(gateway, web_session, rabbit_config):
+    live, clock = gateway
+    assert web_session.get("/vote?postId=c2&score=1").status_code == 202
+    assert wait_for_counts(web_session, {"c2": counts("c2", 1, 0)}) == {"c2": counts("c2", 1, 0)}
+    stamp = live.cache.entries["c2"][1]
+    with Connection(rabbit_config["AMQP_URI"]) as connection:
+        producer = Producer(connection.channel())
+        for at, up in ((stamp - 0.5, 3), (stamp + 0.5, 9)):  # a late one, then a new one
+            producer.publish({"posts": [counts("c2", up, 0)], "at": at},
+                             exchange=feed.EXCHANGE, routing_key=contracts.COUNTS_CHANGED,
+                             serializer="json")
+    deadline = time.monotonic() + 10
+    while live.cache.entries["c2"][1] == stamp and time.monotonic() < deadline:
+        time.sleep(0.02)
+    clock[0] = stamp + 1.4  # past the read's TTL, within the announcement's
+    assert read(web_session, "c2") == (200, counts("c2", 9, 0))

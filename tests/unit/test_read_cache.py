@@ -1,0 +1,115 @@
+"""The gateway's copy of recent counts (services/gateway/read_cache.py),
+on a clock of the test's own."""
+import pytest
+from nameko.exceptions import ConfigurationError
+
+from services.gateway.read_cache import CountsCache
+
+
+def counts(post_id, up, down=0):
+    return {"postId": post_id, "upvote": up, "downvote": down, "score": up - down}
+
+
+@pytest.fixture
+def clock():
+    return [1000.0]
+
+
+@pytest.fixture
+def cache(clock):
+    return CountsCache(ttl=1.0, size=3, clock=lambda: clock[0])
+
+
+def test_a_read_is_served_for_the_ttl_then_read_again(cache, clock):
+    assert cache.get("a") == (False, None)
+    cache.put("a", counts("a", 1), stamp=1000.0)
+    clock[0] = 1001.0
+    assert cache.get("a") == (True, counts("a", 1))
+    clock[0] = 1001.001
+    assert cache.get("a") == (False, None)
+    assert (cache.hits, cache.misses) == (1, 2)
+
+
+def test_no_votes_is_kept_too(cache):
+    cache.put("none", None, stamp=1000.0)
+    assert cache.get("none") == (True, None)
+
+
+def test_the_ttl_runs_from_when_the_read_was_sent(cache, clock):
+    clock[0] = 1000.9
+    cache.put("a", counts("a", 1), stamp=1000.0)  # a read that took 0.9 s
+    clock[0] = 1001.1
+    assert cache.get("a") == (False, None)
+
+
+def test_an_announcement_refreshes_held_posts_only(cache, clock):
+    cache.put("a", counts("a", 1), stamp=1000.0)
+    cache.announced([counts("a", 5), counts("b", 2)], at=1000.5)
+    assert "b" not in cache.entries
+    clock[0] = 1001.4  # within the TTL of the announcement, not of the read
+    assert cache.get("a") == (True, counts("a", 5))
+
+
+def test_older_counts_never_replace_newer(cache, clock):
+    cache.put("a", counts("a", 2), stamp=1000.5)
+    cache.announced([counts("a", 1)], at=1000.2)  # an announcement that was late
+    assert cache.get("a") == (True, counts("a", 2))
+    cache.announced([counts("a", 3)], at=1000.7)
+    cache.put("a", counts("a", 2), stamp=1000.6)  # a read sent before that one
+    assert cache.get("a") == (True, counts("a", 3))
+
+
+def test_the_least_recently_used_post_goes_first(cache):
+    for post in "abc":
+        cache.put(post, counts(post, 1), stamp=1000.0)
+    assert cache.get("a")[0]  # a is now the most recent
+    cache.put("d", counts("d", 1), stamp=1000.0)
+    assert sorted(cache.entries) == ["a", "c", "d"]
+
+
+def test_clear_forgets_everything(cache):
+    cache.put("a", counts("a", 1), stamp=1000.0)
+    cache.clear()
+    assert cache.get("a") == (False, None)
+
+
+@pytest.mark.parametrize("settings, ttl, size", [
+    ({}, 1.0, 100_000),
+    ({"READ_CACHE_TTL": 0.25, "READ_CACHE_SIZE": 10}, 0.25, 10),
+    ({"READ_CACHE_TTL": 0}, 0, 100_000),
+])
+def test_settings(settings, ttl, size):
+    cache = CountsCache.from_config(settings)
+    assert (cache.ttl, cache.size, cache.enabled) == (ttl, size, ttl > 0)
+
+
+@pytest.mark.parametrize("settings", [
+    {"READ_CACHE_TTL": 1.5}, {"READ_CACHE_TTL": -1}, {"READ_CACHE_SIZE": 0},
+    {"READ_CACHE_TTL": "soon"},
+])
+def test_bad_settings_refuse_to_start(settings):
+    with pytest.raises(ConfigurationError) as raised:
+        CountsCache.from_config(settings)
+    assert str(raised.value).startswith("{} must be".format(next(iter(settings))))
+
+
+def test_a_post_read_late_in_its_life_is_read_again_once(cache, clock):
+    cache.put("a", counts("a", 1), stamp=1000.0)
+    clock[0] = 1000.5
+    assert not cache.due("a")  # half its life: not yet
+    clock[0] = 1000.6
+    assert cache.due("a")
+    assert not cache.due("a")  # already being read
+    cache.put("a", counts("a", 2), stamp=1000.6)
+    cache.refreshed("a")
+    assert not cache.due("a")
+    assert cache.get("a") == (True, counts("a", 2))
+    assert not cache.due("b")  # not held: a miss reads it
+
+
+def test_a_failed_read_again_may_be_tried_again(cache, clock):
+    cache.put("a", counts("a", 1), stamp=1000.0)
+    clock[0] = 1000.8
+    assert cache.due("a")
+    cache.refreshed("a")  # the read failed: nothing put
+    assert cache.due("a")
