@@ -20,8 +20,7 @@ from harness import rabbit
 from harness.process import ROOT
 from harness.redis_server import RedisServer
 from services.votes import schemas
-from services.votes.dependencies import (APPLY_GROUP_VOTES, Limits, VoteStorage, _sha,
-                                         connect)
+from services.votes.dependencies import APPLY_GROUP_VOTES, Limits, VoteStorage, _sha, connect
 
 BASELINE = "556c710"  # the last commit before rankings
 SORTS = ("top", "best", "controversial", "hot")

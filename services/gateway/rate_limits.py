@@ -268,8 +268,8 @@ class RateLimiter(DependencyProvider):
         keys = [_key(rate, identity) for rate, identity, _ in limits]
         leases = [self.leases.get(key) for key in keys]
         if all(lease is not None and lease[1] > now and lease[0] >= cost
-               for lease, (_, _, cost) in zip(leases, limits)):
-            for lease, (_, _, cost) in zip(leases, limits):
+               for lease, (_, _, cost) in zip(leases, limits, strict=True)):
+            for lease, (_, _, cost) in zip(leases, limits, strict=True):
                 lease[0] -= cost
             return 0, 0, 0
         if now < self.paused_until:

@@ -32,7 +32,6 @@ key in KEYS.
 """
 import collections
 import hashlib
-import json
 import logging
 import re
 

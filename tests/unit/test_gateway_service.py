@@ -11,7 +11,6 @@ from werkzeug.wrappers import Request
 
 from services import rankings, rules
 from services.gateway import schemas
-from services.gateway.read_cache import CountsCache
 from services.gateway.exceptions import (
     ERRORS,
     IdempotencyKeyReused,
@@ -19,6 +18,7 @@ from services.gateway.exceptions import (
     ServiceUnavailable,
     ValidationError,
 )
+from services.gateway.read_cache import CountsCache
 from services.gateway.service import GatewayService
 from services.platform.web import response_for_exception
 
