@@ -27,8 +27,8 @@ services/contracts.py):
                                            own bucket), IDEMPOTENCY_TTL
 
 All keys of one bucket share a hash slot, so the same layout serves one
-Redis and a Redis Cluster: each script touches one bucket and names every
-key in KEYS.
+Redis and a Redis Cluster: every script names every key in KEYS, and on a
+cluster each call touches one bucket.
 """
 import collections
 import hashlib
