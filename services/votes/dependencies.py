@@ -570,8 +570,34 @@ class VoteStorage:
         raises. With a ``group`` (the service's), concurrent workers'
         events share script calls (apply_many)."""
         if self.group is not None:
-            return self.group.submit((event_id, votes))
+            result = self.group.submit((event_id, votes))
+            if isinstance(result, Exception):
+                raise result
+            return result
         return self.apply_many([(event_id, votes)])[0]
+
+    def apply_group(self, events):
+        """apply_many for the group commit. If the shared call fails for
+        another reason than the store being unavailable (an event the
+        script cannot apply), each event is tried alone, so that its
+        failure is its own and the others are applied: returns an Applied
+        or the exception for each event. The marks make the retry safe; an
+        event's Applied then leaves out what the failed call applied."""
+        try:
+            return self.apply_many(events)
+        except StoreUnavailable:
+            raise
+        except Exception:
+            if len(events) == 1:
+                raise
+            _log.warning("a group of %d events failed; applying each alone", len(events))
+        results = []
+        for event in events:
+            try:
+                results.append(self.apply_many([event])[0])
+            except Exception as exc:
+                results.append(exc)
+        return results
 
     def apply_many(self, events):
         """apply() for [(event_id, votes), ...] in as few script calls as
@@ -794,7 +820,7 @@ class VoteStore(Redis):
         # the events that workers apply while a call is in flight share the
         # next call; a group stays small enough not to hold Redis long
         self.storage.group = GroupCommit(
-            self.storage.apply_many, max_weight=APPLY_GROUP_VOTES,
+            self.storage.apply_group, max_weight=APPLY_GROUP_VOTES,
             max_wait=float("inf"), weigh=lambda event: len(event[1]))
         for _ in range(APPLY_FLUSHERS):
             self.container.spawn_managed_thread(self.storage.group.run)
