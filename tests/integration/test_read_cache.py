@@ -5,6 +5,7 @@ import time
 import pytest
 from kombu import Connection, Producer
 
+from harness import rabbit
 from services import contracts
 from services.gateway.live import LiveCounts
 from services.gateway.service import GatewayService
@@ -76,3 +77,20 @@ def test_an_announcement_refreshes_the_copy(gateway, web_session, rabbit_config)
         time.sleep(0.02)
     clock[0] = stamp + 1.4  # past the read's TTL, within the announcement's
     assert read(web_session, "c2") == (200, counts("c2", 9, 0))
+
+
+def test_the_copy_is_emptied_when_the_feed_comes_back(gateway, web_session, rabbit_config):
+    """Announcements missed while the feed was away cannot leave counts
+    behind: the copy starts empty on each new feed connection."""
+    live, clock = gateway
+    assert web_session.get("/vote?postId=c3&score=1").status_code == 202
+    assert wait_for_counts(web_session, {"c3": counts("c3", 1, 0)}) == {"c3": counts("c3", 1, 0)}
+    assert "c3" in live.cache.entries
+    # the broker closes every connection of the vhost; the services connect again
+    rabbit.rabbitmqctl("close_all_connections", "-p", rabbit_config["vhost"], "test")
+    deadline = time.monotonic() + 15
+    while "c3" in live.cache.entries and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "c3" not in live.cache.entries
+    assert live.connected
+    assert wait_for_counts(web_session, {"c3": counts("c3", 1, 0)}) == {"c3": counts("c3", 1, 0)}
