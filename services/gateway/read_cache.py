@@ -10,9 +10,10 @@ already held and never replaces newer counts. So an answer from the copy
 is never older than the TTL (plus the clock difference between the votes
 and gateway hosts). When the feed's connection is lost and made again the
 copy is emptied, since announcements may have been missed meanwhile; any
-miss reads through the votes RPC. A post read in the second half of its
-entry's life is read again in the background (``due``), so that a post
-read often is always answered from the copy. ``voterId`` reads
+miss reads through the votes RPC. A post read in the last quarter of its
+entry's life (REFRESH_AT) is read again in the background (``due``), in batches of up
+to REFRESH_BATCH posts a call (``refresh``), so that a post read often is
+always answered from the copy. ``voterId`` reads
 (``myVote``) and ``/posts/top`` never use it.
 """
 import collections
@@ -25,6 +26,8 @@ SIZE_CONFIG_KEY = "READ_CACHE_SIZE"
 DEFAULT_TTL = 1.0
 MAX_TTL = 1.0
 DEFAULT_SIZE = 100_000
+REFRESH_BATCH = 500  # posts read again in one get_counts_many call
+REFRESH_AT = 0.75    # of the TTL: an entry this old, when read, is read again
 
 
 class CountsCache:
@@ -36,7 +39,9 @@ class CountsCache:
         self.size = size
         self.clock = clock
         self.entries = collections.OrderedDict()
-        self.refreshing = set()  # posts being read again in the background
+        self.refreshing = set()  # posts due or being read again in the background
+        self.due_posts = []      # in the order they fell due
+        self.refresher = None    # the thread running refresh(), while it runs
         self.hits = self.misses = 0
 
     @classmethod
@@ -60,18 +65,37 @@ class CountsCache:
         return False, None
 
     def due(self, post_id):
-        """Whether a held post should be read again now, in the background:
-        past half its entry's life, and not being read already. The caller
-        then reads it and calls ``refreshed`` (whatever the outcome)."""
+        """Whether a held post is now due to be read again in the
+        background: past REFRESH_AT of its entry's life, and not due
+        already. It
+        then waits for ``refresh``."""
         entry = self.entries.get(post_id)
         if entry is None or post_id in self.refreshing or \
-                self.clock() - entry[1] <= self.ttl / 2:
+                self.clock() - entry[1] <= self.ttl * REFRESH_AT:
             return False
         self.refreshing.add(post_id)
+        self.due_posts.append(post_id)
         return True
 
-    def refreshed(self, post_id):
-        self.refreshing.discard(post_id)
+    def refresh(self, read_many):
+        """Read the due posts again, REFRESH_BATCH at a time, with
+        ``read_many(post_ids) -> [counts or None, ...]``, until none is
+        due. If a read fails, every due post is left to run out (and the
+        error raised): no retry loop while the votes service is away."""
+        while self.due_posts:
+            batch = self.due_posts[:REFRESH_BATCH]
+            del self.due_posts[:REFRESH_BATCH]
+            sent = self.clock()
+            try:
+                found = read_many(batch)
+                for post_id, counts in zip(batch, found, strict=True):
+                    self.put(post_id, counts, sent)
+            except Exception:
+                self.refreshing.difference_update(self.due_posts)
+                del self.due_posts[:]
+                raise
+            finally:
+                self.refreshing.difference_update(batch)
 
     def put(self, post_id, counts, stamp):
         """Counts read through the RPC sent at ``stamp``."""
@@ -95,3 +119,4 @@ class CountsCache:
     def clear(self):
         self.entries.clear()
         self.refreshing.clear()
+        del self.due_posts[:]

@@ -66,16 +66,17 @@ def _vote_fields(request):
 _log = logging.getLogger(__name__)
 
 
-def _refresh(cache, votes_rpc, post_id):
-    """Read a post again for the copy, off the request's path; a failure
-    leaves the entry to run out."""
+def _refresh(cache, votes_rpc):
+    """Read the copy's due posts again, off the requests' path (one thread
+    while any are due); a failed read leaves its entries to run out."""
     try:
-        sent = cache.clock()
-        cache.put(post_id, votes_rpc.counts(post_id, None), sent)
+        cache.refresh(votes_rpc.counts_many)
     except Exception as exc:
-        _log.debug("background read of %s failed: %r", post_id, exc)
+        _log.debug("background read of counts failed: %r", exc)
     finally:
-        cache.refreshed(post_id)
+        cache.refresher = None
+        if cache.due_posts:  # fell due after the last batch was taken
+            cache.refresher = eventlet.spawn(_refresh, cache, votes_rpc)
 
 
 class GatewayService:
@@ -168,8 +169,8 @@ class GatewayService:
                 sent = cache.clock()
                 counts = self.votes_rpc.counts(query.postId, None)
                 cache.put(query.postId, counts, sent)
-            elif cache.due(query.postId):
-                eventlet.spawn_n(_refresh, cache, self.votes_rpc, query.postId)
+            elif cache.due(query.postId) and cache.refresher is None:
+                cache.refresher = eventlet.spawn(_refresh, cache, self.votes_rpc)
         else:
             counts = self.votes_rpc.counts(query.postId, query.voterId)
         if counts is None:

@@ -127,18 +127,21 @@ def test_vote_counts_read_again_come_from_the_copy(service):
 
 def test_a_post_read_late_in_its_entrys_life_is_read_again_in_the_background(service):
     clock = [1000.0]
-    service.live.cache.clock = lambda: clock[0]
+    cache = service.live.cache
+    cache.clock = lambda: clock[0]
     service.votes_rpc.counts.return_value = COUNTS
     service.vote_counts(request("/vote-counts?postId=348"))
-    clock[0] = 1000.7
+    clock[0] = 1000.8
     newer = dict(COUNTS, upvote=COUNTS["upvote"] + 1, score=COUNTS["score"] + 1)
-    service.votes_rpc.counts.return_value = newer
+    service.votes_rpc.counts_many.return_value = [newer]
     # answered from the copy at once; the read again runs beside
     assert body(service.vote_counts(request("/vote-counts?postId=348"))) == COUNTS
-    eventlet.sleep(0)
-    assert service.votes_rpc.counts.call_count == 2
+    assert cache.refresher is not None
+    cache.refresher.wait()
+    service.votes_rpc.counts_many.assert_called_once_with(["348"])
     assert body(service.vote_counts(request("/vote-counts?postId=348"))) == newer
-    assert service.live.cache.refreshing == set()
+    assert (cache.refresher, cache.refreshing) == (None, set())
+    assert service.votes_rpc.counts.call_count == 1
 
 
 def test_a_failed_read_is_not_kept(service):

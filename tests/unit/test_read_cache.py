@@ -95,21 +95,50 @@ def test_bad_settings_refuse_to_start(settings):
 
 def test_a_post_read_late_in_its_life_is_read_again_once(cache, clock):
     cache.put("a", counts("a", 1), stamp=1000.0)
-    clock[0] = 1000.5
-    assert not cache.due("a")  # half its life: not yet
-    clock[0] = 1000.6
+    clock[0] = 1000.75
+    assert not cache.due("a")  # three quarters of its life: not yet
+    clock[0] = 1000.76
     assert cache.due("a")
-    assert not cache.due("a")  # already being read
-    cache.put("a", counts("a", 2), stamp=1000.6)
-    cache.refreshed("a")
-    assert not cache.due("a")
-    assert cache.get("a") == (True, counts("a", 2))
+    assert not cache.due("a")  # due already
     assert not cache.due("b")  # not held: a miss reads it
+    reads = []
+
+    def read_many(post_ids):
+        reads.append(list(post_ids))
+        return [counts(post_id, 2) for post_id in post_ids]
+    cache.refresh(read_many)
+    assert reads == [["a"]]
+    assert (cache.due_posts, cache.refreshing) == ([], set())
+    assert cache.entries["a"] == (counts("a", 2), 1000.76)
+    assert not cache.due("a")
 
 
-def test_a_failed_read_again_may_be_tried_again(cache, clock):
-    cache.put("a", counts("a", 1), stamp=1000.0)
+def test_due_posts_are_read_in_batches(clock):
+    cache = CountsCache(ttl=1.0, size=2000, clock=lambda: clock[0])
+    for n in range(1200):
+        cache.put(str(n), counts(str(n), 1), stamp=1000.0)
     clock[0] = 1000.8
-    assert cache.due("a")
-    cache.refreshed("a")  # the read failed: nothing put
-    assert cache.due("a")
+    assert all(cache.due(str(n)) for n in range(1200))
+    sizes = []
+
+    def read_many(post_ids):
+        sizes.append(len(post_ids))
+        return [None] * len(post_ids)
+    cache.refresh(read_many)
+    assert sizes == [500, 500, 200]
+    assert cache.get("7") == (True, None)  # the post lost its votes meanwhile
+
+
+def test_a_failed_read_leaves_every_due_post_to_run_out(cache, clock):
+    for post in "ab":
+        cache.put(post, counts(post, 1), stamp=1000.0)
+    clock[0] = 1000.8
+    assert cache.due("a") and cache.due("b")
+
+    def read_many(post_ids):
+        raise ConnectionError("votes service away")
+    with pytest.raises(ConnectionError):
+        cache.refresh(read_many)
+    assert (cache.due_posts, cache.refreshing) == ([], set())
+    assert cache.get("a") == (True, counts("a", 1))  # until its TTL ends
+    assert cache.due("a")  # and may fall due again
