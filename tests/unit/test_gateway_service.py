@@ -3,7 +3,6 @@ reader replaced (no broker), the answers and what is queued."""
 import json
 from types import SimpleNamespace
 
-import eventlet
 import pytest
 from nameko.testing.services import worker_factory
 from werkzeug.test import EnvironBuilder
