@@ -25,7 +25,7 @@ TTL_CONFIG_KEY = "READ_CACHE_TTL"
 SIZE_CONFIG_KEY = "READ_CACHE_SIZE"
 DEFAULT_TTL = 1.0
 MAX_TTL = 1.0
-DEFAULT_SIZE = 100_000
+DEFAULT_SIZE = 20_000  # about 0.5 KB each: 10 MB at most
 REFRESH_BATCH = 500  # posts read again in one get_counts_many call
 REFRESH_AT = 0.75    # of the TTL: an entry this old, when read, is read again
 

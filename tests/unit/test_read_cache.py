@@ -74,9 +74,9 @@ def test_clear_forgets_everything(cache):
 
 
 @pytest.mark.parametrize("settings, ttl, size", [
-    ({}, 1.0, 100_000),
+    ({}, 1.0, 20_000),
     ({"READ_CACHE_TTL": 0.25, "READ_CACHE_SIZE": 10}, 0.25, 10),
-    ({"READ_CACHE_TTL": 0}, 0, 100_000),
+    ({"READ_CACHE_TTL": 0}, 0, 20_000),
 ])
 def test_settings(settings, ttl, size):
     cache = CountsCache.from_config(settings)
