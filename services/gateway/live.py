@@ -295,11 +295,11 @@ class LiveCounts(DependencyProvider):
         try:
             if isinstance(body, dict):
                 self.fanout.announce(body)
-                at = body.get("at")
-                if type(at) in (int, float) and isinstance(body.get("posts"), list):
+                if isinstance(body.get("posts"), list):
                     self.cache.announced(
                         [counts for counts in body["posts"]
-                         if isinstance(counts, dict) and "postId" in counts], at)
+                         if isinstance(counts, dict) and "postId" in counts],
+                        body.get("at"))
         except Exception:
             _log.exception("could not fan out a counts_changed event")
 

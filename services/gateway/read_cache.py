@@ -17,6 +17,7 @@ always answered from the copy. ``voterId`` reads
 (``myVote``) and ``/posts/top`` never use it.
 """
 import collections
+import math
 import time
 
 from services.settings import number
@@ -109,7 +110,12 @@ class CountsCache:
 
     def announced(self, posts, at):
         """A counts_changed announcement: posts held get its counts, if
-        they are newer than theirs."""
+        they are newer than theirs. An ``at`` ahead of this clock counts
+        as now (a votes host whose clock runs ahead, or a forged message,
+        must not keep counts fresh for longer than the TTL)."""
+        if not (type(at) in (int, float) and math.isfinite(at)):
+            return
+        at = min(at, self.clock())
         entries = self.entries
         for counts in posts:
             entry = entries.get(counts.get("postId"))

@@ -44,13 +44,30 @@ def test_the_ttl_runs_from_when_the_read_was_sent(cache, clock):
 
 def test_an_announcement_refreshes_held_posts_only(cache, clock):
     cache.put("a", counts("a", 1), stamp=1000.0)
+    clock[0] = 1000.5
     cache.announced([counts("a", 5), counts("b", 2)], at=1000.5)
     assert "b" not in cache.entries
     clock[0] = 1001.4  # within the TTL of the announcement, not of the read
     assert cache.get("a") == (True, counts("a", 5))
 
 
+def test_an_announcement_from_the_future_counts_as_now(cache, clock):
+    cache.put("a", counts("a", 1), stamp=1000.0)
+    cache.announced([counts("a", 7)], at=10_000.0)
+    assert cache.entries["a"] == (counts("a", 7), 1000.0)
+    clock[0] = 1001.001
+    assert cache.get("a") == (False, None)
+
+
+@pytest.mark.parametrize("at", [float("inf"), float("nan"), "1000.5", None, True])
+def test_an_announcement_without_a_time_is_ignored(cache, clock, at):
+    cache.put("a", counts("a", 1), stamp=1000.0)
+    cache.announced([counts("a", 7)], at=at)
+    assert cache.get("a") == (True, counts("a", 1))
+
+
 def test_older_counts_never_replace_newer(cache, clock):
+    clock[0] = 1000.7
     cache.put("a", counts("a", 2), stamp=1000.5)
     cache.announced([counts("a", 1)], at=1000.2)  # an announcement that was late
     assert cache.get("a") == (True, counts("a", 2))
