@@ -24,15 +24,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (label, pytest arguments); the first streams to the terminal
 BENCH_SMOKE = "tests/integration/test_bench_smoke.py"
 REDIS_CLUSTER_FAULTS = "tests/fault/test_redis_cluster.py"
+OPENAPI = "tests/integration/test_openapi.py"  # schemathesis: about 80 s
 GROUPS = (
     ("suite", ["tests", "--ignore=tests/fault", "--ignore=tests/edge",
-               "--ignore=tests/cluster", "--ignore=" + BENCH_SMOKE]),
+               "--ignore=tests/cluster", "--ignore=" + BENCH_SMOKE,
+               "--ignore=" + OPENAPI]),
     # servers of their own (a private RabbitMQ node, private redis-servers)
     ("fault", ["tests/fault", "--ignore=" + REDIS_CLUSTER_FAULTS]),
     # a Redis Cluster and a three-node RabbitMQ cluster of their own
     ("cluster", ["tests/cluster", REDIS_CLUSTER_FAULTS]),
-    # the bench's smoke run: its own vhost, redis-servers and processes
-    ("bench", [BENCH_SMOKE]),
+    # the bench's smoke run (its own vhost, redis-servers and processes),
+    # and the OpenAPI check, so that no run is much longer than the others
+    ("bench", [BENCH_SMOKE, OPENAPI]),
 )
 # then, alone: the edge tests bound how late a slow client is cut, which
 # two busy runs on two cores can stretch
