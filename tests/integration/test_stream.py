@@ -8,6 +8,7 @@ import time
 import eventlet
 import pytest
 
+from services.gateway.live import LiveCounts
 from services.gateway.service import GatewayService
 from services.votes.service import VotesService
 
@@ -87,7 +88,16 @@ def services(runner_factory, config):
 
 
 @pytest.fixture
-def open_stream(web_port):
+def open_stream(services, web_port):
+    """Opens streams on the gateway of ``services``, once its feed consumer
+    is connected: announcements made before its queue is bound reach no
+    one (best effort), and the tests count on every update."""
+    container = next(c for c in services.containers if c.service_cls is GatewayService)
+    live = next(d for d in container.dependencies if isinstance(d, LiveCounts))
+    deadline = time.monotonic() + 30
+    while not live.connected and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert live.connected, "the gateway's feed did not connect"
     streams = []
 
     def open_(query, headers=()):
