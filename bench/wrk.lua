@@ -2,6 +2,7 @@
 -- environment:
 --   BENCH_MODE   vote | voter | read | batch | page (GET BENCH_PREFIX, a path)
 --   BENCH_VOTER, BENCH_AUTH  voter mode: the voterId and its bearer token
+--   BENCH_CLIENTS voter mode: that many clients and voters instead of one
 --   BENCH_STOP   a file: once it exists, every new request is a harmless
 --                DELETE /vote (answered 405, never a vote), so that no vote
 --                is still in flight when wrk stops and every vote sent is
@@ -48,14 +49,24 @@ function init(args)
   elseif mode == "voter" then
     -- one voter (BENCH_AUTH: its bearer token), each post once: every
     -- vote counts as long as the pool outlasts the run
+    -- BENCH_CLIENTS > 0: instead, that many clients (voter c<n> behind the
+    -- address 10.x.y.z in X-Forwarded-For), each request the next one's
     local voter = os.getenv("BENCH_VOTER") or "bench"
+    local clients = tonumber(os.getenv("BENCH_CLIENTS") or "0")
     local headers = {}
     local auth = os.getenv("BENCH_AUTH") or ""
     if auth ~= "" then headers["Authorization"] = "Bearer " .. auth end
     for i = 0, posts - 1 do
+      local who = voter
+      if clients > 0 then
+        local c = (i + offset) % clients
+        who = "c" .. c
+        headers["X-Forwarded-For"] = string.format(
+          "10.%d.%d.%d", math.floor(c / 65536) % 256, math.floor(c / 256) % 256, c % 256)
+      end
       requests_[#requests_ + 1] = wrk.format(
         "GET", "/vote?postId=" .. prefix .. ((i + offset) % posts)
-          .. "&score=1&voterId=" .. voter, headers)
+          .. "&score=1&voterId=" .. who, headers)
     end
   elseif mode == "read" then
     for i = 0, posts - 1 do

@@ -1,7 +1,8 @@
 """What voter tokens and rate limits cost single votes: wrk GET /vote with
 a voterId (and its bearer token) on the gateway restarted with neither,
-both, tokens alone, rate limits alone, then neither again; every 202
-counted."""
+both, tokens alone, rate limits alone, rate limits with every vote from a
+new client (X-Forwarded-For from a trusted proxy, and a new voterId), then
+neither again; every 202 counted."""
 import time
 
 import jwt
@@ -15,13 +16,20 @@ VOTER = "bench"
 NEVER = "1000000000/hour"
 BOTH = {"VOTER_TOKEN_SECRET": SECRET, "RATE_LIMIT_PER_ADDRESS": NEVER,
         "RATE_LIMIT_PER_VOTER": NEVER}
-# both right after neither, since later runs met more load from elsewhere
+# more clients than requests: every vote comes from a client (and voter)
+# new to its limits, so no lease helps
+CLIENTS = 1_000_000
+# both right after neither, since later runs met more load from elsewhere;
+# (name, settings, wrk environment)
 SETUPS = (
-    ("neither", {}),
-    ("tokens + rate limits", BOTH),
-    ("tokens", {"VOTER_TOKEN_SECRET": SECRET}),
-    ("rate limits", {"RATE_LIMIT_PER_ADDRESS": NEVER, "RATE_LIMIT_PER_VOTER": NEVER}),
-    ("neither", {}),
+    ("neither", {}, {}),
+    ("tokens + rate limits", BOTH, {}),
+    ("tokens", {"VOTER_TOKEN_SECRET": SECRET}, {}),
+    ("rate limits", {"RATE_LIMIT_PER_ADDRESS": NEVER, "RATE_LIMIT_PER_VOTER": NEVER}, {}),
+    ("rate limits, every vote a new client",
+     {"RATE_LIMIT_PER_ADDRESS": NEVER, "RATE_LIMIT_PER_VOTER": NEVER,
+      "TRUSTED_PROXIES": "127.0.0.1"}, {"BENCH_CLIENTS": str(CLIENTS)}),
+    ("neither", {}, {}),
 )
 
 
@@ -32,14 +40,15 @@ def run(bench):
     token = jwt.encode({"sub": VOTER, "aud": "votes", "exp": int(time.time()) + 3600},
                        SECRET, algorithm="HS256")
     results = []
-    for n, (name, settings) in enumerate(SETUPS):
+    for n, (name, settings, wrk_env) in enumerate(SETUPS):
         bench.env.restart_service("gateway", **settings)
         bench.env.services["gateway"].wait_http("/vote-counts?postId=bench-ready",
                                                 60, {404})
         prefix = "t{}-".format(n)
         result = bench.vote_run("trust {} {}".format(n, name), connections, prefix,
                                 posts=posts, mode="voter",
-                                script_env={"BENCH_VOTER": VOTER, "BENCH_AUTH": token})
+                                script_env=dict({"BENCH_VOTER": VOTER, "BENCH_AUTH": token},
+                                                **wrk_env))
         if result.count(202) >= posts:
             bench.problems.append("trust {}: the pool of {} posts ran out".format(
                 name, posts))
