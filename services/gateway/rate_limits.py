@@ -60,8 +60,9 @@ ADDRESS_CACHE = 4096  # parsed client addresses kept
 # LEASE_SHARE of what is left of it, at most MAX_LEASE votes, counted in
 # Redis at once and spent by this process without asking Redis again until
 # the window ends. The total never exceeds a limit; a lease left unspent
-# refuses its identity that many votes early. Limits below about 200 get
-# no lease (1% of their headroom is under one vote).
+# refuses its identity that many votes early. No lease is taken when fewer
+# than 100 votes would be left (1% of that is under one vote), so limits of
+# 100 or less are exact.
 LEASE_SHARE = 0.01
 MAX_LEASE = 50
 MAX_LEASES = 10_000  # identities whose leases this process keeps
