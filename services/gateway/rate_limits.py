@@ -266,18 +266,18 @@ class RateLimiter(DependencyProvider):
         counted and logged, when Redis does not answer. A check that this
         process's leases cover takes from them and asks nothing."""
         now = time.monotonic()
-        keys = [_key(rate, identity) for rate, identity, _ in limits]
-        leases = [self.leases.get(key) for key in keys]
+        check = [(_key(rate, identity), rate, cost) for rate, identity, cost in limits]
+        leases = [self.leases.get(key) for key, _, _ in check]
         if all(lease is not None and lease[1] > now and lease[0] >= cost
-               for lease, (_, _, cost) in zip(leases, limits, strict=True)):
-            for lease, (_, _, cost) in zip(leases, limits, strict=True):
+               for lease, (_, _, cost) in zip(leases, check, strict=True)):
+            for lease, (_, _, cost) in zip(leases, check, strict=True):
                 lease[0] -= cost
             return 0, 0, 0
         if now < self.paused_until:
             metrics.rate_limit_errors.inc()
             return 0, 0, 0
         try:
-            return self.group.submit(limits)
+            return self.group.submit(check)
         except Exception as exc:
             self._failed(exc)
             return 0, 0, 0
@@ -294,19 +294,18 @@ class RateLimiter(DependencyProvider):
     def _flush(self, checks):
         self._connect()
         if self.cluster:
-            return [self._run_apart(limits) for limits in checks]
+            return [self._run_apart(check) for check in checks]
         keys = {}
-        encoded = [[[keys.setdefault(_key(rate, identity), len(keys) + 1),
-                     rate.limit, rate.seconds * 1000, cost]
-                    for rate, identity, cost in limits] for limits in checks]
+        encoded = [[[keys.setdefault(key, len(keys) + 1), rate.limit, rate.seconds * 1000, cost]
+                    for key, rate, cost in check] for check in checks]
         sent = time.monotonic()
         replies = self._call(list(keys), encoded)
         results, at = [], 0
-        for limits in checks:
+        for check in checks:
             results.append(tuple(replies[at:at + 3]))
             at += 3
-            for rate, identity, _ in limits:
-                self._leased(_key(rate, identity), replies[at], replies[at + 1], sent)
+            for key, _, _ in check:
+                self._leased(key, replies[at], replies[at + 1], sent)
                 at += 2
         return results
 
@@ -327,9 +326,8 @@ class RateLimiter(DependencyProvider):
             del self.leases[next(iter(self.leases))]
         self.leases[key] = lease
 
-    def _run_apart(self, limits):
-        for position, (rate, identity, cost) in enumerate(limits, 1):
-            key = _key(rate, identity)
+    def _run_apart(self, check):
+        for position, (key, rate, cost) in enumerate(check, 1):
             sent = time.monotonic()
             got = self._call([key], [[[1, rate.limit, rate.seconds * 1000, cost]]])
             if got[0]:
