@@ -188,12 +188,13 @@ class Fanout:
             self.unsubscribe(subscription)
 
     def announce(self, payload):
-        """Hand one counts_changed payload to the subscribers concerned."""
+        """Hand one counts_changed payload to the subscribers concerned;
+        returns its well-formed posts' counts."""
         posts = [counts for counts in payload.get("posts") or ()
                  if isinstance(counts, dict) and "postId" in counts]
         top = payload.get("top")
         if not posts and top is None:
-            return
+            return posts
         self.announcements += 1
         event_id = self.next_id()
         if isinstance(top, list) and self._top_followers:
@@ -207,6 +208,7 @@ class Fanout:
                 if update is None:
                     update = Update(event_id, COUNTS, counts)
                 subscription._put((COUNTS, post_id), update)
+        return posts
 
     def _announce_top(self, event_id, top):
         by_size = {}  # top N -> (post ids in order, the Update)
@@ -294,12 +296,7 @@ class LiveCounts(DependencyProvider):
     def _on_message(self, body, message):
         try:
             if isinstance(body, dict):
-                self.fanout.announce(body)
-                if isinstance(body.get("posts"), list):
-                    self.cache.announced(
-                        [counts for counts in body["posts"]
-                         if isinstance(counts, dict) and "postId" in counts],
-                        body.get("at"))
+                self.cache.announced(self.fanout.announce(body), body.get("at"))
         except Exception:
             _log.exception("could not fan out a counts_changed event")
 
