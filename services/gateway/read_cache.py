@@ -17,10 +17,15 @@ always answered from the copy. ``voterId`` reads
 (``myVote``) and ``/posts/top`` never use it.
 """
 import collections
+import logging
 import math
 import time
 
+import eventlet
+
 from services.settings import number
+
+_log = logging.getLogger(__name__)
 
 TTL_CONFIG_KEY = "READ_CACHE_TTL"
 SIZE_CONFIG_KEY = "READ_CACHE_SIZE"
@@ -68,8 +73,7 @@ class CountsCache:
     def due(self, post_id):
         """Whether a held post is now due to be read again in the
         background: past REFRESH_AT of its entry's life, and not due
-        already. It
-        then waits for ``refresh``."""
+        already. It then waits for ``refresh``."""
         entry = self.entries.get(post_id)
         if entry is None or post_id in self.refreshing or \
                 self.clock() - entry[1] <= self.ttl * REFRESH_AT:
@@ -77,6 +81,22 @@ class CountsCache:
         self.refreshing.add(post_id)
         self.due_posts.append(post_id)
         return True
+
+    def refresh_in_background(self, read_many):
+        """Run ``refresh`` in a thread of its own, unless one runs already
+        (it takes what falls due meanwhile)."""
+        if self.refresher is None:
+            self.refresher = eventlet.spawn(self._refresh_thread, read_many)
+
+    def _refresh_thread(self, read_many):
+        try:
+            self.refresh(read_many)
+        except Exception as exc:
+            _log.debug("background read of counts failed: %r", exc)
+        finally:
+            self.refresher = None
+            if self.due_posts:  # fell due after the last batch was taken
+                self.refresh_in_background(read_many)
 
     def refresh(self, read_many):
         """Read the due posts again, REFRESH_BATCH at a time, with

@@ -1,9 +1,7 @@
 import itertools
-import logging
 import os
 import time
 
-import eventlet
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Response
 
@@ -61,22 +59,6 @@ def _vote_fields(request):
         return schemas.vote_from_json(schemas.parse_json(request.get_data()))
     return schemas.vote_from_query(
         request.values if request.method == "POST" else request.args)
-
-
-_log = logging.getLogger(__name__)
-
-
-def _refresh(cache, votes_rpc):
-    """Read the copy's due posts again, off the requests' path (one thread
-    while any are due); a failed read leaves its entries to run out."""
-    try:
-        cache.refresh(votes_rpc.counts_many)
-    except Exception as exc:
-        _log.debug("background read of counts failed: %r", exc)
-    finally:
-        cache.refresher = None
-        if cache.due_posts:  # fell due after the last batch was taken
-            cache.refresher = eventlet.spawn(_refresh, cache, votes_rpc)
 
 
 class GatewayService:
@@ -169,8 +151,8 @@ class GatewayService:
                 sent = cache.clock()
                 counts = self.votes_rpc.counts(query.postId, None)
                 cache.put(query.postId, counts, sent)
-            elif cache.due(query.postId) and cache.refresher is None:
-                cache.refresher = eventlet.spawn(_refresh, cache, self.votes_rpc)
+            elif cache.due(query.postId):
+                cache.refresh_in_background(self.votes_rpc.counts_many)
         else:
             counts = self.votes_rpc.counts(query.postId, query.voterId)
         if counts is None:
