@@ -513,7 +513,7 @@ class VoteStorage:
         ...]: every key named once in KEYS, the votes as one JSON argument
         (far cheaper to pack than a few arguments each)."""
         keys = []
-        index = {}  # key -> its index in KEYS (Lua counts from 1)
+        once_slots = {}  # an Idempotency-Key's key -> its index in KEYS
         tops = {}   # bucket -> the index of its top key
         packed_parts = []
         # a post's voters and retracted keys only if a voter votes on it
@@ -538,10 +538,10 @@ class VoteStorage:
                 slot = 0
                 if vote.key is not None:
                     once_key = contracts.once_key(bucket, vote.key)
-                    slot = index.get(once_key)
+                    slot = once_slots.get(once_key)
                     if slot is None:
                         keys.append(once_key)
-                        slot = index[once_key] = len(keys)
+                        slot = once_slots[once_key] = len(keys)
                 packed.append([vote.postId, vote.score, vote.voterId or "",
                                str(vote.ts), vote.voteId, slot, vote.fp or "", base,
                                -1 if vote.createdAt is None else vote.createdAt])
@@ -620,8 +620,8 @@ class VoteStorage:
             if self.writes.cluster:  # a script may touch one slot only
                 calls = [by_bucket[bucket] for bucket in sorted(by_bucket)]
             else:  # one server: one call (none when every vote was a conflict)
-                calls = [[part for bucket in sorted(by_bucket) for part in by_bucket[bucket]]]
-                calls = [call for call in calls if call]
+                call = [part for bucket in sorted(by_bucket) for part in by_bucket[bucket]]
+                calls = [call] if call else []
             replies = self.writes.run([self._command([part for _, part in call])
                                        for call in calls])
         except REDIS_ERRORS as exc:
