@@ -95,3 +95,19 @@ def test_the_copy_is_emptied_when_the_feed_comes_back(gateway, web_session, rabb
     assert "c3" not in live.cache.entries
     assert live.connected
     assert wait_for_counts(web_session, {"c3": counts("c3", 1, 0)}) == {"c3": counts("c3", 1, 0)}
+
+
+def test_a_flood_of_made_up_posts_stays_within_the_copys_size(
+        runner_factory, config, web_session):
+    """Reads of posts nobody voted on are answered 404 each, and the copy
+    holds no more than READ_CACHE_SIZE of them."""
+    config["READ_CACHE_SIZE"] = 50
+    runner = runner_factory(config, GatewayService, VotesService)
+    runner.start()
+    container = next(c for c in runner.containers if c.service_cls is GatewayService)
+    live = next(d for d in container.dependencies if isinstance(d, LiveCounts))
+    for n in range(300):
+        assert read(web_session, "ghost-{}".format(n)) == (404, {
+            "error": "POST_NOT_FOUND", "message": "post ghost-{} has no votes".format(n)})
+    assert len(live.cache.entries) == 50
+    assert list(live.cache.entries) == ["ghost-{}".format(n) for n in range(250, 300)]
