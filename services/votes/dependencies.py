@@ -157,8 +157,10 @@ end
 # in several events of the group is ranked once. Returns applied, replayed
 # and conflicts for each part, in order.
 APPLY_SCRIPT = RANKINGS_LUA + """
--- every input is checked before the first write: an error that can be
--- foreseen changes nothing, so a retry can never add a vote twice
+-- Every input is checked, and every vote worked out, before the first
+-- write: Redis does not undo a script that stops with an error, so an
+-- error of any kind, foreseen or not, must find nothing written, or a
+-- retry could skip or double a vote. The writes follow, each key once.
 local mark_ttl, once_ttl = tonumber(ARGV[1]), tonumber(ARGV[3])
 local skew, retract_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 if not (mark_ttl and mark_ttl >= 1 and once_ttl and once_ttl >= 1
@@ -171,10 +173,46 @@ local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local function later(ts, id, than_ts, than_id)
   return ts > than_ts or (ts == than_ts and id > than_id)
 end
+-- The store as this call leaves it: hash fields read or written (false:
+-- none), and what must be written at the end, in order.
+local fields, dirty, dirty_keys = {}, {}, {}
+local function hget(key, field)
+  local known = fields[key]
+  if not known then
+    known = {}
+    fields[key] = known
+  end
+  local value = known[field]
+  if value == nil then
+    value = redis.call('HGET', key, field)
+    known[field] = value
+  end
+  return value
+end
+local function hset(key, field, value)  -- value false: deleted
+  local known = fields[key]
+  if not known then
+    known = {}
+    fields[key] = known
+  end
+  known[field] = value
+  local changed = dirty[key]
+  if not changed then
+    changed = {}
+    dirty[key] = changed
+    dirty_keys[#dirty_keys + 1] = key
+  end
+  changed[field] = true
+end
+local new_marks, old_marks, marked = {}, {}, {}
+local once_values, new_once = {}, {}
+local expiring, expiring_keys = {}, {}
+-- count changes per post: id -> {up, down, post key, creation time}
+local deltas, posts = {}, {}
 local results = {}
 -- the posts whose counts changed, per bucket (by the index of its top key);
--- a post id is in one bucket only, so counts need no bucket
-local changed, buckets, counts = {}, {}, {}
+-- a post id is in one bucket only
+local changed, buckets = {}, {}
 for _, part in ipairs(parts) do
   local mark = KEYS[part[1]]
   local applied, replayed, conflicts = 0, 0, 0
@@ -184,16 +222,21 @@ for _, part in ipairs(parts) do
     changed[part[2]] = bucket_changed
     buckets[#buckets + 1] = part[2]
   end
-  -- the part's mark is its first write
-  if not redis.call('SET', mark, '1', 'NX', 'EX', mark_ttl) then
-    redis.call('SET', mark, '1', 'XX', 'KEEPTTL')
+  if marked[mark] then
+    -- the same event twice in one call: the second is a replay
+  elseif redis.call('EXISTS', mark) == 1 then
+    -- a replay rewrites its mark, so that a WAIT after it covers the
+    -- write that set it
+    marked[mark] = true
+    old_marks[#old_marks + 1] = mark
   else
+    marked[mark] = true
+    new_marks[#new_marks + 1] = mark
     local once, seen = {}, {}
     for _, vote in ipairs(part[3]) do
       local post_id, score, voter, vote_id = vote[1], vote[2], vote[3], vote[5]
       -- the post's key; for a voter's vote its voters and retracted keys follow
       local base = vote[8]
-      local post_key = KEYS[base]
       local fresh = true
       if vote[6] > 0 then
         -- a vote sent with an Idempotency-Key: applied once per key, whatever
@@ -201,14 +244,15 @@ for _, part in ipairs(parts) do
         local once_key = KEYS[vote[6]]
         local state = once[once_key]
         if state == nil then
-          local prior = redis.call('GET', once_key)
+          local prior = once_values[once_key]
+          if prior == nil then prior = redis.call('GET', once_key) end
           if prior == false then
-            redis.call('SET', once_key, vote[7], 'EX', once_ttl)
+            once_values[once_key] = vote[7]
+            new_once[#new_once + 1] = once_key
             state = 'new'
-          elseif prior == vote[7] then
-            state = 'replay'
           else
-            state = 'conflict'
+            once_values[once_key] = prior
+            if prior == vote[7] then state = 'replay' else state = 'conflict' end
           end
           once[once_key] = state
         end
@@ -232,7 +276,7 @@ for _, part in ipairs(parts) do
           if ts > now + skew then ts = now end
           local ts_text = string.format('%.0f', ts)
           local newer, prev_score = true, 0
-          local prev = redis.call('HGET', voters_key, voter)
+          local prev = hget(voters_key, voter)
           if prev then
             local pts, pid, ps = string.match(prev, '^(%d+):([^:]+):(-?%d)$')
             if pts then
@@ -241,20 +285,23 @@ for _, part in ipairs(parts) do
             end
           else
             -- a recent retraction outranks an older vote that arrives late
-            local gone = redis.call('HGET', retracted_key, voter)
+            local gone = hget(retracted_key, voter)
             if gone then
               local gts, gid = string.match(gone, '^(%d+):([^:]+)$')
               if gts then newer = later(ts, vote_id, tonumber(gts), gid) end
-              if newer and score ~= 0 then redis.call('HDEL', retracted_key, voter) end
+              if newer and score ~= 0 then hset(retracted_key, voter, false) end
             end
           end
           if newer then
             if score == 0 then
-              if prev then redis.call('HDEL', voters_key, voter) end
-              redis.call('HSET', retracted_key, voter, ts_text .. ':' .. vote_id)
-              redis.call('EXPIRE', retracted_key, retract_ttl)
+              if prev then hset(voters_key, voter, false) end
+              hset(retracted_key, voter, ts_text .. ':' .. vote_id)
+              if not expiring[retracted_key] then
+                expiring[retracted_key] = true
+                expiring_keys[#expiring_keys + 1] = retracted_key
+              end
             else
-              redis.call('HSET', voters_key, voter, ts_text .. ':' .. vote_id .. ':' .. score)
+              hset(voters_key, voter, ts_text .. ':' .. vote_id .. ':' .. score)
             end
             if prev_score == 1 then up = -1 elseif prev_score == -1 then down = -1 end
             if score == 1 then up = up + 1 elseif score == -1 then down = down + 1 end
@@ -262,10 +309,9 @@ for _, part in ipairs(parts) do
         end
         -- no change, no write: retracting nothing creates no post
         if up ~= 0 or down ~= 0 then
-          local u = redis.call('HINCRBY', post_key, 'upvote', up)
-          local d = redis.call('HINCRBY', post_key, 'downvote', down)
-          if counts[post_id] then
-            counts[post_id][1], counts[post_id][2] = u, d
+          local delta = deltas[post_id]
+          if delta then
+            delta[1], delta[2] = delta[1] + up, delta[2] + down
           else
             -- the creation time is set once: by the first vote that counts
             -- (its own createdAt, else its time), or by set_created_at
@@ -276,7 +322,8 @@ for _, part in ipairs(parts) do
             if created < 0 then
               created = math.floor(math.min(tonumber(vote[4]), now) / 1000000)
             end
-            counts[post_id] = {u, d, created}
+            deltas[post_id] = {up, down, KEYS[base], created}
+            posts[#posts + 1] = post_id
             bucket_changed[#bucket_changed + 1] = post_id
           end
         end
@@ -286,6 +333,37 @@ for _, part in ipairs(parts) do
   results[#results + 1] = applied
   results[#results + 1] = replayed
   results[#results + 1] = conflicts
+end
+-- the writes; the marks first, so that if memory is short (the first write
+-- of a script is refused then) nothing is written
+local function call_chunked(command, key, args)  -- unpack() has a bounded stack
+  for first = 1, #args, 1000 do
+    redis.call(command, key, unpack(args, first, math.min(#args, first + 999)))
+  end
+end
+for _, mark in ipairs(new_marks) do redis.call('SET', mark, '1', 'EX', mark_ttl) end
+for _, mark in ipairs(old_marks) do redis.call('SET', mark, '1', 'XX', 'KEEPTTL') end
+for _, key in ipairs(new_once) do redis.call('SET', key, once_values[key], 'EX', once_ttl) end
+for _, key in ipairs(dirty_keys) do
+  local set, gone, known = {}, {}, fields[key]
+  for field in pairs(dirty[key]) do
+    local value = known[field]
+    if value then
+      set[#set + 1] = field
+      set[#set + 1] = value
+    else
+      gone[#gone + 1] = field
+    end
+  end
+  if #set > 0 then call_chunked('HSET', key, set) end
+  if #gone > 0 then call_chunked('HDEL', key, gone) end
+end
+for _, key in ipairs(expiring_keys) do redis.call('EXPIRE', key, retract_ttl) end
+local counts = {}
+for _, post_id in ipairs(posts) do
+  local delta = deltas[post_id]
+  counts[post_id] = {redis.call('HINCRBY', delta[3], 'upvote', delta[1]),
+                     redis.call('HINCRBY', delta[3], 'downvote', delta[2]), delta[4]}
 end
 for _, top in ipairs(buckets) do
   if #changed[top] > 0 then

@@ -439,7 +439,18 @@ def test_events_applied_in_groups_end_as_applied_one_by_one(storage):
             [p[1:] for p in order if p[0] == "s"], sort
 
 
-class _Poisoned(VoteStorage):
+class _OtherScript(VoteStorage):
+    """The store with a changed apply script (``script``)."""
+
+    script = dependencies.APPLY_SCRIPT
+
+    def _command(self, parts):
+        command = super()._command(parts)
+        return command._replace(args=("EVALSHA", dependencies._sha(self.script),
+                                      *command.args[2:]), script=self.script)
+
+
+class _Poisoned(_OtherScript):
     """A script that fails on a part with the post 'poison', before the
     part's first write: an error it does not foresee, in a shared call."""
 
@@ -448,11 +459,6 @@ class _Poisoned(VoteStorage):
         "  local mark = KEYS[part[1]]\n"
         "  for _, v in ipairs(part[3]) do if v[1] == 'poison' then error('poisoned') end end\n",
         1)
-
-    def _command(self, parts):
-        command = super()._command(parts)
-        return command._replace(args=("EVALSHA", dependencies._sha(self.script),
-                                      *command.args[2:]), script=self.script)
 
 
 def test_an_event_the_script_cannot_apply_fails_alone(storage):
@@ -479,3 +485,48 @@ def test_an_event_the_script_cannot_apply_fails_alone(storage):
     assert storage.counts_many([("ok{}".format(n), None) for n in innocent]) == [
         {"postId": "ok{}".format(n), "upvote": 1, "downvote": 0, "score": 1}
         for n in innocent]
+
+
+class _FailsPartWay(_OtherScript):
+    """A script with a bug that strikes part way through a part: its
+    mark, a keyed vote and a voter's vote worked out, then an error."""
+
+    script = dependencies.APPLY_SCRIPT.replace(
+        "      if fresh then\n        applied = applied + 1\n",
+        "      if fresh then\n        if post_id == 'poison' then error('a bug') end\n"
+        "        applied = applied + 1\n",
+        1)
+
+
+def test_a_script_error_part_way_writes_nothing(storage):
+    """Redis does not undo what a script wrote before it stopped with an
+    error. The apply script writes only once every vote is worked out, so
+    a bug that strikes part way leaves no mark and no count, and the
+    event, applied again, counts each of its votes once."""
+    buggy = _FailsPartWay(storage.client, storage.limits)
+    assert "error('a bug')" in buggy.script
+    # one part: every post in the poison's bucket
+    bucket = contracts.bucket_of("poison", storage.buckets)
+    pw = [p for p in ("pw{}".format(n) for n in range(1000))
+          if contracts.bucket_of(p, storage.buckets) == bucket][:4]
+    key = rules.key_id("part-way")
+    fp = rules.fingerprint([(pw[0], 1, None)])
+    votes = [schemas.parse_vote(v) for v in (
+        make_vote(postId=pw[0], voteId=key, key=key, fp=fp),
+        make_vote(postId=pw[1], voterId="v1", score=-1),
+        make_vote(postId=pw[2]),
+        make_vote(postId="poison"),
+        make_vote(postId=pw[3], voterId="v1", score=0))]
+    posts = [(pw[0], None), (pw[1], "v1"), (pw[2], None), ("poison", None)]
+    with pytest.raises(redis.ResponseError, match="a bug"):
+        buggy.apply("part-way", votes)
+    assert storage.counts_many(posts) == [None] * 4
+    assert storage.client.exists(contracts.applied_key(
+        bucket, "part-way")) == 0
+    assert tuple(storage.apply("part-way", votes)) == (5, 0, 0)
+    assert tuple(storage.apply("part-way", votes)) == (0, 0, 0)
+    assert storage.counts_many(posts) == [
+        {"postId": pw[0], "upvote": 1, "downvote": 0, "score": 1},
+        {"postId": pw[1], "upvote": 0, "downvote": 1, "score": -1, "myVote": -1},
+        {"postId": pw[2], "upvote": 1, "downvote": 0, "score": 1},
+        {"postId": "poison", "upvote": 1, "downvote": 0, "score": 1}]
