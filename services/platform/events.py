@@ -262,6 +262,9 @@ class ReliableEventHandler(EventHandler):
         except ValueError as exc:
             self.dead_letter(message, "invalid payload: {}".format(exc))
             return
+        # the decoded body is not needed again (a dead letter copies the raw
+        # one): up to MAX_WORKERS events wait with their messages
+        message._decoded_cache = None
         self._spawn(payload, message, attempt=1)
 
     def _spawn(self, payload, message, attempt):

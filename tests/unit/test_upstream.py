@@ -175,6 +175,11 @@ def test_kombu_connection_and_consumer_shapes():
     assert "on_decode_error" in params(kombu.Consumer.__init__)
     assert "confirm_timeout" in params(kombu.Producer.publish)
     assert "expiration" in source(kombu.Producer.publish)
+    # ReliableEventHandler drops a message's decoded body once it is parsed
+    # (the raw body stays, for a dead letter); payload decodes it again
+    assert "_decoded_cache" in kombu.message.Message.__slots__
+    assert "self._decoded_cache if self._decoded_cache else self.decode()" in source(
+        kombu.message.Message.payload.fget)
 
 
 def test_event_handler_and_rpc_hooks():

@@ -1,6 +1,7 @@
 """The votes service and its event entrypoint, with fakes (no broker, no Redis)."""
 from unittest import mock
 
+import kombu
 import pytest
 from nameko.testing.services import worker_factory
 
@@ -106,6 +107,23 @@ def test_invalid_payload_never_reaches_a_worker(handler, mock_container):
     assert kwargs["headers"]["x-dead-letter-reason"].startswith(
         "invalid payload: id: Field required")
     handler.queue_consumer.ack_message.assert_called_once_with(message)
+
+
+def test_a_valid_event_waits_for_its_worker_as_slotted_votes(handler, mock_container):
+    """What a waiting event holds: its raw body (for a dead letter) and
+    its parsed votes, without __dict__; not the decoded body."""
+    message = kombu.Message(body=b'{}', headers={},
+                            delivery_info={"routing_key": contracts.VOTE_CAST})
+    event = make_event(make_vote(), make_vote(voterId="v1"))
+    message._decoded_cache = event
+    handler.handle_message(event, message)
+
+    (_, (payload,), _), _ = mock_container.spawn_worker.call_args
+    assert payload.id == event["id"]
+    assert [(v.voteId, v.voterId) for v in payload.votes] == [
+        (v["voteId"], v.get("voterId")) for v in event["votes"]]
+    assert not any(hasattr(v, "__dict__") for v in payload.votes)
+    assert message._decoded_cache is None and message.body == b'{}'
 
 
 def test_transient_failure_is_retried_not_acked(handler, mock_container):
