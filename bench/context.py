@@ -64,6 +64,7 @@ class Bench:
         self.wrk = wrk_path
         self.rabbit = rabbitmq_pid()
         self.figures = {}
+        self.series = {}  # name -> [figure of each run] (the targets table)
         self.max_other = 0.0
         self.started = time.perf_counter()
 
@@ -74,6 +75,10 @@ class Bench:
         print("[{:4.0f} s] {}: {}{}".format(
             time.perf_counter() - self.started, what, figure,
             " ({})".format(key) if key else ""), flush=True)
+
+    def runs(self, name, value):
+        """One run's figure of a measurement repeated ``rounds`` times."""
+        self.series.setdefault(name, []).append(value)
 
     def watch(self, *names):
         pids = {}

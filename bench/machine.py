@@ -72,6 +72,17 @@ def machine_info():
     }
 
 
+def tree_of(commit, folder):
+    """A copy of ``commit``'s files (git archive) in ``folder``/``commit``,
+    to run its services beside this tree's."""
+    tree = folder / commit
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
 def code_version():
     """The commit measured, and whether the services differ from it."""
     try:

@@ -23,6 +23,7 @@ from bench.phases import (
     reads,
     single,
     streams,
+    targets,
     trust,
 )
 from harness.process import GATEWAY, ROOT, VOTES
@@ -57,6 +58,8 @@ PROFILES = {
         "mq_cluster": True,     # boot four private RabbitMQ nodes
         "rankings_sizes": (10, 500),  # votes per event of the rankings drains
         "rankings_rounds": 3,         # drains per side and size; the best counts
+        "rounds": 3,            # runs of single votes, reads, latency (medians)
+        "targets_cpu": True,    # drains against the votes service of targets.BASELINE
     },
     "quick": {
         "window": 1.0,
@@ -83,6 +86,8 @@ PROFILES = {
         "mq_cluster": False,
         "rankings_sizes": (500,),
         "rankings_rounds": 1,
+        "rounds": 1,
+        "targets_cpu": False,
     },
 }
 
@@ -101,6 +106,7 @@ PHASES = (
     ("streams", streams.run),
     ("trust", trust.run),
     ("rankings", rankings.run),
+    ("targets", lambda bench: bench.p["targets_cpu"] and targets.run(bench)),
 )
 # phases that use a figure of another
 NEEDS = {"drain": "single", "latency": "single"}
@@ -128,7 +134,7 @@ def _on_sigterm(signum, frame):
     raise Interrupted("signal {}".format(signum))
 
 
-def render(info, versions, rows, notes, elapsed, mode):
+def render(info, versions, rows, notes, elapsed, mode, after=()):
     lines = [
         "vote bench ({}) {}".format(mode, info["date"]),
         "machine: nproc {} | {} | {} | kernel {} | load {} at start".format(
@@ -149,6 +155,8 @@ def render(info, versions, rows, notes, elapsed, mode):
     lines.append("")
     for note in notes:
         lines.append("note: " + note)
+    if after:
+        lines += [""] + list(after) + [""]
     lines.append("bench took {:.0f} s; load average {} at the end".format(
         elapsed, "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())))
     return "\n".join(lines)
@@ -206,7 +214,7 @@ def main(argv=None):
         checks.redis_stalls(bench)
         ok = checks.correctness(bench)
         text = render(info, soft, bench.rows, bench.notes,
-                      time.perf_counter() - started, mode)
+                      time.perf_counter() - started, mode, targets.table(bench))
         print()
         print(text)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

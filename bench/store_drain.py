@@ -79,11 +79,11 @@ class Store:
     def client(self):
         return self.server.client()
 
-    def counted(self, client, posts):
+    def counted(self, client, posts, post_key=contracts.post_key):
         total = 0
         with client.pipeline(transaction=False) as pipe:
             for post in posts:
-                pipe.hmget(contracts.post_key(post), "upvote", "downvote")
+                pipe.hmget(post_key(post), "upvote", "downvote")
             for up, down in pipe.execute():
                 total += int(up or 0) + int(down or 0)
         return total
@@ -95,10 +95,12 @@ class Store:
             self.server.stop()
 
 
-def drain(store, size, total, n_posts, base_config, folder, vhosts, root=None):
+def drain(store, size, total, n_posts, base_config, folder, vhosts, root=None,
+          post_key=contracts.post_key):
     """(votes/s, CPU s per vote, events, seconds from start) of one row;
     its posts are its own, so rows can share a store. ``root``: the
-    checkout whose votes service runs (by default this one)."""
+    checkout whose votes service runs (by default this one); ``post_key``:
+    its key of a post's counts."""
     vhost = vhosts.take()
     amqp_uri = rabbit.amqp_uri(AMQP_HOST, vhost)
     client = store.client()
@@ -121,7 +123,7 @@ def drain(store, size, total, n_posts, base_config, folder, vhosts, root=None):
         cpu_first = cpu_done = None
         deadline = start + SETTLE_TIMEOUT
         while time.perf_counter() < deadline:
-            got = store.counted(client, posts)
+            got = store.counted(client, posts, post_key)
             now = time.perf_counter()
             cpu = cpu_seconds(votes.pid)
             if got and first is None:

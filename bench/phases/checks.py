@@ -58,6 +58,7 @@ def correctness(bench):
         store.close()
     expected = sum(bench.accepted.values())
     dead, _ = bench.env.queue_depth(contracts.DEAD_LETTER_QUEUE)
+    bench.figures["counted"], bench.figures["accepted"] = total, expected
     if total != expected:
         bench.problems.append("Redis counts {} votes, {} were answered 202".format(
             total, expected))

@@ -8,28 +8,36 @@ from bench.context import cpu_note, fmt
 
 
 def run(bench):
+    for turn in range(bench.p["rounds"]):
+        _once(bench, turn + 1)
+
+
+def _once(bench, turn):
     rate = bench.figures["max_single"] / 2
+    phase = "latency run {}".format(turn)
     host, port = bench.host_port("gateway")
     duration = bench.p["latency_window"]
     meter = bench.cpu_meter("gateway", "votes")
     rewrites_before = aof_rewrites(bench)
     stats = client.latency(host, port, bench.env.redis_uri, rate, duration,
-                           probe_rate=bench.p["probe_rate"])
+                           probe_rate=bench.p["probe_rate"],
+                           background_prefix="lt{}-".format(turn),
+                           probe_prefix="lp{}-".format(turn))
     cpu = meter.shares()
     rewrites = aof_rewrites(bench) - rewrites_before
     bench.env.sample_memory()
     bench.note_other(cpu)
-    bench.accepted["latency"] = stats["accepted"]
-    background = ["lt-{}".format(i) for i in range(1000)]
+    bench.accepted[phase] = stats["accepted"]
+    background = ["lt{}-{}".format(turn, i) for i in range(1000)]
     probes = stats["probes"]
     refused = sum(n for code, n in stats["failed"].items()
                   if isinstance(code, int) and code >= 500)
-    bench.settle("latency", background + probes, stats["accepted"], refused=refused)
+    bench.settle(phase, background + probes, stats["accepted"], refused=refused)
     if stats["lost"]:
-        bench.problems.append("latency: {} probes never became visible".format(
-            len(stats["lost"])))
+        bench.problems.append("{}: {} probes never became visible".format(
+            phase, len(stats["lost"])))
     if stats["failed"]:
-        bench.notes.append("latency: failed requests {}".format(stats["failed"]))
+        bench.notes.append("{}: failed requests {}".format(phase, stats["failed"]))
     # the API agrees with what was polled: each probe counts one upvote
     paths = ["/vote-counts?postId={}".format(post) for post in probes[:200]]
     for _attempt in range(5):  # a 503 says nothing about the counts
@@ -39,13 +47,14 @@ def run(bench):
         time.sleep(0.5)
     wrong = [a for a in answers if a[0] != 200 or a[1].get("upvote") != 1]
     if wrong:
-        bench.problems.append("latency: {} probes wrong in /vote-counts: {}".format(
-            len(wrong), wrong[:3]))
+        bench.problems.append("{}: {} probes wrong in /vote-counts: {}".format(
+            phase, len(wrong), wrong[:3]))
     visible = stats["visible_ms"]
     achieved = stats["sent"] / stats["send_seconds"]
     p50, p99 = client.percentile(visible, 50), client.percentile(visible, 99)
     bench.figures["latency_p99"] = p99
-    bench.row("202 -> visible in /vote-counts, p50 / p99",
+    bench.runs("202 -> visible p99", p99)
+    bench.row("202 -> visible in /vote-counts, p50 / p99, run {}".format(turn),
               "{:.1f} / {:.1f} ms".format(p50, p99),
               "at {} votes/s".format(fmt(achieved)),
               "asyncio open loop GET /vote {:g} s at max/2; probes polled "
@@ -59,9 +68,9 @@ def run(bench):
                  stats["max_poll_gap_ms"], rewrites, cpu_note(cpu)))
     if stats["late_sends"]:
         bench.notes.append(
-            "latency: {} of {} votes sent more than 5 ms after their time "
+            "{}: {} of {} votes sent more than 5 ms after their time "
             "(max {:.1f} ms): the client shares the 2 cores".format(
-                stats["late_sends"], stats["sent"], stats["max_send_lag_ms"]))
+                phase, stats["late_sends"], stats["sent"], stats["max_send_lag_ms"]))
 
 
 def aof_rewrites(bench):

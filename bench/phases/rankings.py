@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bench import client, store_drain
 from bench.context import cpu_note, fmt
+from bench.machine import tree_of
 from harness import rabbit
 from harness.process import ROOT
 from harness.redis_server import RedisServer
@@ -28,22 +29,12 @@ PAGE = 100
 CONNECTIONS = 16
 
 
-def _baseline_tree(folder):
-    """A copy of BASELINE's files (git archive), to run its votes service."""
-    tree = folder / "baseline"
-    tree.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BASELINE],
-                             capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
-    return tree
-
-
 def drain_rows(bench):
     folder = Path(tempfile.mkdtemp(prefix="rankings-drain-"))
     vhosts = rabbit.VhostPool(prefix="bench", batch=1)
     total = bench.p["store_drain_votes"]
     try:
-        sides = (("before", _baseline_tree(folder)), ("rankings", None))
+        sides = (("before", tree_of(BASELINE, folder)), ("rankings", None))
         rounds = bench.p["rankings_rounds"]
         for size in bench.p["rankings_sizes"]:
             best = {}

@@ -30,3 +30,8 @@ def test_quick_bench_runs_and_counts_exactly(tmp_path):
     (line,) = [line for line in table.splitlines() if line.startswith("correctness")]
     counted, answered = re.search(r"PASS\s+([\d,]+) == ([\d,]+)", line).groups()
     assert counted == answered and int(counted.replace(",", "")) > 1000
+    # the targets table, in the throughput work's layout
+    assert "targets: the median of 1 run each" in table
+    assert "| lost or doubled | 0 | 0 | - | yes |" in table
+    assert "| votes-service CPU seconds per 100k applied votes | half of 1deb8e3's | n/a " \
+        "| not measured (--quick) | **no** |" in table
