@@ -69,7 +69,7 @@ def table(bench):
                      ", ".join("{:.2f}".format(r) for r in runs),
                      median is not None and median >= target, command))
 
-    wrk = "wrk -t2 -c{} -d{:g}s GET {} (bench/wrk.lua), the bare @http service, then the gateway"
+    wrk = "wrk -t1 -c{} {:g}s GET {} (bench/wrk.lua), the bare @http service, then the gateway"
     window = bench.p["window"]
     for c in (c16, c64):
         ratio("single votes / bare, {} connections".format(c), "votes/bare c{}".format(c),
