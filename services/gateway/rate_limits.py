@@ -56,20 +56,23 @@ PAUSE_AFTER_ERROR = 1.0  # seconds Redis is not asked after a failure
 LOG_INTERVAL = 10.0
 MAX_GROUP = 200       # checks per Redis call
 ADDRESS_CACHE = 4096  # parsed client addresses kept
-# An accepted check also takes a lease on each of its limits: up to
-# LEASE_SHARE of what is left of it, at most MAX_LEASE votes, counted in
-# Redis at once and spent by this process without asking Redis again until
-# the window ends. The total never exceeds a limit; a lease left unspent
-# refuses its identity that many votes early. No lease is taken when fewer
-# than 100 votes would be left (1% of that is under one vote), so limits of
-# 100 or less are exact.
+# An accepted check of an identity that has voted before in the window
+# also takes a lease on each such limit: up to LEASE_SHARE of what is left
+# of it, at most MAX_LEASE votes, counted in Redis at once and spent by
+# this process without asking Redis again until the window ends. The total
+# never exceeds a limit; a lease left unspent refuses its identity that many
+# votes early. No lease is taken when fewer than 100 votes would be left
+# (1% of that is under one vote), so limits of 100 or less are exact; nor
+# on an identity's first vote, so that one-time voters (most of a forum's)
+# strand no allowance and cost no bookkeeping.
 LEASE_SHARE = 0.01
 MAX_LEASE = 50
 MAX_LEASES = 10_000  # identities whose leases this process keeps
 
 # ARGV[1]: [[[key index, limit, window ms, cost], ...], ...]: checks, each
 # all-or-nothing over its limits; ARGV[2], ARGV[3]: the share of a limit's
-# headroom leased with an accepted check, and the most leased. Returns per
+# headroom leased with an accepted check (of a limit already used in its
+# window), and the most leased. Returns per
 # check: the position of the limit that refused it (0: accepted), that
 # limit's count, and the milliseconds left in its window; then, per limit,
 # the votes leased to the caller and the milliseconds its window has left.
@@ -95,7 +98,9 @@ for _, check in ipairs(cjson.decode(ARGV[1])) do
   for i, limit in ipairs(check) do
     local lease = 0
     if refused == 0 then
-      lease = math.max(0, math.min(most, math.floor((limit[2] - used[i] - limit[4]) * share)))
+      if used[i] > 0 then
+        lease = math.max(0, math.min(most, math.floor((limit[2] - used[i] - limit[4]) * share)))
+      end
       if used[i] == 0 then
         redis.call('SET', KEYS[limit[1]], limit[4] + lease, 'PX', limit[3])
       else
