@@ -28,6 +28,10 @@ SERVICE_CONTAINER_CLS = "services.platform.container.DeadlineContainer"
 _redis_dbs = itertools.cycle(range(1, 16))
 CLAIMS_DB = 0
 DB_CLAIM_TTL = 900  # seconds: longer than any test; a claim left by a killed run lapses
+RELEASE_CLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 # where the tests' Redis Clusters listen (their buses on these + 10000)
 CLUSTER_PORTS = range(*(int(p) for p in os.environ.get(
     "TEST_REDIS_CLUSTER_PORTS", "7100-7200").split("-")))
@@ -79,8 +83,8 @@ def single_redis_uri():
     finally:
         client.flushdb()
         client.close()
-        if claims.get(claim) == token.encode():
-            claims.delete(claim)
+        # only our own claim: one that lapsed and was taken again stays
+        claims.eval(RELEASE_CLAIM, 1, claim, token)
         claims.close()
 
 
