@@ -659,8 +659,12 @@ class VoteStorage:
         another reason than the store being unavailable (an event the
         script cannot apply), each event is tried alone, so that its
         failure is its own and the others are applied: returns an Applied
-        or the exception for each event. The marks make the retry safe; an
-        event's Applied then leaves out what the failed call applied."""
+        or the exception for each event. The marks make the retry safe. A
+        call that fails has written nothing (the script works every vote
+        out before its first write), so on one server, one call, each
+        event's Applied is whole; on a cluster the calls of the other
+        buckets may have succeeded, and an event's Applied then leaves out
+        what they applied."""
         try:
             return self.apply_many(events)
         except StoreUnavailable:
