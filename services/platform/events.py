@@ -193,19 +193,92 @@ class ResilientQueueConsumer(QueueConsumer):
 
 class DeadLetteringQueueConsumer(ResilientQueueConsumer):
     """Hands a message kombu cannot decode to its provider, instead of
-    letting the decode error escape into the consume loop."""
+    letting the decode error escape into the consume loop.
+
+    And acks in runs: workers that end together (those of one group
+    commit) ack with one ``basic_ack(multiple=True)`` for the run of
+    delivery tags they complete, not a frame each. A run only ever covers
+    messages whose workers are done: a message still in its worker or
+    waiting for a retry stops it, and the done ones after it are acked one
+    by one."""
+
+    def __init__(self):
+        super().__init__()
+        self._channel = None
+        self._unacked = {}  # delivery tag -> [message, done], in delivery order
+        self._acking = False
 
     def get_consumers(self, consumer_cls, channel):
+        # a new channel numbers its deliveries afresh; the old one's are gone
+        self._channel, self._unacked = channel, {}
         consumers = super().get_consumers(consumer_cls, channel)
         for provider, consumer in self._consumers.items():
             consumer.on_decode_error = partial(self._on_decode_error, provider)
         return consumers
 
+    def handle_message(self, provider, body, message):
+        self._track(message)
+        super().handle_message(provider, body, message)
+
     def _on_decode_error(self, provider, message, exc):
+        self._track(message)
         # runs in the consume loop: publish from a thread of its own
         reason = "undecodable body: {}: {}".format(type(exc).__name__, exc)
         self.container.spawn_managed_thread(
             partial(provider.dead_letter, message, reason))
+
+    def _track(self, message):
+        if message.channel is self._channel:
+            self._unacked[message.delivery_tag] = [message, False]
+
+    def requeue_message(self, message):
+        if message.channel is self._channel:
+            self._unacked.pop(message.delivery_tag, None)
+        super().requeue_message(message)
+
+    def ack_message(self, message):
+        entry = (self._unacked.get(message.delivery_tag)
+                 if message.channel is self._channel else None)
+        if entry is None or entry[0] is not message:
+            super().ack_message(message)
+            return
+        entry[1] = True
+        if self._acking:  # the thread acking now takes this one too
+            return
+        self._acking = True
+        try:
+            eventlet.sleep(0)  # the other workers of the group mark theirs
+            self._ack_done()
+        finally:
+            self._acking = False
+
+    def _ack_done(self):
+        # until none is left: an ack frame may yield, and more workers end
+        while True:
+            run, rest, in_run = [], [], True
+            for message, done in self._unacked.values():
+                if not done:
+                    in_run = False
+                elif in_run:
+                    run.append(message)
+                else:
+                    rest.append(message)
+            if not run and not rest:
+                return
+            for message in run + rest:
+                del self._unacked[message.delivery_tag]
+            if run:
+                self._ack(run[-1], multiple=len(run) > 1)
+            for message in rest:
+                self._ack(message, multiple=False)
+
+    def _ack(self, message, multiple):
+        if not message.channel.connection:
+            return  # gone with its connection: the broker has it back
+        try:
+            message.ack(multiple=multiple)
+        except (ConnectionError,) + LOST_CONNECTION as exc:
+            _log.warning("could not ack, the broker will redeliver: %r", exc)
 
 
 def _nothing(*args):

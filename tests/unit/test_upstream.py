@@ -150,6 +150,9 @@ def test_queue_consumer_internals():
     assert isinstance(consumer._pending_remove_providers, dict)
     assert isinstance(consumer._consumers, dict)
     assert params(QueueConsumer.get_consumers) == ["self", "consumer_cls", "channel"]
+    # every delivery passes here, in the consume loop, in delivery order
+    assert params(QueueConsumer.handle_message) == ["self", "provider", "body", "message"]
+    assert "partial(self.handle_message, provider)" in source(QueueConsumer.get_consumers)
     for name in ("ack_message", "requeue_message", "unregister_provider", "stop",
                  "on_connection_error", "create_connection"):
         assert callable(getattr(QueueConsumer, name)), name
@@ -178,6 +181,10 @@ def test_kombu_connection_and_consumer_shapes():
     # ReliableEventHandler drops a message's decoded body once it is parsed
     # (the raw body stays, for a dead letter); payload decodes it again
     assert "_decoded_cache" in kombu.message.Message.__slots__
+    # DeadLetteringQueueConsumer acks a run of delivery tags at once
+    assert "multiple" in params(kombu.message.Message.ack)
+    assert "basic_ack(self.delivery_tag, multiple=multiple)" in source(
+        kombu.message.Message.ack)
     assert "self._decoded_cache if self._decoded_cache else self.decode()" in source(
         kombu.message.Message.payload.fget)
 
