@@ -174,14 +174,18 @@ local function later(ts, id, than_ts, than_id)
   return ts > than_ts or (ts == than_ts and id > than_id)
 end
 -- The store as this call leaves it: hash fields read or written (false:
--- none), and what must be written at the end, in order.
+-- none), and the fields to write at the end, in order.
 local fields, dirty, dirty_keys = {}, {}, {}
-local function hget(key, field)
+local function known_of(key)
   local known = fields[key]
   if not known then
     known = {}
     fields[key] = known
   end
+  return known
+end
+local function hget(key, field)
+  local known = known_of(key)
   local value = known[field]
   if value == nil then
     value = redis.call('HGET', key, field)
@@ -190,19 +194,17 @@ local function hget(key, field)
   return value
 end
 local function hset(key, field, value)  -- value false: deleted
-  local known = fields[key]
-  if not known then
-    known = {}
-    fields[key] = known
-  end
-  known[field] = value
+  known_of(key)[field] = value
   local changed = dirty[key]
   if not changed then
     changed = {}
     dirty[key] = changed
     dirty_keys[#dirty_keys + 1] = key
   end
-  changed[field] = true
+  if not changed[field] then
+    changed[field] = true
+    changed[#changed + 1] = field
+  end
 end
 local new_marks, old_marks, marked = {}, {}, {}
 local once_values, new_once = {}, {}
@@ -336,7 +338,9 @@ for _, part in ipairs(parts) do
 end
 -- the writes; the marks first, so that if memory is short (the first write
 -- of a script is refused then) nothing is written
-local function call_chunked(command, key, args)  -- unpack() has a bounded stack
+-- unpack() has a bounded stack; 1,000 arguments, an even number, never
+-- split a field from its value
+local function call_chunked(command, key, args)
   for first = 1, #args, 1000 do
     redis.call(command, key, unpack(args, first, math.min(#args, first + 999)))
   end
@@ -346,7 +350,7 @@ for _, mark in ipairs(old_marks) do redis.call('SET', mark, '1', 'XX', 'KEEPTTL'
 for _, key in ipairs(new_once) do redis.call('SET', key, once_values[key], 'EX', once_ttl) end
 for _, key in ipairs(dirty_keys) do
   local set, gone, known = {}, {}, fields[key]
-  for field in pairs(dirty[key]) do
+  for _, field in ipairs(dirty[key]) do
     local value = known[field]
     if value then
       set[#set + 1] = field
