@@ -7,6 +7,7 @@ from typing import Annotated, List, Optional, Tuple
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     Strict,
@@ -64,12 +65,18 @@ class Vote:
         return self
 
 
+def _list_only(value):
+    # a list, as under strict=True, which would take a vote only as a Vote
+    # instance: anything else turns into text, which a list refuses
+    return value if type(value) is list else str(value)
+
+
 class VoteCast(BaseModel):
-    # not strict=True, which would take a vote only as a Vote instance
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: _ID
-    votes: Annotated[List[Vote], Field(min_length=1, max_length=MAX_EVENT_VOTES)]
+    votes: Annotated[List[Vote], Field(min_length=1, max_length=MAX_EVENT_VOTES),
+                     BeforeValidator(_list_only)]
 
 
 def _describe(exc):

@@ -75,6 +75,15 @@ def test_rpc_refuses_bad_arguments(call, message):
     service.store.apply.assert_not_called()
 
 
+@pytest.mark.parametrize("votes", [
+    (make_vote(),), {make_vote()["voteId"]}, {"0": make_vote()}, "[]",
+])
+def test_an_event_takes_its_votes_as_a_list_only(votes):
+    with pytest.raises(InvalidVote) as error:
+        schemas.parse_event({"id": "e1", "votes": votes})
+    assert str(error.value) == "votes: Input should be a valid list"
+
+
 @pytest.mark.parametrize("attempt, low, high", [
     (1, 0.05, 0.1), (2, 0.1, 0.2), (5, 0.8, 1.6), (7, 2.5, 5.0), (40, 2.5, 5.0),
 ])
