@@ -97,9 +97,14 @@ class ResilientQueueConsumer(QueueConsumer):
         kwargs.setdefault("safety_interval", STOP_POLL_INTERVAL)
         return super().consume(*args, **kwargs)
 
-    def ack_message(self, message):
+    def ack_message(self, message, multiple=False):
+        """nameko's; ``multiple`` acks every delivery of the channel up to
+        this one too."""
         try:
-            super().ack_message(message)
+            if not multiple:
+                super().ack_message(message)
+            elif message.channel.connection:  # else the broker has them back
+                message.ack(multiple=True)
         except LOST_CONNECTION as exc:
             _log.warning("could not ack, the broker will redeliver: %r", exc)
 
@@ -239,7 +244,7 @@ class DeadLetteringQueueConsumer(ResilientQueueConsumer):
     def ack_message(self, message):
         entry = (self._unacked.get(message.delivery_tag)
                  if message.channel is self._channel else None)
-        if entry is None or entry[0] is not message:
+        if entry is None:
             super().ack_message(message)
             return
         entry[1] = True
@@ -268,17 +273,9 @@ class DeadLetteringQueueConsumer(ResilientQueueConsumer):
             for message in run + rest:
                 del self._unacked[message.delivery_tag]
             if run:
-                self._ack(run[-1], multiple=len(run) > 1)
+                super().ack_message(run[-1], multiple=len(run) > 1)
             for message in rest:
-                self._ack(message, multiple=False)
-
-    def _ack(self, message, multiple):
-        if not message.channel.connection:
-            return  # gone with its connection: the broker has it back
-        try:
-            message.ack(multiple=multiple)
-        except (ConnectionError,) + LOST_CONNECTION as exc:
-            _log.warning("could not ack, the broker will redeliver: %r", exc)
+                super().ack_message(message)
 
 
 def _nothing(*args):
