@@ -67,6 +67,22 @@ class GroupCommit:
             pending.abandoned = True  # not sent yet: it never will be
             raise Expired() from None
 
+    def put(self, item):
+        """Queue an item for the next group without waiting for it: its
+        ``flush`` sees to its outcome."""
+        self.queue.put(_Pending(item, self.weigh(item)))
+
+    def drain(self):
+        """Take every item still queued (none of them will be flushed)."""
+        items = []
+        while True:
+            try:
+                pending = self.queue.get_nowait()
+            except eventlet.queue.Empty:
+                return items
+            if not pending.abandoned:
+                items.append(pending.item)
+
     def run(self, flush=None):
         """A flusher loop; run it in a managed thread. Several loops may
         share one GroupCommit, each with a ``flush`` of its own (its own

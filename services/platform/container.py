@@ -9,8 +9,11 @@ import logging
 
 import eventlet
 from nameko.containers import ServiceContainer
+from nameko.log_helpers import make_timing_logger
+from nameko.utils.concurrency import SpawningSet
 
 _log = logging.getLogger(__name__)
+_log_time = make_timing_logger(_log)
 
 STOP_DEADLINE = 8.0  # seconds; SIGTERM must end a service within 10
 
@@ -24,9 +27,21 @@ class DeadlineContainer(ServiceContainer):
     exactly-once marks make a second delivery harmless.
 
     The order of upstream's stop is kept: entrypoints first (the HTTP
-    server drains there), then workers, then dependencies."""
+    server drains there), then workers, then dependencies.
+
+    And it starts its dependencies before its entrypoints: upstream starts
+    them all at once, so a consumer could hand a worker a message (one of
+    a backlog) before the Redis client the worker needs was made."""
 
     stop_deadline = STOP_DEADLINE
+
+    def start(self):
+        _log.debug("starting %s", self)
+        self.started = True
+        with _log_time("started %s", self):
+            self.extensions.all.setup()
+            self.dependencies.all.start()
+            SpawningSet(self.entrypoints | self.subextensions).all.start()
 
     def stop(self):
         timer = eventlet.spawn_after(self.stop_deadline, self._stop_overdue)

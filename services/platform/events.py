@@ -38,6 +38,7 @@ from nameko.events import EventHandler
 from nameko.messaging import QueueConsumer
 
 from services.platform import brokers
+from services.platform.batching import GroupCommit
 
 _log = logging.getLogger(__name__)
 
@@ -242,17 +243,26 @@ class DeadLetteringQueueConsumer(ResilientQueueConsumer):
         super().requeue_message(message)
 
     def ack_message(self, message):
-        entry = (self._unacked.get(message.delivery_tag)
-                 if message.channel is self._channel else None)
-        if entry is None:
-            super().ack_message(message)
-            return
-        entry[1] = True
-        if self._acking:  # the thread acking now takes this one too
+        self.ack_messages([message], wait=True)
+
+    def ack_messages(self, messages, wait=False):
+        """Ack these messages, in runs with the others done by now; with
+        ``wait``, after one hub turn, in which the other workers of a group
+        mark theirs."""
+        tracked = False
+        for message in messages:
+            entry = (self._unacked.get(message.delivery_tag)
+                     if message.channel is self._channel else None)
+            if entry is None:
+                super().ack_message(message)
+            else:
+                entry[1] = tracked = True
+        if not tracked or self._acking:  # the thread acking now takes these too
             return
         self._acking = True
         try:
-            eventlet.sleep(0)  # the other workers of the group mark theirs
+            if wait:
+                eventlet.sleep(0)
             self._ack_done()
         finally:
             self._acking = False
@@ -353,16 +363,19 @@ class ReliableEventHandler(EventHandler):
             self.queue_consumer.ack_message(message)
             return result, exc_info
 
-        exc = exc_info[1]
-        transient = isinstance(exc, self.retry_on)
-        if not transient and attempt >= MAX_UNEXPECTED_FAILURES:
+        self._failed(worker_ctx.args[0], message, attempt, exc_info[1])
+        return result, exc_info
+
+    def _failed(self, payload, message, attempt, exc):
+        """A transient failure is retried after a back-off; another is
+        too, until the MAX_UNEXPECTED_FAILURES-th, which is dead-lettered."""
+        if not isinstance(exc, self.retry_on) and attempt >= MAX_UNEXPECTED_FAILURES:
             self.dead_letter(message, "handler failed {} times: {}: {}".format(
-                attempt, type(exc).__name__, exc), event=worker_ctx.args[0])
+                attempt, type(exc).__name__, exc), event=payload)
         else:
             self.on_retry()
             self.container.spawn_managed_thread(
-                partial(self._retry, worker_ctx.args[0], message, attempt + 1))
-        return result, exc_info
+                partial(self._retry, payload, message, attempt + 1))
 
     def _retry(self, payload, message, attempt):
         eventlet.sleep(backoff(attempt - 1))
@@ -410,6 +423,89 @@ class ReliableEventHandler(EventHandler):
 
 
 event_handler = ReliableEventHandler.decorator
+
+
+class BatchEventHandler(ReliableEventHandler):
+    """ReliableEventHandler whose method takes a list of events: those that
+    arrived while earlier batches were in their workers, up to
+    ``max_weight`` (``weigh(payload)`` each), with at most ``in_flight``
+    batches in workers at once. So nameko's cost of a worker (its thread,
+    context, dependencies and hooks) is paid once a batch, not once a
+    message, and a batch grows with the load.
+
+    The method returns one outcome per event, in order: an exception for an
+    event that failed, which is then retried or dead-lettered on its own as
+    ReliableEventHandler does; anything else for an event that is done. If
+    the method raises, every event of the batch failed with that. The done
+    events' messages are acked together when the batch ends."""
+
+    def __init__(self, *args, max_weight, weigh=lambda payload: 1, in_flight=2,
+                 **kwargs):
+        self.max_weight = max_weight
+        self.weigh = weigh
+        self.in_flight = in_flight
+        self.batches = None
+        super().__init__(*args, **kwargs)
+
+    def setup(self):
+        super().setup()
+        self.batches = GroupCommit(self._run_batch, max_weight=self.max_weight,
+                                   max_wait=float("inf"),
+                                   weigh=lambda entry: self.weigh(entry[0]))
+
+    def start(self):
+        super().start()
+        for _ in range(self.in_flight):
+            self.container.spawn_managed_thread(self.batches.run)
+
+    def stop(self):
+        super().stop()  # no new messages come after this
+        for _, message, _ in self.batches.drain():
+            self.queue_consumer.requeue_message(message)
+
+    def _spawn(self, payload, message, attempt):
+        if self._stopping:
+            self.queue_consumer.requeue_message(message)
+            return
+        self.batches.put((payload, message, attempt))
+
+    def _run_batch(self, entries):
+        """GroupCommit's flush: one worker for the batch, waited for, so
+        that each flusher has one batch in a worker at a time."""
+        if self._stopping:
+            for _, message, _ in entries:
+                self.queue_consumer.requeue_message(message)
+            return [None] * len(entries)
+        done = Event()
+        self.container.spawn_worker(
+            self, ([payload for payload, _, _ in entries],), {},
+            context_data=self.unpack_message_headers(entries[0][1]),
+            handle_result=partial(self._batch_result, entries, done))
+        done.wait()
+        return [None] * len(entries)
+
+    def _batch_result(self, entries, done, worker_ctx, result=None, exc_info=None):
+        try:
+            if exc_info is not None:
+                outcomes = [exc_info[1]] * len(entries)
+            elif not isinstance(result, list) or len(result) != len(entries):
+                outcomes = [RuntimeError("{} outcomes for {} events".format(
+                    len(result) if isinstance(result, list) else type(result).__name__,
+                    len(entries)))] * len(entries)
+            else:
+                outcomes = result
+            finished = []
+            for (payload, message, attempt), outcome in zip(entries, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    if exc_info is None:  # nameko logged a raised one
+                        _log.warning("an event of a batch failed: %r", outcome)
+                    self._failed(payload, message, attempt, outcome)
+                else:
+                    finished.append(message)
+            self.queue_consumer.ack_messages(finished)
+        finally:
+            done.send()
+        return result, exc_info
 
 
 class ResilientRpcConsumer(nameko.rpc.RpcConsumer):

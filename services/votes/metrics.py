@@ -21,7 +21,8 @@ store_errors = Counter(
     "back-off for as long as they last; OTHER is a mistake, and an event "
     "that keeps meeting it is dead-lettered.", ["kind"])
 apply_latency = Histogram(
-    "votes_apply_duration_seconds", "Time to apply one vote_cast event.",
+    "votes_apply_duration_seconds",
+    "Time to apply a vote_cast event: that of the batch it was applied in.",
     buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
 event_votes = Histogram(
     "votes_event_votes", "Votes per vote_cast event.",

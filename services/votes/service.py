@@ -7,10 +7,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Response
 
 from services import contracts, rules
-from services.platform.events import ReliableEventHandler, RequestId, rpc
+from services.platform.events import BatchEventHandler, RequestId, rpc
 from services.platform.web import metrics_http
 from services.votes import metrics, schemas
 from services.votes.dependencies import (
+    APPLY_GROUP_VOTES,
     DEAD_LETTER_QUEUE,
     VoteStore,
     failed_event_headers,
@@ -20,12 +21,14 @@ from services.votes.feed import CountsFeed
 
 MAX_TOP = 100
 
-# the platform's event handler with this service's dead-letter queue, its
-# metrics, and the mark lookup of an event whose handler kept failing
+# the platform's batching event handler with this service's dead-letter
+# queue, its metrics, and the mark lookup of an event whose handler kept
+# failing; a batch is at most one apply-script call's worth of votes
 event_handler = partial(
-    ReliableEventHandler.decorator, dead_letter_queue=DEAD_LETTER_QUEUE,
+    BatchEventHandler.decorator, dead_letter_queue=DEAD_LETTER_QUEUE,
     on_retry=metrics.retries.inc, on_dead_letter=metrics.dead_lettered.inc,
-    failed_headers=failed_event_headers)
+    failed_headers=failed_event_headers, max_weight=APPLY_GROUP_VOTES,
+    weigh=lambda event: len(event.votes))
 # /health and /metrics on METRICS_ADDRESS
 status_http = metrics_http(label="votes-metrics")
 
@@ -45,13 +48,23 @@ class VotesService:
         retry_on=(StoreUnavailable,),
         expected_exceptions=(StoreUnavailable,),
     )
-    def handle_vote_cast(self, event):
-        metrics.event_votes.observe(len(event.votes))
-        with metrics.apply_latency.time():
-            self._apply(event.id, event.votes)
+    def handle_vote_cast(self, events):
+        """Apply a batch of events (BatchEventHandler): an Applied, or the
+        exception of an event that could not be applied, for each."""
+        started = time.perf_counter()
+        outcomes = self.store.apply_group([(event.id, event.votes) for event in events])
+        took = time.perf_counter() - started
+        for event, outcome in zip(events, outcomes, strict=True):
+            metrics.event_votes.observe(len(event.votes))
+            metrics.apply_latency.observe(took)
+            if not isinstance(outcome, Exception):
+                self._applied(event.votes, outcome)
+        return outcomes
 
     def _apply(self, event_id, votes):
-        applied = self.store.apply(event_id, votes)
+        self._applied(votes, self.store.apply(event_id, votes))
+
+    def _applied(self, votes, applied):
         if applied.votes:
             metrics.votes_applied.inc(applied.votes)
             self.counts_changed(vote.postId for vote in votes)

@@ -110,8 +110,9 @@ class ApplyThenFail:
 
     @event_handler(contracts.GATEWAY_SERVICE, contracts.VOTE_CAST, schema=schemas.parse_event,
                    retry_on=(StoreUnavailable,))
-    def handle_vote_cast(self, event):
-        self.store.apply(event.id, event.votes)
+    def handle_vote_cast(self, events):
+        for event in events:
+            self.store.apply(event.id, event.votes)
         raise KeyError("fails after applying")
 
 

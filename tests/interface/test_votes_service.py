@@ -299,6 +299,45 @@ def test_rpc_vote_with_an_idempotency_key(votes, rpc):
         "postId": "348", "upvote": 1, "downvote": 0, "score": 1}
 
 
+def test_events_that_wait_are_applied_in_batches_each_once(container_factory, config,
+                                                           redis_client):
+    """Events queued while the service was away: one worker takes many of
+    them, never more than one apply call's votes, and each counts once."""
+    container = container_factory(VotesService, config)
+    container.start()  # declares the queue
+    container.stop()
+    dispatch = event_dispatcher(config)
+    events = [make_event(*[make_vote(postId="b{}".format(k % 7), score=1 - 2 * (k % 3 == 0))
+                           for k in range(n, n + 10)]) for n in range(0, 3000, 10)]
+    events.append(events[5])  # a redelivery, in a batch of its own or not
+    for event in events:
+        dispatch(contracts.GATEWAY_SERVICE, contracts.VOTE_CAST, event)
+
+    container = container_factory(VotesService, config)
+    batches = []
+    spawn_worker = container.spawn_worker
+
+    def spy(entrypoint, args, kwargs, **options):
+        if entrypoint.method_name == contracts.VOTE_CAST_HANDLER:
+            batches.append(len(args[0]))
+        return spawn_worker(entrypoint, args, kwargs, **options)
+    container.spawn_worker = spy
+    container.start()
+    deadline = time.monotonic() + 30
+    while queue_depth(config["AMQP_URI"], VOTES_QUEUE) or sum(batches) < len(events):
+        assert time.monotonic() < deadline, "not drained"
+        time.sleep(0.05)
+    container.stop()
+
+    assert sum(batches) == len(events) == 301
+    assert len(batches) < len(events) / 5 and max(batches) <= 200  # 2,000 votes
+    up = {post: sum(1 for k in range(3000) if k % 7 == post and k % 3) for post in range(7)}
+    for post in range(7):
+        assert redis_client.hgetall(contracts.post_key("b{}".format(post))) == {
+            "upvote": str(up[post]),
+            "downvote": str(sum(1 for k in range(3000) if k % 7 == post) - up[post])}
+
+
 def test_redelivered_rpc_vote_counts_once(votes, rpc, config):
     """The same request (one correlation id) delivered twice, as after a
     votes process dies before it acks: one vote."""

@@ -106,3 +106,18 @@ def test_a_message_of_an_old_channel_is_acked_alone(consumer):
     assert old.acks == [(1, False)]
     assert new.acks == [(1, False)]
     assert list(consumer._unacked) == [2]
+
+
+def test_a_batch_acks_its_messages_at_once_in_runs(consumer):
+    channel = FakeChannel()
+    messages = deliver(consumer, channel, range(1, 7))
+    untracked = kombu.Message(body=b"{}", delivery_tag=1, channel=FakeChannel(),
+                              delivery_info={"routing_key": "r"})
+    # one batch: 1, 2 and 4 done (3 is in another batch), and an old
+    # channel's message, acked alone on its channel
+    consumer.ack_messages([messages[4], messages[1], messages[2], untracked])
+    assert channel.acks == [(2, True), (4, False)]
+    assert untracked.channel.acks == [(1, False)]
+    consumer.ack_messages([messages[3], messages[5], messages[6]])
+    assert channel.acks == [(2, True), (4, False), (6, True)]
+    assert consumer._unacked == {}

@@ -131,6 +131,12 @@ def test_container_internals():
     assert (stop.index("self.entrypoints.all.stop()")
             < stop.index("self._worker_pool.waitall()")
             < stop.index("self.dependencies.all.stop()"))
+    # DeadlineContainer.start is upstream's, with the dependencies first
+    start = source(ServiceContainer.start)
+    assert "self.extensions.all.setup()" in start and "self.extensions.all.start()" in start
+    container = ServiceContainer(type("S", (), {"name": "s"}), {})
+    assert container.extensions == container.dependencies | container.entrypoints | (
+        container.subextensions)
 
 
 def test_container_logs_worker_errors_as_the_filter_and_web_expect():

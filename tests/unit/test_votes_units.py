@@ -15,14 +15,21 @@ from services.votes.service import VotesService
 from tests.conftest import make_event, make_vote
 
 
-def test_handler_applies_the_event_once():
+def test_handler_applies_a_batch_in_one_call_and_returns_each_outcome():
     service = worker_factory(VotesService)
-    event = schemas.parse_event(make_event(make_vote(), make_vote(score=-1)))
-    service.store.apply.return_value = Applied(2, 0, 0)
+    first = schemas.parse_event(make_event(make_vote(), make_vote(score=-1)))
+    second = schemas.parse_event(make_event(make_vote(postId="9")))
+    failed = StoreUnavailable("OOM")
+    service.store.apply_group.return_value = [Applied(2, 0, 0), failed]
 
-    service.handle_vote_cast(event)
+    assert service.handle_vote_cast([first, second]) == [Applied(2, 0, 0), failed]
 
-    service.store.apply.assert_called_once_with(event.id, event.votes)
+    service.store.apply_group.assert_called_once_with(
+        [(first.id, first.votes), (second.id, second.votes)])
+    # only the applied event's posts are announced
+    (changed,), _ = service.counts_changed.call_args
+    assert list(changed) == ["348", "348"]
+    service.counts_changed.assert_called_once()
 
 
 def test_rpc_vote_goes_through_apply_and_returns_counts():
