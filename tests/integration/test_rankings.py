@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from services import contracts, rules
 from services.votes import dependencies, migrate, schemas
-from services.votes.dependencies import Limits, VoteStorage, connect
+from services.votes.dependencies import Limits, VoteStorage, connect, counts_dict
 from tests.conftest import make_vote
 from tests.integration.test_pipeline import counts
 
@@ -533,3 +533,29 @@ def test_a_script_error_part_way_writes_nothing(storage):
         {"postId": pw[1], "upvote": 0, "downvote": 1, "score": -1, "myVote": -1},
         {"postId": pw[2], "upvote": 1, "downvote": 0, "score": 1},
         {"postId": "poison", "upvote": 1, "downvote": 0, "score": 1}]
+
+
+def test_counts_of_many_posts_across_buckets_in_query_order(storage, redis_client):
+    """counts_many (one script call per bucket) reads what the post's hash
+    and its voters' hash hold, for each query in its order."""
+    rng = random.Random(11)
+    for n in range(300):
+        apply(storage, dict(postId="m{}".format(n % 40), score=rng.choice((1, -1)),
+                            voterId=rng.choice((None, "v1", "v2"))))
+    queries = [("m{}".format(rng.randrange(45)), rng.choice((None, "v1", "v2", "v3")))
+               for _ in range(200)]
+    got = storage.counts_many(queries)
+    assert len({contracts.bucket_of(post) for post, _ in queries}) > 8
+    for (post, voter), counts in zip(queries, got, strict=True):
+        stored = redis_client.hgetall(contracts.post_key(post))
+        if not stored:
+            assert counts is None, post
+            continue
+        expected = counts_dict(post, stored["upvote"], stored["downvote"])
+        if voter is not None:
+            entry = redis_client.hget(contracts.voters_key(post), voter)
+            expected["myVote"] = int(entry.rsplit(":", 1)[1]) if entry else 0
+        assert counts == expected
+    assert sum(counts is None for counts in got) > 5
+    assert sum(bool(counts and counts.get("myVote")) for counts in got) > 20
+    assert storage.counts_many([]) == []
