@@ -220,7 +220,26 @@ class DeadLetteringQueueConsumer(ResilientQueueConsumer):
         consumers = super().get_consumers(consumer_cls, channel)
         for provider, consumer in self._consumers.items():
             consumer.on_decode_error = partial(self._on_decode_error, provider)
+            if getattr(provider, "raw_schema", None) is not None:
+                # kombu then hands over the message undecoded
+                consumer.on_message = partial(self._on_raw_message, provider)
         return consumers
+
+    def _on_raw_message(self, provider, message):
+        """A body the provider's ``raw_schema`` takes as it is skips kombu's
+        decoding and nameko's thread per message; any other goes the usual
+        way, whose errors name its fault."""
+        payload = provider.parse_raw(message)
+        if payload is not None:
+            self._track(message)
+            provider.handle_payload(payload, message)
+            return
+        try:
+            body = message.decode()
+        except Exception as exc:
+            self._on_decode_error(provider, message, exc)
+        else:
+            self.handle_message(provider, body, message)
 
     def handle_message(self, provider, body, message):
         self._track(message)
@@ -304,9 +323,11 @@ class ReliableEventHandler(EventHandler):
 
     def __init__(self, source_service, event_type, schema, dead_letter_queue,
                  retry_on=(), on_retry=None, on_dead_letter=None,
-                 failed_headers=None, **kwargs):
+                 failed_headers=None, raw_schema=None, **kwargs):
         """``schema(body)`` returns what the handler receives, or raises
-        ValueError to dead-letter the message. ``dead_letter_queue`` (see
+        ValueError to dead-letter the message. ``raw_schema(raw)``, if
+        given, does the same from a JSON body's bytes, or returns None for
+        ``schema`` to decide. ``dead_letter_queue`` (see
         dead_letter_queue()) is where such messages go. ``on_retry()`` and
         ``on_dead_letter()`` are called for each retry and dead letter (for
         metrics); ``failed_headers(container, payload)`` returns headers to
@@ -317,6 +338,7 @@ class ReliableEventHandler(EventHandler):
         self.on_retry = on_retry or _nothing
         self.on_dead_letter = on_dead_letter or _nothing
         self.failed_headers = failed_headers or _nothing
+        self.raw_schema = raw_schema
         self._stopping = False
         super().__init__(source_service, event_type, **kwargs)
 
@@ -346,6 +368,25 @@ class ReliableEventHandler(EventHandler):
         # one): up to MAX_WORKERS events wait with their messages
         message._decoded_cache = None
         self._spawn(payload, message, attempt=1)
+
+    def parse_raw(self, message):
+        """The payload of a plain JSON body by ``raw_schema``, or None."""
+        accept = message.accept
+        if (message.content_type != "application/json"
+                or message.content_encoding not in ("utf-8", "utf8")
+                or (message.headers or {}).get("compression")
+                or (accept is not None and "application/json" not in accept)):
+            return None
+        try:
+            return self.raw_schema(message.body)
+        except Exception:  # the usual way then tells
+            return None
+
+    def handle_payload(self, payload, message):
+        """A payload parse_raw took, in the consume loop: to a worker from a
+        thread of its own (a spawn waits while the worker pool is full)."""
+        self.container.spawn_managed_thread(
+            partial(self._spawn, payload, message, 1))
 
     def _spawn(self, payload, message, attempt):
         if self._stopping:
@@ -468,6 +509,9 @@ class BatchEventHandler(ReliableEventHandler):
             self.queue_consumer.requeue_message(message)
             return
         self.batches.put((payload, message, attempt))
+
+    def handle_payload(self, payload, message):
+        self._spawn(payload, message, 1)  # never waits
 
     def _run_batch(self, entries):
         """GroupCommit's flush: one worker for the batch, waited for, so

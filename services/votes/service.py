@@ -27,7 +27,8 @@ MAX_TOP = 100
 event_handler = partial(
     BatchEventHandler.decorator, dead_letter_queue=DEAD_LETTER_QUEUE,
     on_retry=metrics.retries.inc, on_dead_letter=metrics.dead_lettered.inc,
-    failed_headers=failed_event_headers, max_weight=APPLY_GROUP_VOTES,
+    failed_headers=failed_event_headers, raw_schema=schemas.parse_event_json,
+    max_weight=APPLY_GROUP_VOTES,
     weigh=lambda event: len(event.votes))
 # /health and /metrics on METRICS_ADDRESS
 status_http = metrics_http(label="votes-metrics")

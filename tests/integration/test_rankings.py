@@ -546,16 +546,16 @@ def test_counts_of_many_posts_across_buckets_in_query_order(storage, redis_clien
                for _ in range(200)]
     got = storage.counts_many(queries)
     assert len({contracts.bucket_of(post) for post, _ in queries}) > 8
-    for (post, voter), counts in zip(queries, got, strict=True):
+    for (post, voter), found in zip(queries, got, strict=True):
         stored = redis_client.hgetall(contracts.post_key(post))
         if not stored:
-            assert counts is None, post
+            assert found is None, post
             continue
         expected = counts_dict(post, stored["upvote"], stored["downvote"])
         if voter is not None:
             entry = redis_client.hget(contracts.voters_key(post), voter)
             expected["myVote"] = int(entry.rsplit(":", 1)[1]) if entry else 0
-        assert counts == expected
-    assert sum(counts is None for counts in got) > 5
-    assert sum(bool(counts and counts.get("myVote")) for counts in got) > 20
+        assert found == expected
+    assert sum(found is None for found in got) > 5
+    assert sum(bool(found and found.get("myVote")) for found in got) > 20
     assert storage.counts_many([]) == []
