@@ -30,6 +30,20 @@ def busy_seconds():
     return (sum(fields[:8]) - fields[3] - fields[4]) / CLK_TCK
 
 
+def wait_quiet(limit=0.15, patience=20.0):
+    """Wait until the whole machine is nearly idle, below ``limit`` of a core
+    busy over one second (what the previous phase or a publish left behind,
+    a RabbitMQ flushing its store, say), for ``patience`` seconds at most.
+    Returns the share of a core busy in the last second."""
+    deadline = time.monotonic() + patience
+    while True:
+        before = busy_seconds()
+        time.sleep(1.0)
+        share = busy_seconds() - before
+        if share < limit or time.monotonic() > deadline:
+            return share
+
+
 def rabbitmq_pid():
     """The RabbitMQ server's beam process (not a rabbitmqctl one)."""
     for entry in os.listdir("/proc"):

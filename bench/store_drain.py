@@ -23,7 +23,7 @@ from pathlib import Path
 
 from kombu import Connection, Exchange, Producer
 
-from bench.machine import cpu_seconds
+from bench.machine import cpu_seconds, wait_quiet
 from harness import rabbit
 from harness.process import VOTES, Process, free_port, wait_until, write_config
 from harness.redis_server import RedisServer
@@ -117,6 +117,7 @@ def drain(store, size, total, n_posts, base_config, folder, vhosts, root=None,
         votes.stop()
         posts = ["d{}-{}".format(size, i) for i in range(n_posts)]
         events = _publish(amqp_uri, _events(total, size, posts, random.Random(size)))
+        wait_quiet()  # CPU per vote is measured: nothing else should run
         start = time.perf_counter()
         votes.start()
         first = first_count = done = None
