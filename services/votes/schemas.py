@@ -3,6 +3,7 @@
 Anyone on the broker can publish a ``vote_cast`` event, so the payload is
 checked again here, whatever the gateway already checked.
 """
+import re
 from typing import Annotated, List, Literal, Optional, Tuple
 
 import msgspec
@@ -23,7 +24,6 @@ from services import rankings
 from services.rankings import MAX_CREATED_AT
 from services.rules import (
     FINGERPRINT_PATTERN,
-    ID_PATTERN,
     IDEMPOTENCY_KEY_PATTERN,
     KEY_ID_PATTERN,
     Fingerprint,
@@ -84,7 +84,7 @@ class VoteCast(BaseModel):
 
 
 # The same rules for msgspec, which decodes a message's raw JSON into slotted
-# structs at about half the cost of kombu's json.loads and pydantic together
+# structs at about a sixth of the cost of kombu's json.loads and pydantic
 # (votes arrive tens of thousands a second). It only takes what it can:
 # anything it refuses goes the usual way, decoded by kombu and checked by
 # the pydantic models above, whose error texts name the fault. A test
@@ -95,7 +95,11 @@ def _anchored(pattern):
     return msgspec.Meta(pattern=r"\A" + pattern[1:-1] + r"\Z")
 
 
-_RawID = Annotated[str, _anchored(ID_PATTERN)]
+# an id's length here, its characters below, for all ids of an event in one
+# regex search: one search per field took more than all the decoding
+_RawID = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# (ID_PATTERN, split in two; a test checks they stay the same)
+_RAW_IDS = re.compile(r"[A-Za-z0-9_-]+(?:\n[A-Za-z0-9_-]+)*")
 
 
 class RawVote(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -126,10 +130,16 @@ def parse_event_json(body):
         event = _raw_event.decode(body)
     except msgspec.DecodeError:
         return None
-    for vote in event.votes:  # Vote's model validator
+    ids = [event.id]
+    for vote in event.votes:
+        ids.append(vote.voteId)
+        ids.append(vote.postId)
+        if vote.voterId is not None:
+            ids.append(vote.voterId)
+        # Vote's model validator
         if (vote.score == 0 and vote.voterId is None) or (vote.key is None) != (vote.fp is None):
             return None
-    return event
+    return event if _RAW_IDS.fullmatch("\n".join(ids)) else None
 
 
 def _describe(exc):

@@ -9,6 +9,7 @@ import kombu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from services import rules
 from services.platform.events import DeadLetteringQueueConsumer
 from services.votes import schemas
 from services.votes.exceptions import InvalidVote
@@ -76,6 +77,11 @@ def test_the_raw_reading_takes_what_the_models_take_and_reads_it_the_same(event)
         slow = None
     fast = schemas.parse_event_json(raw)
     assert (None if fast is None else read(fast)) == slow
+
+
+def test_the_raw_id_check_is_the_id_pattern():
+    # _RawID's length and _RAW_IDS's characters
+    assert rules.ID_PATTERN == r"^[A-Za-z0-9_-]{1,64}$"
 
 
 def test_valid_events_of_every_shape_are_taken_raw():
