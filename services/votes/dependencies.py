@@ -418,10 +418,6 @@ def rebuild_command(pipe, post_id, buckets, now):
     pipe.execute_command("EVAL", REBUILD_SCRIPT, len(keys), *keys, post_id, int(now))
 
 
-# The first ARGV[3] entries of the ranking KEYS[1] that come after
-# (ARGV[1] score, ARGV[2] postId): past the ties of the score, a binary
-# search of the members that share it (bytewise, as Redis orders them; Lua's
-# own < follows the locale).
 # the counts of many posts of one bucket, and a voter's entry where one is
 # asked for (ARGV: a voter id or "" for each post; KEYS: each post's key,
 # followed by its voters' key if a voter is asked for): [upvote, downvote,
@@ -442,6 +438,10 @@ end
 return out
 """
 
+# The first ARGV[3] entries of the ranking KEYS[1] that come after
+# (ARGV[1] score, ARGV[2] postId): past the ties of the score, a binary
+# search of the members that share it (bytewise, as Redis orders them; Lua's
+# own < follows the locale).
 AFTER_SCRIPT = """
 local key, score, after, count = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
 local function greater(a, b)
@@ -790,19 +790,19 @@ class VoteStorage:
         except REDIS_ERRORS:
             return False
 
-    def top(self, limit):
+    def top(self, limit, reads=TOP_READS):
         """The top ``limit`` posts by score (see page)."""
-        return self.page(rankings.TOP, limit)[0]
+        return self.page(rankings.TOP, limit, reads=reads)[0]
 
-    def page(self, sort, limit, after=None):
+    def page(self, sort, limit, after=None, reads=TOP_READS):
         """(counts of up to ``limit`` posts, the cursor of the next page or
         None) in the ranking ``sort``: its value descending, ties by postId,
         starting right after ``after`` (stored score, postId), if given.
         Each bucket's first ``limit + 1`` after the cursor are merged, then
         the counts of the page read; if a vote came in between (a count that
-        disagrees with its rank), it is read again, up to TOP_READS times."""
+        disagrees with its rank), it is read again, up to ``reads`` times."""
         try:
-            for _ in range(TOP_READS):
+            for _ in range(reads):
                 with self.client.pipeline(transaction=False) as pipe:
                     for bucket in range(self.buckets):
                         key = contracts.rank_key(bucket, sort)
