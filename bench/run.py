@@ -60,6 +60,7 @@ PROFILES = {
         "rankings_rounds": 3,         # drains per side and size; the best counts
         "rounds": 3,            # runs of single votes, reads, latency (medians)
         "targets_cpu": True,    # drains against the votes service of targets.BASELINE
+        "quiet_drains": True,   # each store drain waits for an idle machine
     },
     "quick": {
         "window": 1.0,
@@ -88,6 +89,7 @@ PROFILES = {
         "rankings_rounds": 1,
         "rounds": 1,
         "targets_cpu": False,
+        "quiet_drains": False,  # (make test runs it beside busy tests)
     },
 }
 

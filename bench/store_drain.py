@@ -96,11 +96,12 @@ class Store:
 
 
 def drain(store, size, total, n_posts, base_config, folder, vhosts, root=None,
-          post_key=contracts.post_key):
+          post_key=contracts.post_key, quiet=True):
     """(votes/s, CPU s per vote, events, seconds from start) of one row;
     its posts are its own, so rows can share a store. ``root``: the
     checkout whose votes service runs (by default this one); ``post_key``:
-    its key of a post's counts."""
+    its key of a post's counts; ``quiet``: start it once the machine is
+    idle (wait_quiet), as CPU per vote is measured."""
     vhost = vhosts.take()
     amqp_uri = rabbit.amqp_uri(AMQP_HOST, vhost)
     client = store.client()
@@ -117,7 +118,8 @@ def drain(store, size, total, n_posts, base_config, folder, vhosts, root=None,
         votes.stop()
         posts = ["d{}-{}".format(size, i) for i in range(n_posts)]
         events = _publish(amqp_uri, _events(total, size, posts, random.Random(size)))
-        wait_quiet()  # CPU per vote is measured: nothing else should run
+        if quiet:
+            wait_quiet()
         start = time.perf_counter()
         votes.start()
         first = first_count = done = None
@@ -150,7 +152,7 @@ def drain(store, size, total, n_posts, base_config, folder, vhosts, root=None,
         vhosts.release(vhost)
 
 
-def rows(stores, sizes, total, posts, base_config):
+def rows(stores, sizes, total, posts, base_config, quiet=True):
     """[(what, figure, how)] for each store and size."""
     folder = Path(tempfile.mkdtemp(prefix="store-drain-"))
     vhosts = rabbit.VhostPool(prefix="bench", batch=1)
@@ -164,7 +166,7 @@ def rows(stores, sizes, total, posts, base_config):
                     row = folder / "{}-{}".format(kind, size)
                     row.mkdir()
                     rate, cpu_per_vote, events, seconds = drain(
-                        store, size, total, posts, base_config, row, vhosts)
+                        store, size, total, posts, base_config, row, vhosts, quiet=quiet)
                     out.append((
                         "drain, {}, events of {} votes".format(
                             "Redis Cluster 3+3" if kind == "cluster" else "one Redis", size),
@@ -185,7 +187,7 @@ def rows(stores, sizes, total, posts, base_config):
 def run(bench):
     """The rows in the bench's table (``python -m bench``)."""
     for what, figure, how in rows(STORES, SIZES, bench.p["store_drain_votes"], 1000,
-                                  bench.env.config_path):
+                                  bench.env.config_path, bench.p["quiet_drains"]):
         bench.row(what, figure, "", "events queued straight into the votes queue; "
                   "start votes; poll Redis every {:.0f} ms".format(POLL * 1000), how)
 

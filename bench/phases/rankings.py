@@ -47,7 +47,7 @@ def drain_rows(bench):
                     try:
                         rate, _, _, _ = store_drain.drain(
                             store, size, total, 1000, bench.env.config_path, row,
-                            vhosts, root=root)
+                            vhosts, root=root, quiet=bench.p["quiet_drains"])
                     finally:
                         store.stop()
                     best[label] = max(best.get(label, 0), rate)

@@ -43,7 +43,7 @@ def run(bench):
                 client.close()
                 _, cpu_per_vote, _, _ = store_drain.drain(
                     store, EVENT_VOTES, total, 1000, folder=row, vhosts=vhosts,
-                    **options)
+                    quiet=bench.p["quiet_drains"], **options)
                 bench.runs("cpu " + label, cpu_per_vote * 100_000)
     finally:
         if store is not None:
