@@ -112,9 +112,9 @@ def test_bad_settings_refuse_to_start(settings):
 
 def test_a_post_read_late_in_its_life_is_read_again_once(cache, clock):
     cache.put("a", counts("a", 1), stamp=1000.0)
-    clock[0] = 1000.75
-    assert not cache.due("a")  # three quarters of its life: not yet
-    clock[0] = 1000.76
+    clock[0] = 1000.5
+    assert not cache.due("a")  # half its life: not yet
+    clock[0] = 1000.51
     assert cache.due("a")
     assert not cache.due("a")  # due already
     assert not cache.due("b")  # not held: a miss reads it
@@ -126,7 +126,7 @@ def test_a_post_read_late_in_its_life_is_read_again_once(cache, clock):
     cache.refresh(read_many)
     assert reads == [["a"]]
     assert (cache.due_posts, cache.refreshing) == ([], set())
-    assert cache.entries["a"] == (counts("a", 2), 1000.76)
+    assert cache.entries["a"] == (counts("a", 2), 1000.51)
     assert not cache.due("a")
 
 
