@@ -7,26 +7,15 @@ import pytest
 from services import contracts
 from services.platform import events
 from services.platform.events import BatchEventHandler
-from services.votes import schemas
-from services.votes.dependencies import DEAD_LETTER_QUEUE
 from services.votes.exceptions import StoreUnavailable
 from tests.conftest import make_event, make_vote
+from tests.unit.handlers import bound_event_handler
 
 
 @pytest.fixture
 def handler(mock_container):
-    mock_container.config["AMQP_URI"] = "memory://"
-    mock_container.shared_extensions = {}
-    mock_container.service_name = "votes"
-    handler = BatchEventHandler(
-        contracts.GATEWAY_SERVICE, contracts.VOTE_CAST, schema=schemas.parse_event,
-        dead_letter_queue=DEAD_LETTER_QUEUE, retry_on=(StoreUnavailable,),
-        max_weight=5, weigh=lambda event: len(event.votes),
-    ).bind(mock_container, contracts.VOTE_CAST_HANDLER)
-    handler.queue_consumer = mock.Mock()
-    handler.setup()
-    handler.dead_letter_publisher = mock.Mock()
-    return handler
+    return bound_event_handler(mock_container, BatchEventHandler, setup=True, max_weight=5,
+                               weigh=lambda event: len(event.votes))
 
 
 def worker_returns(container, outcome):

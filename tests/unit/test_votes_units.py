@@ -9,10 +9,11 @@ from services import contracts, rules
 from services.platform import events
 from services.platform.events import ReliableEventHandler, backoff
 from services.votes import schemas
-from services.votes.dependencies import DEAD_LETTER_QUEUE, Applied
+from services.votes.dependencies import Applied
 from services.votes.exceptions import InvalidVote, StoreUnavailable
 from services.votes.service import VotesService
 from tests.conftest import make_event, make_vote
+from tests.unit.handlers import bound_event_handler
 
 
 def test_handler_applies_a_batch_in_one_call_and_returns_each_outcome():
@@ -101,16 +102,7 @@ def test_backoff_grows_and_is_capped(attempt, low, high):
 
 @pytest.fixture
 def handler(mock_container):
-    mock_container.config["AMQP_URI"] = "memory://"
-    mock_container.shared_extensions = {}
-    mock_container.service_name = "votes"
-    handler = ReliableEventHandler(
-        contracts.GATEWAY_SERVICE, contracts.VOTE_CAST, schema=schemas.parse_event,
-        dead_letter_queue=DEAD_LETTER_QUEUE, retry_on=(StoreUnavailable,),
-    ).bind(mock_container, contracts.VOTE_CAST_HANDLER)
-    handler.queue_consumer = mock.Mock()
-    handler.dead_letter_publisher = mock.Mock()
-    return handler
+    return bound_event_handler(mock_container, ReliableEventHandler)
 
 
 def test_invalid_payload_never_reaches_a_worker(handler, mock_container):
