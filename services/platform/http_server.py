@@ -267,6 +267,10 @@ class EdgeProtocol(HttpOnlyProtocol):
                 if not self.rfile.peek(1):
                     return b""
             else:
+                # let the other connections run: a client that pipelines,
+                # or answers at once, would otherwise be served
+                # request after request while they wait
+                eventlet.sleep(0)
                 self._start_deadline(self.limits.idle_timeout, "idle_timeout")
                 if not self.rfile.peek(1):
                     return b""

@@ -183,6 +183,46 @@ def test_slow_clients_do_not_starve_others(gateway):
     assert_serving(gateway)
 
 
+def test_a_pipelining_client_does_not_starve_others(gateway):
+    """One client sends 20,000 requests at once (HTTP/1.1 pipelining) for
+    an answer that needs no worker (404). Another client's /health, sent
+    once the first answers come, is answered while the flood's answers are
+    still coming: the server turns to its other connections between two
+    requests of one. (Serving a connection's requests back to back, it
+    answered the flood first: about two seconds here.)"""
+    flood_count = 20_000
+    flood = connect(gateway, timeout=60)
+    other = connect(gateway)
+    answered = [0]
+
+    def read_flood():
+        marker, data = b"HTTP/1.1 404 ", b""
+        while answered[0] < flood_count:
+            chunk = flood.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            found = data.count(marker)
+            answered[0] += found
+            # keep what may be the start of a marker split across chunks
+            data = data[data.rfind(marker) + len(marker):] if found else data[-len(marker):]
+        return answered[0]
+
+    reader = eventlet.spawn(read_flood)
+    sender = eventlet.spawn(flood.sendall, b"GET /no-such-route HTTP/1.1\r\nHost: x\r\n\r\n"
+                            * flood_count)
+    wait_until(lambda: answered[0] > 0, 10, "the first answers", interval=0.001)
+    other.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    status, body, _ = read_answer(other)
+    answered_meanwhile = answered[0]
+    assert (status, body) == (200, {"status": "ok"})
+    sender.wait()
+    assert reader.wait() == flood_count
+    flood.close()
+    other.close()
+    assert answered_meanwhile < flood_count // 2, answered_meanwhile
+
+
 def hostile_bodies():
     """1 MiB bodies built to cost far more than 1 MiB once parsed."""
     def fill(prefix, item, suffix, sep=b","):
