@@ -72,6 +72,22 @@ class CountsCache:
         self.misses += 1
         return False, None
 
+    def settled(self, post_id):
+        """The counts of a held post, when the copy can answer it with
+        nothing else to do: within the first REFRESH_AT of its entry's
+        life, or already due; counted as a hit. Otherwise None, and
+        nothing counted (``get`` and ``due`` decide)."""
+        entry = self.entries.get(post_id)
+        if entry is None or entry[0] is None:
+            return None
+        age = self.clock() - entry[1]
+        if age > self.ttl or (age > self.ttl * REFRESH_AT
+                              and post_id not in self.refreshing):
+            return None
+        self.entries.move_to_end(post_id)
+        self.hits += 1
+        return entry[0]
+
     def due(self, post_id):
         """Whether a held post is now due to be read again in the
         background: past REFRESH_AT of its entry's life, and not due

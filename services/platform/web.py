@@ -186,7 +186,7 @@ class JsonWebServer(EdgeWebServer):
 
 
 class JsonHttp(HttpRequestHandler):
-    """nameko's ``http`` entrypoint, changed in four ways:
+    """nameko's ``http`` entrypoint, changed in five ways:
 
     * ``expected_exceptions`` is the server's error table (a route may not
       declare its own), so the table is the one source of 4xx against 500;
@@ -195,17 +195,31 @@ class JsonHttp(HttpRequestHandler):
     * no ``inspect.getcallargs`` signature check per request (6% of the
       gateway's CPU): every method takes (self, request);
     * ``handle_request`` without upstream's reference cycle (see there),
-      answering from the table, and timing each request for ``observe``.
+      answering from the table, and timing each request for ``observe``;
+    * ``inline``: a route may answer some requests without a worker.
+      ``inline(providers, request)`` runs in the connection's thread, with
+      the service's dependency providers by attribute name, and returns a
+      response or None (then a worker runs the route as usual). It must
+      not wait for anything: it is for answers already in memory, where
+      spawning a worker costs more than the answer.
     """
 
     server = JsonWebServer()
     observe = None  # observe(route, response, seconds), or None
 
-    def __init__(self, method, url, **kwargs):
+    def __init__(self, method, url, inline=None, **kwargs):
         if "expected_exceptions" in kwargs:
             raise TypeError("the error table decides what is expected")
         super().__init__(method, url, expected_exceptions=tuple(
             exc_type for exc_type, _, _ in self.server.errors), **kwargs)
+        self.inline = inline
+        self.providers = None
+
+    def setup(self):
+        super().setup()
+        if self.inline is not None:
+            self.providers = {provider.attr_name: provider
+                              for provider in self.container.dependencies}
 
     def get_url_rule(self):
         rule = super().get_url_rule()
@@ -225,6 +239,12 @@ class JsonHttp(HttpRequestHandler):
         15 MB, 40 times over, kept 450 MB)."""
         started = time.perf_counter()
         request.shallow = False
+        if self.inline is not None:
+            response = self._answer_inline(request)
+            if response is not None:
+                if self.observe is not None:
+                    self.observe(self.url, response, time.perf_counter() - started)
+                return response
         event = Event()
         errors = self.server.errors
         try:
@@ -246,6 +266,15 @@ class JsonHttp(HttpRequestHandler):
         if self.observe is not None:
             self.observe(self.url, response, time.perf_counter() - started)
         return response
+
+    def _answer_inline(self, request):
+        """The inline answer, or None; a failing ``inline`` is a bug, logged,
+        and the worker answers instead."""
+        try:
+            return self.inline(self.providers, request)
+        except Exception:
+            _log.exception("inline answer of %s failed; a worker answers", self.url)
+            return None
 
 
 class OptionalJsonServer(JsonWebServer):

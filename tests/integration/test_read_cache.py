@@ -14,15 +14,24 @@ from services.votes.service import VotesService
 from tests.integration.test_operating import scrape
 from tests.integration.test_pipeline import counts, wait_for_counts
 
+ID_RULE = "must be 1-64 characters of A-Z a-z 0-9 _ -"
+
 
 @pytest.fixture
-def gateway(runner_factory, config):
+def gateway_container(runner_factory, config):
+    """The gateway's container, its copy on the test's clock (a list)."""
     runner = runner_factory(config, GatewayService, VotesService)
     runner.start()
     container = next(c for c in runner.containers if c.service_cls is GatewayService)
     live = next(d for d in container.dependencies if isinstance(d, LiveCounts))
     clock = [time.time()]
     live.cache.clock = lambda: clock[0]
+    return container, live, clock
+
+
+@pytest.fixture
+def gateway(gateway_container):
+    _, live, clock = gateway_container
     return live, clock
 
 
@@ -111,3 +120,48 @@ def test_a_flood_of_made_up_posts_stays_within_the_copys_size(
             "error": "POST_NOT_FOUND", "message": "post ghost-{} has no votes".format(n)})
     assert len(live.cache.entries) == 50
     assert list(live.cache.entries) == ["ghost-{}".format(n) for n in range(250, 300)]
+
+
+def test_a_read_the_copy_can_answer_runs_no_worker(gateway_container, web_session):
+    """Plain reads of a post the copy holds are answered in the
+    connection's thread (counts_from_copy); every other read runs the
+    vote_counts worker, and both answer alike."""
+    container, live, clock = gateway_container
+    workers = []
+    spawn_worker = container.spawn_worker
+
+    def counting_spawn(entrypoint, *args, **kwargs):
+        workers.append(entrypoint.method_name)
+        return spawn_worker(entrypoint, *args, **kwargs)
+    container.spawn_worker = counting_spawn
+
+    assert web_session.get("/vote?postId=w1&score=1").status_code == 202
+    assert wait_for_counts(web_session, {"w1": counts("w1", 1, 0)}) == {"w1": counts("w1", 1, 0)}
+    clock[0] = live.cache.entries["w1"][1]
+    before = cache_results(web_session)
+    del workers[:]
+
+    def read_with(query):
+        response = web_session.get("/vote-counts?" + query)
+        assert response.headers["Content-Type"] == "application/json"
+        assert response.headers["Cache-Control"] == "no-store"
+        return response.status_code, response.json()
+
+    assert read_with("postId=w1") == (200, counts("w1", 1, 0))  # from the copy
+    assert read_with("postId=w1&extra=1") == (200, counts("w1", 1, 0))
+    assert read_with("postId=w1&voterId=ann") == (200, dict(counts("w1", 1, 0), myVote=0))
+    assert read_with("&postId=w1") == (200, counts("w1", 1, 0))
+    assert read_with("postId=w1!") == (400, {
+        "error": "VALIDATION_ERROR", "message": "postId: " + ID_RULE})
+    assert read_with("postId=nobody") == (404, {
+        "error": "POST_NOT_FOUND", "message": "post nobody has no votes"})
+    assert read_with("postId=nobody") == (404, {  # the copy's None: a worker's answer
+        "error": "POST_NOT_FOUND", "message": "post nobody has no votes"})
+    assert workers == ["vote_counts"] * 6
+    clock[0] += 0.6  # due: the worker starts the background read
+    assert read_with("postId=w1") == (200, counts("w1", 1, 0))
+    assert read_with("postId=w1") == (200, counts("w1", 1, 0))
+    assert workers == ["vote_counts"] * 7
+    hits, misses = cache_results(web_session)
+    # hits: the three plain reads, extra, &postId, the second nobody; misses: nobody
+    assert (hits - before[0], misses - before[1]) == (6, 1)

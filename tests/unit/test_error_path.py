@@ -5,17 +5,43 @@ import logging
 
 import pytest
 import requests
+from nameko.extensions import DependencyProvider
 from nameko.testing.utils import find_free_port
 
 from services.gateway.exceptions import ERRORS, ValidationError
 from services.platform.logs import ExpectedErrorsOnOneLine
-from services.platform.web import json_http
+from services.platform.web import json_http, json_response
 
 http = json_http(ERRORS, label="error-path-test")
 
 
+class Memo(DependencyProvider):
+    """A value in memory that an inline answer may use."""
+
+    def setup(self):
+        self.value = "kept"
+
+    def get_dependency(self, worker_ctx):
+        return self
+
+
+def inline_answer(providers, request):
+    """/inline?from=copy: answered inline; ?from=bug: raises; else None."""
+    kind = request.args.get("from")
+    if kind == "copy":
+        return json_response(200, {"answer": providers["memo"].value})
+    if kind == "bug":
+        raise KeyError("inline internals")
+    return None
+
+
 class Service:
     name = "errors"
+    memo = Memo()
+
+    @http("GET", "/inline", inline=inline_answer)
+    def inline(self, request):
+        return json_response(200, {"answer": "worker"})
 
     @http("GET", "/bad")
     def bad(self, request):
@@ -75,3 +101,21 @@ def test_an_unexpected_error_is_a_500_logged_once_with_its_traceback(base_url, l
     (record,) = logged()
     assert record.levelname == "ERROR" and record.name == "nameko.containers"
     assert record.exc_info[1].args == ("secret internals",)
+
+
+def test_an_inline_answer_or_the_worker(base_url, logged):
+    """A route's ``inline`` answers what it can without a worker; for
+    None the worker answers; an inline answer that fails is logged with
+    its traceback, and the worker answers instead of a 500."""
+    def answer(query):
+        response = requests.get(base_url + "/inline" + query, timeout=5)
+        return response.status_code, response.json()
+
+    assert answer("?from=copy") == (200, {"answer": "kept"})
+    assert answer("") == (200, {"answer": "worker"})
+    assert logged() == []
+    assert answer("?from=bug") == (200, {"answer": "worker"})
+    (record,) = logged()
+    assert record.levelname == "ERROR" and record.name == "services.platform.web"
+    assert record.getMessage() == "inline answer of /inline failed; a worker answers"
+    assert record.exc_info[1].args == ("inline internals",)

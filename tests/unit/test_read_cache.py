@@ -159,3 +159,30 @@ def test_a_failed_read_leaves_every_due_post_to_run_out(cache, clock):
     assert (cache.due_posts, cache.refreshing) == ([], set())
     assert cache.get("a") == (True, counts("a", 1))  # until its TTL ends
     assert cache.due("a")  # and may fall due again
+
+
+def test_settled_answers_only_what_needs_nothing_else(cache, clock):
+    """``settled`` (the gateway's answer without a worker): counts of a held
+    post in the first half of its entry's life, or already due; None for
+    anything that ``get`` and ``due`` must decide, with nothing counted."""
+    cache.put("a", counts("a", 1), stamp=1000.0)
+    cache.put("none", None, stamp=1000.0)
+    assert cache.settled("a") == counts("a", 1)
+    assert cache.settled("none") is None  # the 404 is the worker's
+    assert cache.settled("absent") is None
+    assert (cache.hits, cache.misses) == (1, 0)
+    clock[0] = 1000.6  # past REFRESH_AT: due, so ``due`` must see it
+    assert cache.settled("a") is None
+    assert cache.due("a") is True
+    assert cache.settled("a") == counts("a", 1)  # due already: no more to do
+    clock[0] = 1001.001
+    assert cache.settled("a") is None  # run out
+    assert (cache.hits, cache.misses) == (2, 0)
+
+
+def test_settled_keeps_the_lru_order(cache):
+    for post in "abc":
+        cache.put(post, counts(post, 1), stamp=1000.0)
+    assert cache.settled("a") == counts("a", 1)
+    cache.put("d", counts("d", 1), stamp=1000.0)
+    assert list(cache.entries) == ["c", "a", "d"]
