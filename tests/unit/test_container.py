@@ -1,8 +1,13 @@
-"""The stop deadline of DeadlineContainer, with a service whose stop hangs
-(no broker)."""
+"""DeadlineContainer: the stop deadline, with a service whose stop hangs,
+and its lean workers (no broker)."""
+import logging
+
 import eventlet
+import pytest
 from nameko.containers import get_container_cls
 from nameko.extensions import DependencyProvider
+from nameko.testing.services import entrypoint_hook, entrypoint_waiter
+from nameko.timer import timer
 
 from services.platform.container import DeadlineContainer
 
@@ -54,3 +59,115 @@ def test_a_stop_that_ends_in_time_is_left_alone(caplog):
         container.stop()
     eventlet.sleep(0.3)  # past the deadline: the timer was cancelled
     assert killed == [] and not any("killing" in m for m in caplog.messages)
+
+
+class Recorder(DependencyProvider):
+    """Records the worker hooks nameko calls, with what they are given."""
+
+    def setup(self):
+        self.calls = []
+
+    def get_dependency(self, worker_ctx):
+        self.calls.append(("get_dependency", worker_ctx.entrypoint.method_name))
+        return self.calls
+
+    def worker_setup(self, worker_ctx):
+        self.calls.append(("worker_setup", worker_ctx.entrypoint.method_name))
+
+    def worker_result(self, worker_ctx, result=None, exc_info=None):
+        self.calls.append(("worker_result", result,
+                           exc_info and (exc_info[0], exc_info[1].args)))
+
+    def worker_teardown(self, worker_ctx):
+        self.calls.append(("worker_teardown", worker_ctx.entrypoint.method_name))
+
+
+class Plain(DependencyProvider):
+    """No worker hooks of its own: injected, nothing else."""
+
+    def get_dependency(self, worker_ctx):
+        return "plain"
+
+
+class Expected(Exception):
+    pass
+
+
+class Hooked:
+    name = "hooked"
+    recorder = Recorder()
+    plain = Plain()
+
+    @timer(interval=3600, expected_exceptions=Expected)
+    def works(self):
+        self.recorder.append(("method", self.plain))
+        return "done"
+
+    @timer(interval=3600, expected_exceptions=Expected)
+    def expected(self):
+        raise Expected("a client's mistake")
+
+    @timer(interval=3600)
+    def bug(self):
+        raise KeyError("internals")
+
+
+@pytest.fixture(params=[logging.INFO, logging.DEBUG], ids=["lean", "upstream"])
+def hooked(request, caplog):
+    """The service's container, with nameko's log at INFO (the lean
+    worker) or DEBUG (upstream's): both must behave alike."""
+    caplog.set_level(request.param, logger="nameko.containers")
+    container = DeadlineContainer(Hooked, {"AMQP_URI": "memory://"})
+    container.start()
+    recorder = next(d for d in container.dependencies if isinstance(d, Recorder))
+    yield container, recorder.calls
+    container.kill()
+
+
+def test_a_worker_calls_every_hook_in_order(hooked):
+    container, calls = hooked
+    with entrypoint_hook(container, "works") as call:
+        assert call() == "done"
+    assert calls == [("get_dependency", "works"), ("worker_setup", "works"),
+                     ("method", "plain"), ("worker_result", "done", None),
+                     ("worker_teardown", "works")]
+
+
+@pytest.mark.parametrize("method, level, error, message", [
+    ("expected", logging.WARNING, (Expected, ("a client's mistake",)), ": a client's mistake"),
+    ("bug", logging.ERROR, (KeyError, ("internals",)), ": 'internals'"),
+])
+def test_a_failing_worker_is_logged_as_upstream_logs_it(
+        hooked, caplog, method, level, error, message):
+    container, calls = hooked
+    with entrypoint_waiter(container, method):
+        with entrypoint_hook(container, method) as call:
+            with pytest.raises(error[0]):
+                call()
+    assert calls == [("get_dependency", method), ("worker_setup", method),
+                     ("worker_result", None, error), ("worker_teardown", method)]
+    (record,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert (record.name, record.levelno) == ("nameko.containers", level)
+    assert record.getMessage().endswith(message)
+    assert record.exc_info[0] is error[0]
+
+
+def test_the_lean_worker_skips_hooks_nobody_overrides(monkeypatch, caplog):
+    """The base class's no-op hooks (Plain's) are not called; at DEBUG,
+    upstream's worker runs, and logs its steps."""
+    base_calls = []
+    for hook in ("worker_setup", "worker_result", "worker_teardown"):
+        monkeypatch.setattr(DependencyProvider, hook, lambda self, *args, hook=hook:
+                            base_calls.append((type(self).__name__, hook)))
+    for level in (logging.INFO, logging.DEBUG):
+        caplog.set_level(level, logger="nameko.containers")
+        caplog.clear()
+        del base_calls[:]
+        container = DeadlineContainer(Hooked, {"AMQP_URI": "memory://"})
+        container.start()
+        with entrypoint_hook(container, "works") as call:
+            assert call() == "done"
+        container.kill()
+        assert base_calls == []
+        ran = [r for r in caplog.records if r.getMessage().startswith("ran worker ")]
+        assert len(ran) == (1 if level == logging.DEBUG else 0)

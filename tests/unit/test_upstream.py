@@ -3,6 +3,7 @@ private attribute it reads or writes, every method it overrides or calls
 with a given shape, every string of a wire protocol or log line it copies.
 A nameko, kombu, eventlet or werkzeug upgrade that changes one of them
 fails here, loudly, instead of breaking a service quietly."""
+import hashlib
 import inspect
 
 import eventlet
@@ -16,7 +17,7 @@ from nameko.amqp.publish import Publisher
 from nameko.containers import ServiceContainer, get_container_cls
 from nameko.contextdata import ContextDataProvider
 from nameko.events import EventHandler
-from nameko.extensions import ProviderCollector
+from nameko.extensions import DependencyProvider, ProviderCollector
 from nameko.messaging import QueueConsumer
 from nameko.standalone.events import get_event_exchange
 from nameko.web.handlers import HttpRequestHandler
@@ -25,6 +26,7 @@ from werkzeug.wrappers import Request
 
 from services import contracts
 from services.platform import brokers
+from services.platform.container import HOOKS
 
 
 def params(function):
@@ -137,6 +139,23 @@ def test_container_internals():
     container = ServiceContainer(type("S", (), {"name": "s"}), {})
     assert container.extensions == container.dependencies | container.entrypoints | (
         container.subextensions)
+
+
+def test_container_worker_steps():
+    """DeadlineContainer._run_worker is upstream's, less the debug logging
+    and the base class's no-op hooks: any change to these is to be read
+    and copied."""
+    pinned = {
+        "_run_worker": "7418dcb704693677",
+        "_inject_dependencies": "d83f914c10dd0be2",
+        "_worker_setup": "7a70528f4a21aeb8",
+        "_worker_result": "23f813014385ae29",
+        "_worker_teardown": "9f84f42d916eb852",
+    }
+    assert {name: hashlib.sha256(source(getattr(ServiceContainer, name)).encode())
+            .hexdigest()[:16] for name in pinned} == pinned
+    assert [hook for hook in ("worker_setup", "worker_result", "worker_teardown")
+            if callable(getattr(DependencyProvider, hook))] == list(HOOKS)
 
 
 def test_container_logs_worker_errors_as_the_filter_and_web_expect():
