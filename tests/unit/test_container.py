@@ -1,10 +1,12 @@
 """DeadlineContainer: the stop deadline, with a service whose stop hangs,
 and its lean workers (no broker)."""
+import gc
 import logging
 
 import eventlet
 import pytest
 from nameko.containers import get_container_cls
+from nameko.exceptions import ConfigurationError
 from nameko.extensions import DependencyProvider
 from nameko.testing.services import entrypoint_hook, entrypoint_waiter
 from nameko.timer import timer
@@ -171,3 +173,31 @@ def test_the_lean_worker_skips_hooks_nobody_overrides(monkeypatch, caplog):
         assert base_calls == []
         ran = [r for r in caplog.records if r.getMessage().startswith("ran worker ")]
         assert len(ran) == (1 if level == logging.DEBUG else 0)
+
+
+@pytest.fixture
+def gc_thresholds():
+    saved = gc.get_threshold()
+    gc.set_threshold(700, 10, 10)
+    yield
+    gc.set_threshold(*saved)
+
+
+@pytest.mark.parametrize("setting, thresholds", [
+    ({}, (20_000, 50, 100)),
+    ({"GC_GEN0_THRESHOLD": 5000}, (5000, 50, 100)),
+    ({"GC_GEN0_THRESHOLD": 0}, (700, 10, 10)),  # Python's own
+])
+def test_a_started_container_sets_the_collector(gc_thresholds, setting, thresholds):
+    container = DeadlineContainer(Hooked, dict({"AMQP_URI": "memory://"}, **setting))
+    container.start()
+    container.kill()
+    assert gc.get_threshold() == thresholds
+
+
+@pytest.mark.parametrize("value", [-1, "many", 1.5, 10_000_001])
+def test_a_bad_collector_setting_refuses_to_start(gc_thresholds, value):
+    container = DeadlineContainer(Hooked, {"AMQP_URI": "memory://", "GC_GEN0_THRESHOLD": value})
+    with pytest.raises(ConfigurationError, match="GC_GEN0_THRESHOLD"):
+        container.start()
+    assert gc.get_threshold() == (700, 10, 10)
