@@ -1,4 +1,5 @@
 """The votes service and its event entrypoint, with fakes (no broker, no Redis)."""
+import json
 from unittest import mock
 
 import kombu
@@ -132,6 +133,39 @@ def test_a_valid_event_waits_for_its_worker_as_slotted_votes(handler, mock_conta
         (v["voteId"], v.get("voterId")) for v in event["votes"]]
     assert not any(hasattr(v, "__dict__") for v in payload.votes)
     assert message._decoded_cache is None and message.body == b'{}'
+
+
+def test_a_raw_payload_reaches_its_worker_from_a_thread_of_its_own(mock_container):
+    """ReliableEventHandler with a ``raw_schema``: a plain JSON body is read
+    by it, and handed to a worker from a managed thread (the consume loop
+    must not wait for a free worker); any other body is left to ``schema``."""
+    handler = bound_event_handler(mock_container, ReliableEventHandler,
+                                  raw_schema=schemas.parse_event_json)
+    event = make_event(make_vote(), make_vote(voterId="v1"))
+    body = json.dumps(event).encode()
+    message = kombu.Message(body=body, content_type="application/json",
+                            content_encoding="utf-8", headers={},
+                            delivery_info={"routing_key": contracts.VOTE_CAST})
+    payload = handler.parse_raw(message)
+    assert (payload.id, [v.voteId for v in payload.votes]) == (
+        event["id"], [v["voteId"] for v in event["votes"]])
+    for other in (dict(content_type="application/x-python-serialize"),
+                  dict(content_encoding="binary"),
+                  dict(headers={"compression": "application/x-gzip"})):
+        fields = dict(body=body, content_type="application/json",
+                      content_encoding="utf-8", headers={})
+        fields.update(other)
+        assert handler.parse_raw(kombu.Message(**fields)) is None
+    assert handler.parse_raw(kombu.Message(
+        body=b'{"votes": []}', content_type="application/json",
+        content_encoding="utf-8", headers={})) is None
+
+    handler.handle_payload(payload, message)
+    mock_container.spawn_worker.assert_not_called()
+    (thread,), _ = mock_container.spawn_managed_thread.call_args
+    thread()
+    (_, (worker_payload,), _), _ = mock_container.spawn_worker.call_args
+    assert worker_payload is payload
 
 
 def test_transient_failure_is_retried_not_acked(handler, mock_container):
