@@ -65,6 +65,12 @@ class DeadlineContainer(ServiceContainer):
 
     stop_deadline = STOP_DEADLINE
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # hook name -> the providers that override it, from the first worker
+        # on (tests may replace dependencies until then)
+        self._hooked_providers = None
+
     def start(self):
         tune_gc(self.config)
         _log.debug("starting %s", self)
@@ -119,14 +125,12 @@ class DeadlineContainer(ServiceContainer):
             provider.worker_teardown(worker_ctx)
 
     def _hooked(self):
-        """hook name -> the providers that override it, in order."""
-        hooked = self.__dict__.get("_hooked_providers")
-        if hooked is None:
-            hooked = self._hooked_providers = {hook: [
+        if self._hooked_providers is None:
+            self._hooked_providers = {hook: [
                 provider for provider in self.dependencies
                 if getattr(type(provider), hook) is not getattr(DependencyProvider, hook)]
                 for hook in HOOKS}
-        return hooked
+        return self._hooked_providers
 
     def _stop_overdue(self):
         if not self._died.ready():
