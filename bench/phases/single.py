@@ -1,11 +1,23 @@
 """Single votes: wrk GET /vote at each connection level, against the bare
-service and the gateway in turn, ``rounds`` times; every 202 counted
-before the next run."""
+service, the gateway, and the gateway publishing transient messages
+(bench.transient: what the durable confirm costs) in turn, ``rounds``
+times; every 202 counted before the next run."""
 from bench.context import cpu_note, fmt
 from bench.phases import bare
 
+TRANSIENT = "gateway-transient"
+
 
 def run(bench):
+    transient = bench.env.start_service(TRANSIENT, "bench.transient", http=True)
+    try:
+        transient.wait_http("/vote-counts?postId=bench-ready", 60, {404})
+        return _run(bench)
+    finally:
+        bench.env.stop_service(TRANSIENT)
+
+
+def _run(bench):
     best = 0
     for connections in bench.p["levels"]:
         for turn in range(bench.p["rounds"]):
@@ -13,19 +25,29 @@ def run(bench):
             base = bench.run_wrk("bare", "vote", connections, prefix)
             votes = bench.vote_run("single c{} run {}".format(connections, turn + 1),
                                    connections, prefix)
-            rate, bare_rate = votes.rate(202), base.rate(202)
+            light = bench.vote_run(
+                "single transient c{} run {}".format(connections, turn + 1),
+                connections, "t" + prefix, target=TRANSIENT,
+                watch=dict(bench.watch("votes", "bare"),
+                           transient=bench.env.services[TRANSIENT].pid))
+            rate, bare_rate, light_rate = votes.rate(202), base.rate(202), light.rate(202)
             best = max(best, rate)
             bench.runs("votes/bare c{}".format(connections),
                        rate / bare_rate if bare_rate else 0)
+            bench.runs("transient/bare c{}".format(connections),
+                       light_rate / bare_rate if bare_rate else 0)
             bench.runs("vote p50 - bare p50 c{}".format(connections),
                        votes.p50_ms - base.p50_ms)
             bare.row(bench, "/vote", connections, base, bare_rate)
-            bench.row("single votes GET /vote, c={}".format(connections),
-                      "{} votes/s".format(fmt(rate)),
-                      "votes/bare {:.2f}".format(rate / bare_rate if bare_rate else 0),
-                      votes.command + " (gateway)",
-                      "p50 {:.1f} ms p99 {:.1f} ms; {}; all counted {:.1f} s "
-                      "after the run".format(votes.p50_ms, votes.p99_ms,
-                                             cpu_note(votes.cpu), votes.settle))
+            for label, result, source in (("", votes, "gateway"),
+                                          (", transient messages", light, TRANSIENT)):
+                bench.row("single votes GET /vote{}, c={}".format(label, connections),
+                          "{} votes/s".format(fmt(result.rate(202))),
+                          "votes/bare {:.2f}".format(
+                              result.rate(202) / bare_rate if bare_rate else 0),
+                          "{} ({})".format(result.command, source),
+                          "p50 {:.1f} ms p99 {:.1f} ms; {}; all counted {:.1f} s "
+                          "after the run".format(result.p50_ms, result.p99_ms,
+                                                 cpu_note(result.cpu), result.settle))
     bench.figures["max_single"] = best
     return best

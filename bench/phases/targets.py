@@ -115,4 +115,17 @@ def table(bench):
     for figure, target, median, runs, met, command in rows:
         lines.append("| {} | {} | {} | {} | {} | {} |".format(
             figure, target, median, runs or "-", "yes" if met else "**no**", command))
+    lines += ["", "what the durable confirm costs: single votes through a gateway "
+              "publishing transient messages (bench.transient), in the same rounds"]
+    for c in (c16, c64):
+        light, light_runs = _median(bench, "transient/bare c{}".format(c))
+        durable_runs = bench.series.get("votes/bare c{}".format(c), [])
+        shares = [d / t for d, t in zip(durable_runs, light_runs, strict=True) if t]
+        if light is None:
+            lines.append("- c{}: not measured".format(c))
+            continue
+        lines.append("- c{}: transient/bare {:.2f} ({}); durable/transient {:.2f} ({})".format(
+            c, light, ", ".join("{:.2f}".format(r) for r in light_runs),
+            statistics.median(shares) if shares else 0,
+            ", ".join("{:.2f}".format(r) for r in shares)))
     return lines

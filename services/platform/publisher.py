@@ -112,6 +112,9 @@ class ConfirmedPublisher(DependencyProvider):
     max_group_weight = 1000
     weigh = staticmethod(len)
     links = 2  # round trips in flight at once
+    # persistent: RabbitMQ confirms it once it is on disk, so an answered
+    # publish survives a broker restart (bench.transient alone sets 1)
+    delivery_mode = 2
     unavailable = ConnectionError  # what callers get when the broker fails
     what = "the message"  # in the error messages
 
@@ -204,7 +207,8 @@ class ConfirmedPublisher(DependencyProvider):
                 with eventlet.Timeout(left):
                     link.get_producer().publish(
                         body, exchange=self.exchange, routing_key=self.routing_key,
-                        serializer="json", delivery_mode=2, mandatory=True,
+                        serializer="json", delivery_mode=self.delivery_mode,
+                        mandatory=True,
                         retry=False, confirm_timeout=left,
                     )
                 return [None] * groups

@@ -10,6 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = (
     "bare @http GET /vote, c=16", "single votes GET /vote, c=16",
+    "single votes GET /vote, transient messages, c=64",
     "reads GET /vote-counts, c=64", "batch votes POST /votes x100",
     "drain of batches: one votes process", "202 -> visible in /vote-counts",
     "Redis memory per voter vote", "Redis memory per Idempotency-Key",
@@ -42,5 +43,7 @@ def test_quick_bench_runs_and_counts_exactly(tmp_path):
     # the targets table, in the throughput work's layout
     assert "targets: the median of 1 run each" in table
     assert "| lost or doubled | 0 | 0 | - | yes |" in table
+    assert re.search(r"^- c64: transient/bare \d\.\d\d \(\d\.\d\d\); "
+                     r"durable/transient \d\.\d\d \(\d\.\d\d\)$", table, re.M)
     assert "| votes-service CPU seconds per 100k applied votes | half of 1deb8e3's | n/a " \
         "| not measured (--quick) | **no** |" in table
