@@ -8,6 +8,12 @@ from bench.phases import bare
 TRANSIENT = "gateway-transient"
 
 
+def cpu_us(result, name, rate):
+    """Microseconds of ``name``'s CPU per answer of the run, or None."""
+    share = result.cpu.get(name)
+    return share / rate * 1e6 if share and rate else None
+
+
 def run(bench):
     transient = bench.env.start_service(TRANSIENT, "bench.transient", http=True)
     try:
@@ -38,16 +44,24 @@ def _run(bench):
                        light_rate / bare_rate if bare_rate else 0)
             bench.runs("vote p50 - bare p50 c{}".format(connections),
                        votes.p50_ms - base.p50_ms)
+            bare_us = cpu_us(base, "bare", bare_rate)
             bare.row(bench, "/vote", connections, base, bare_rate)
-            for label, result, source in (("", votes, "gateway"),
-                                          (", transient messages", light, TRANSIENT)):
+            for label, result, source, process in (
+                    ("", votes, "gateway", "gateway"),
+                    (", transient messages", light, TRANSIENT, "transient")):
+                own_us = cpu_us(result, process, result.rate(202))
+                if own_us and bare_us:
+                    bench.runs("{} cpu/bare cpu c{}".format(process, connections),
+                               own_us / bare_us)
                 bench.row("single votes GET /vote{}, c={}".format(label, connections),
                           "{} votes/s".format(fmt(result.rate(202))),
                           "votes/bare {:.2f}".format(
                               result.rate(202) / bare_rate if bare_rate else 0),
                           "{} ({})".format(result.command, source),
                           "p50 {:.1f} ms p99 {:.1f} ms; {}; all counted {:.1f} s "
-                          "after the run".format(result.p50_ms, result.p99_ms,
-                                                 cpu_note(result.cpu), result.settle))
+                          "after the run; {} us of CPU a vote, the bare endpoint {} "
+                          "a request".format(result.p50_ms, result.p99_ms,
+                                             cpu_note(result.cpu), result.settle,
+                                             fmt(own_us), fmt(bare_us)))
     bench.figures["max_single"] = best
     return best

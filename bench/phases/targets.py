@@ -128,4 +128,13 @@ def table(bench):
             c, light, ", ".join("{:.2f}".format(r) for r in light_runs),
             statistics.median(shares) if shares else 0,
             ", ".join("{:.2f}".format(r) for r in shares)))
+    lines += ["", "CPU a vote against the bare endpoint's CPU a request (the median "
+              "and the runs), from the same wrk runs"]
+    for c in (c16, c64):
+        parts = []
+        for process in ("gateway", "transient"):
+            median, runs = _median(bench, "{} cpu/bare cpu c{}".format(process, c))
+            parts.append("{} {}".format(process, "n/a" if median is None else "x{:.2f} ({})".format(
+                median, ", ".join("{:.2f}".format(r) for r in runs))))
+        lines.append("- c{}: {}".format(c, "; ".join(parts)))
     return lines

@@ -45,5 +45,7 @@ def test_quick_bench_runs_and_counts_exactly(tmp_path):
     assert "| lost or doubled | 0 | 0 | - | yes |" in table
     assert re.search(r"^- c64: transient/bare \d\.\d\d \(\d\.\d\d\); "
                      r"durable/transient \d\.\d\d \(\d\.\d\d\)$", table, re.M)
+    assert re.search(r"^- c16: gateway x\d\.\d\d \(\d\.\d\d\); "
+                     r"transient x\d\.\d\d \(\d\.\d\d\)$", table, re.M)
     assert "| votes-service CPU seconds per 100k applied votes | half of 1deb8e3's | n/a " \
         "| not measured (--quick) | **no** |" in table
