@@ -36,27 +36,24 @@ def _run(bench):
                 connections, "t" + prefix, target=TRANSIENT,
                 watch=dict(bench.watch("votes", "bare"),
                            transient=bench.env.services[TRANSIENT].pid))
-            rate, bare_rate, light_rate = votes.rate(202), base.rate(202), light.rate(202)
-            best = max(best, rate)
-            bench.runs("votes/bare c{}".format(connections),
-                       rate / bare_rate if bare_rate else 0)
-            bench.runs("transient/bare c{}".format(connections),
-                       light_rate / bare_rate if bare_rate else 0)
+            bare_rate = base.rate(202)
+            best = max(best, votes.rate(202))
             bench.runs("vote p50 - bare p50 c{}".format(connections),
                        votes.p50_ms - base.p50_ms)
             bare_us = cpu_us(base, "bare", bare_rate)
             bare.row(bench, "/vote", connections, base, bare_rate)
-            for label, result, source, process in (
-                    ("", votes, "gateway", "gateway"),
-                    (", transient messages", light, TRANSIENT, "transient")):
-                own_us = cpu_us(result, process, result.rate(202))
+            for label, result, source, process, series in (
+                    ("", votes, "gateway", "gateway", "votes"),
+                    (", transient messages", light, TRANSIENT, "transient", "transient")):
+                rate = result.rate(202)
+                ratio = rate / bare_rate if bare_rate else 0
+                bench.runs("{}/bare c{}".format(series, connections), ratio)
+                own_us = cpu_us(result, process, rate)
                 if own_us and bare_us:
                     bench.runs("{} cpu/bare cpu c{}".format(process, connections),
                                own_us / bare_us)
                 bench.row("single votes GET /vote{}, c={}".format(label, connections),
-                          "{} votes/s".format(fmt(result.rate(202))),
-                          "votes/bare {:.2f}".format(
-                              result.rate(202) / bare_rate if bare_rate else 0),
+                          "{} votes/s".format(fmt(rate)), "votes/bare {:.2f}".format(ratio),
                           "{} ({})".format(result.command, source),
                           "p50 {:.1f} ms p99 {:.1f} ms; {}; all counted {:.1f} s "
                           "after the run; {} us of CPU a vote, the bare endpoint {} "
