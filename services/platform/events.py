@@ -21,6 +21,7 @@ AMQP_QUEUE_TYPE names (services.platform.brokers).
 import hashlib
 import logging
 import random
+import socket
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -46,6 +47,13 @@ RETRY_BASE_DELAY = 0.1
 RETRY_MAX_DELAY = 5.0
 MAX_UNEXPECTED_FAILURES = 5
 RECONNECT_INTERVAL = 1.0  # seconds between attempts to reach the broker
+# a consumer with room for more that got nothing for STALL_AFTER seconds asks
+# the broker (on its own channel) whether its queue holds messages; an
+# answer of some, or none within STALL_ANSWER_TIMEOUT, and it consumes anew
+STALL_AFTER = 10.0
+STALL_ANSWER_TIMEOUT = 5.0
+KILL_WAIT = 1.0  # seconds a killed consumer's loop has to end by itself
+CANCEL_WAIT = 3.0  # seconds a stop waits for the broker to cancel a consumer
 # seconds the consume loop waits for a frame before it looks at should_stop:
 # kombu's 1 s made every stop and kill of the service take a second
 STOP_POLL_INTERVAL = 0.05
@@ -87,12 +95,15 @@ class ResilientQueueConsumer(QueueConsumer):
       service at start with a message that says so (brokers); found
       later (the broker was away at start), it is logged as such on each
       attempt, where kombu's consume loop calls it a lost connection;
-    * it stops within STOP_POLL_INTERVAL of being asked, not kombu's 1 s.
+    * it stops within STOP_POLL_INTERVAL of being asked, not kombu's 1 s;
+    * a stop or kill ends even when the broker stops answering on the
+      consumer's channel (CANCEL_WAIT, KILL_WAIT): nameko's waited for ever.
     """
 
     def __init__(self):
         super().__init__()
         self._broker_away = False
+        self._unanswered = False
 
     def consume(self, *args, **kwargs):
         kwargs.setdefault("safety_interval", STOP_POLL_INTERVAL)
@@ -181,10 +192,18 @@ class ResilientQueueConsumer(QueueConsumer):
         if not self._consumers_ready.ready():
             super().unregister_provider(provider)
             return
-        # as nameko does, but a consumer of a lost connection needs no cancel
+        # as nameko does, but a consumer of a lost connection needs no
+        # cancel, and one the broker does not answer gets CANCEL_WAIT seconds
         removed = Event()
         self._pending_remove_providers[provider] = removed
+        deadline = time.monotonic() + CANCEL_WAIT
         while not removed.ready() and not self._broker_away:
+            if time.monotonic() > deadline:
+                _log.warning("the broker did not answer the cancel of the "
+                             "consumer of %s within %ss", provider.queue.name,
+                             CANCEL_WAIT)
+                self._unanswered = True
+                break
             eventlet.sleep(0.1)
         if not removed.ready():
             self._pending_remove_providers.pop(provider, None)
@@ -192,9 +211,34 @@ class ResilientQueueConsumer(QueueConsumer):
         super(QueueConsumer, self).unregister_provider(provider)
 
     def stop(self):
+        if self._unanswered:  # the consume loop waits for that answer
+            self.kill()
+            return
         if self._broker_away:
             self.should_stop = True
         super().stop()
+
+    def kill(self):
+        """nameko's, which waits for the consume loop to end for as long as
+        it takes: a loop blocked on a broker that stopped answering (a
+        consumer cancel whose answer never comes) kept the process alive
+        after the stop deadline, SIGTERM or not. Here the loop gets
+        KILL_WAIT seconds, then is killed; its socket goes with the process."""
+        if self._gt is None or self._gt.dead:
+            return
+        self._providers = set()
+        self._pending_remove_providers = {}
+        self.should_stop = True
+        try:
+            with eventlet.Timeout(KILL_WAIT, False):
+                self._gt.wait()
+        except Exception as exc:  # as nameko: the container is dying anyway
+            _log.warning("QueueConsumer %s raised %r during kill", self, exc)
+        if not self._gt.dead:
+            _log.warning("the consume loop did not end within %ss of the kill: "
+                         "killed", KILL_WAIT)
+            self._gt.kill()
+        super(QueueConsumer, self).kill()
 
 
 class DeadLetteringQueueConsumer(ResilientQueueConsumer):
@@ -213,10 +257,12 @@ class DeadLetteringQueueConsumer(ResilientQueueConsumer):
         self._channel = None
         self._unacked = {}  # delivery tag -> [message, done], in delivery order
         self._acking = False
+        self._quiet_since = {}  # provider -> its last delivery, or (re)consume
 
     def get_consumers(self, consumer_cls, channel):
         # a new channel numbers its deliveries afresh; the old one's are gone
         self._channel, self._unacked = channel, {}
+        self._quiet_since = dict.fromkeys(self._providers, time.monotonic())
         consumers = super().get_consumers(consumer_cls, channel)
         for provider, consumer in self._consumers.items():
             consumer.on_decode_error = partial(self._on_decode_error, provider)
@@ -231,7 +277,7 @@ class DeadLetteringQueueConsumer(ResilientQueueConsumer):
         way, whose errors name its fault."""
         payload = provider.parse_raw(message)
         if payload is not None:
-            self._track(message)
+            self._track(message, provider)
             provider.handle_payload(payload, message)
             return
         try:
@@ -242,19 +288,64 @@ class DeadLetteringQueueConsumer(ResilientQueueConsumer):
             self.handle_message(provider, body, message)
 
     def handle_message(self, provider, body, message):
-        self._track(message)
+        self._track(message, provider)
         super().handle_message(provider, body, message)
 
     def _on_decode_error(self, provider, message, exc):
-        self._track(message)
+        self._track(message, provider)
         # runs in the consume loop: publish from a thread of its own
         reason = "undecodable body: {}: {}".format(type(exc).__name__, exc)
         self.container.spawn_managed_thread(
             partial(provider.dead_letter, message, reason))
 
-    def _track(self, message):
+    def _track(self, message, provider):
         if message.channel is self._channel:
             self._unacked[message.delivery_tag] = [message, False]
+            self._quiet_since[provider] = time.monotonic()
+
+    def on_iteration(self):
+        """Each turn of the consume loop: a consumer the broker stopped
+        serving is replaced. A quorum queue's consumer that came back while
+        the queue elected a new leader was once seen to get nothing for
+        over a minute, its queue holding thousands of votes."""
+        super().on_iteration()
+        if self.should_stop or self._channel is None:
+            return
+        now = time.monotonic()
+        # with every prefetch slot taken (workers busy, retries waiting) the
+        # broker rightly sends nothing
+        if len(self._unacked) >= self.prefetch_count:
+            return
+        for provider, since in list(self._quiet_since.items()):
+            if now - since >= STALL_AFTER:
+                self._quiet_since[provider] = now
+                self._check_served(provider.queue.name)
+
+    def _check_served(self, queue):
+        """Ask the broker on the consumer's own channel how many messages
+        ``queue`` holds ready; raise a connection error (the consume loop
+        then connects and consumes anew) if some are, or if no answer comes."""
+        try:
+            with eventlet.Timeout(STALL_ANSWER_TIMEOUT):
+                ready = self._channel.queue_declare(queue, passive=True).message_count
+        except eventlet.Timeout:
+            reason = "no answer on the consumer's channel within {}s".format(
+                STALL_ANSWER_TIMEOUT)
+        else:
+            if not ready:
+                return
+            reason = "{} messages ready and none delivered for {}s".format(
+                ready, STALL_AFTER)
+        _log.warning("the broker stopped serving the consumer of %s (%s): "
+                     "consuming anew", queue, reason)
+        connection = self._channel.connection
+        self._channel = None
+        # the framing may be cut mid-frame: no close handshake on this socket
+        try:
+            connection.sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
+        raise amqp.exceptions.ConnectionForced("consumer not served: " + reason)
 
     def requeue_message(self, message):
         if message.channel is self._channel:

@@ -85,6 +85,25 @@ def rabbitmq_stopped(cluster):
         outage.back = time.monotonic()
 
 
+@contextlib.contextmanager
+def consumer_unserved(cluster, queue):
+    """The broker stops serving every consumer of ``queue``: the Erlang
+    processes of their channels are suspended (they take no frame and send
+    no delivery, while the connection and its heartbeats carry on), and
+    resumed after the block. Yields how many channels were suspended."""
+    def each_channel(action):
+        done = cluster.broker.ctl("eval", (
+            '[sys:{}(proplists:get_value(channel_pid, C)) || C <- '
+            'rabbit_amqqueue:consumers_all(<<"{}">>), element(4, '
+            'proplists:get_value(queue_name, C)) =:= <<"{}">>].').format(
+                action, cluster.vhost, queue))
+        return done.stdout.count("ok")
+    try:
+        yield each_channel("suspend")
+    finally:
+        each_channel("resume")  # a channel killed meanwhile is skipped
+
+
 class FaultRedis(RedisServer):
     """The private redis-server of a fault test: no persistence but what
     stop() saves, and DEBUG on, for freeze()."""
@@ -384,14 +403,14 @@ def summary(label, load, counted):
                 max(latencies)))
 
 
-def within_recovery(since, checks):
+def within_recovery(since, checks, timeout=RECOVERY_TIMEOUT):
     """Problems for each of ``checks`` ({what: predicate}) not true within
-    RECOVERY_TIMEOUT seconds of ``since`` (when a server came back)."""
+    ``timeout`` seconds of ``since`` (when a server came back)."""
     problems = []
     for what, predicate in checks.items():
         try:
-            wait_until(predicate, since + RECOVERY_TIMEOUT - time.monotonic(),
-                       what + " within {}s".format(RECOVERY_TIMEOUT))
+            wait_until(predicate, since + timeout - time.monotonic(),
+                       what + " within {}s".format(timeout))
         except AssertionError as exc:
             problems.append(str(exc))
     return problems
@@ -413,7 +432,11 @@ def verify(label, cluster, load, problems=(), in_doubt=(), refusals=False,
     try:
         counted = settle(cluster, expected)
     except AssertionError as exc:
-        failures.append(str(exc))
+        ready, consumers = cluster.queue_state(VOTES_QUEUE)
+        failures.append("{}; the votes queue then: {} ready, {} ready or "
+                        "unacked, {} consumers".format(
+                            exc, ready, cluster.queue_messages(VOTES_QUEUE),
+                            consumers))
         counted = cluster.counted()
     line = summary(label, load, counted)
     print("\n" + line)

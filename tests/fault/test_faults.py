@@ -8,9 +8,12 @@ from collections import Counter
 
 from nameko.testing.utils import find_free_port
 
+from services.platform.events import STALL_AFTER, STALL_ANSWER_TIMEOUT
 from tests.fault.harness import (
     DEAD_LETTER_QUEUE,
+    RECOVERY_TIMEOUT,
     VOTES_QUEUE,
+    consumer_unserved,
     publish_malformed,
     rabbitmq_stopped,
     take_dead_letters,
@@ -128,6 +131,59 @@ def test_malformed_events_dead_lettered(cluster):
             problems.append("the votes service died")
         return problems
     verify("malformed events", cluster, load, after=dead_letters)
+
+
+def test_consumer_the_broker_stops_serving(cluster):
+    """The broker stops serving the votes service's consumer while votes
+    keep coming: they queue, the service notices within STALL_AFTER +
+    STALL_ANSWER_TIMEOUT, consumes anew on the same process, and every
+    vote is counted once (those the old channel held come back when the
+    broker drops it)."""
+    cluster.start_gateway()
+    votes = cluster.start_votes()
+    with cluster.load() as load:
+        load.wait_sent(500)
+        with consumer_unserved(cluster, VOTES_QUEUE) as channels:
+            began = time.monotonic()
+            time.sleep(2)  # batches already in workers end
+            stalled = total(cluster.counted())
+            time.sleep(3)
+            still = total(cluster.counted())
+            problems = within_recovery(began, {
+                "votes applied again": cluster.counting_beyond(still),
+            }, timeout=STALL_AFTER + STALL_ANSWER_TIMEOUT + RECOVERY_TIMEOUT)
+            load.wait_sent(500)
+    print("\n[consumer not served] {} channel suspended; counted {} then {}; "
+          "applying again after {:.1f}s".format(
+              channels, stalled, still, time.monotonic() - began))
+    if channels != 1 or still != stalled:
+        problems.append("expected one consumer channel suspended and counting "
+                        "stopped: {} channels, counted {} then {}".format(
+                            channels, stalled, still))
+    warned = "the broker stopped serving the consumer of " + VOTES_QUEUE
+    if warned not in votes.log_path.read_text():
+        problems.append("no warning: " + warned)
+    verify("consumer not served", cluster, load, problems)
+    assert votes.alive and len(cluster.processes) == 2  # no restart
+
+
+def test_votes_terminated_while_the_broker_does_not_answer(cluster):
+    """SIGTERM while the broker takes frames on the consumer's channel and
+    never answers them: the stop gives up the consumer's cancel after
+    CANCEL_WAIT, the consume loop gets KILL_WAIT more, and the process
+    exits within SIGTERM_BOUND. Its votes are counted once by the next
+    process."""
+    cluster.start_gateway()
+    votes = cluster.start_votes()
+    with cluster.load() as load:
+        load.wait_sent(500)
+        with consumer_unserved(cluster, VOTES_QUEUE) as channels:
+            problems = terminate(votes, "SIGTERM votes, consumer unserved")
+        cluster.start_votes()
+        load.wait_sent(500)
+    if channels != 1:
+        problems.append("{} consumer channels suspended, not 1".format(channels))
+    verify("SIGTERM votes, consumer unserved", cluster, load, problems)
 
 
 def test_two_votes_processes(cluster):

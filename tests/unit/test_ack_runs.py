@@ -6,6 +6,7 @@ import pytest
 
 from services.platform.events import DeadLetteringQueueConsumer
 
+PROVIDER = object()  # the entrypoint a message is for
 
 class FakeChannel:
     """Records basic_ack calls; may yield inside one, as a socket write can."""
@@ -34,7 +35,7 @@ def deliver(consumer, channel, tags):
     for tag in tags:
         messages[tag] = kombu.Message(body=b"{}", delivery_tag=tag, channel=channel,
                                       delivery_info={"routing_key": "r"})
-        consumer._track(messages[tag])
+        consumer._track(messages[tag], PROVIDER)
     return messages
 
 

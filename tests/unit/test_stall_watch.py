@@ -1,0 +1,124 @@
+"""DeadLetteringQueueConsumer replaces a consumer the broker stopped
+serving: after STALL_AFTER seconds with room for more and no delivery, it
+asks the broker on the consumer's channel how many messages are ready, and
+consumes anew (a connection error for the consume loop) if some are or no
+answer comes. The fault tests show it against a real broker
+(test_consumer_the_broker_stops_serving); here, each rule alone."""
+import logging
+import socket
+from types import SimpleNamespace
+from unittest import mock
+
+import amqp
+import eventlet
+import pytest
+from amqp.protocol import queue_declare_ok_t
+
+from services.platform import events
+from services.platform.events import STALL_AFTER, DeadLetteringQueueConsumer
+
+QUEUE = "evt-gateway-vote_cast--votes.handle_vote_cast"
+PREFETCH = 3
+
+
+class FakeChannel:
+    """Answers a passive declare with ``ready`` messages, or never."""
+
+    def __init__(self, ready=0, answer=True):
+        self.ready = ready
+        self.answer = answer
+        self.declared = []
+        self.sock, self.peer = socket.socketpair()
+        self.connection = SimpleNamespace(sock=self.sock)
+
+    def queue_declare(self, queue, passive=False):
+        self.declared.append((queue, passive))
+        if not self.answer:
+            eventlet.sleep(60)
+        return queue_declare_ok_t(queue, self.ready, 1)
+
+    def close(self):
+        self.sock.close()
+        self.peer.close()
+
+
+class Provider:
+    queue = SimpleNamespace(name=QUEUE)
+
+
+@pytest.fixture
+def make(request):
+    def make(ready=0, answer=True, quiet_for=STALL_AFTER, in_flight=0):
+        consumer = DeadLetteringQueueConsumer()
+        consumer.container = SimpleNamespace(max_workers=PREFETCH)
+        provider = Provider()
+        channel = FakeChannel(ready, answer)
+        request.addfinalizer(channel.close)
+        consumer._providers = {provider}
+        consumer._consumers = {provider: object()}  # on_iteration stops with none
+        consumer._channel = channel
+        consumer._unacked = {tag: [object(), False] for tag in range(in_flight)}
+        consumer._quiet_since = {provider: events.time.monotonic() - quiet_for}
+        return consumer, channel
+    return make
+
+
+def test_a_quiet_queue_with_nothing_ready_is_left_alone(make):
+    consumer, channel = make(ready=0)
+    consumer.on_iteration()
+    consumer.on_iteration()  # asked once per STALL_AFTER, not every turn
+    assert channel.declared == [(QUEUE, True)]
+    assert channel.sock.send(b"x") == 1  # the connection is kept
+
+
+def test_no_question_before_stall_after(make):
+    consumer, channel = make(ready=5, quiet_for=STALL_AFTER - 1)
+    consumer.on_iteration()
+    assert channel.declared == []
+
+
+def test_no_question_while_every_prefetch_slot_is_taken(make):
+    consumer, channel = make(ready=5, in_flight=PREFETCH)
+    consumer.on_iteration()
+    assert channel.declared == []
+
+
+def test_ready_messages_and_no_delivery_mean_consume_anew(make, caplog):
+    consumer, channel = make(ready=5, in_flight=PREFETCH - 1)
+    with caplog.at_level(logging.WARNING, logger=events.__name__):
+        with pytest.raises(amqp.exceptions.ConnectionForced):
+            consumer.on_iteration()
+    assert caplog.messages == [
+        "the broker stopped serving the consumer of {} (5 messages ready and "
+        "none delivered for {}s): consuming anew".format(QUEUE, STALL_AFTER)]
+    # the socket is shut down: no close handshake on a stalled connection
+    assert channel.peer.recv(1) == b""
+    assert consumer._channel is None
+
+
+def test_no_answer_means_consume_anew(make, caplog, monkeypatch):
+    monkeypatch.setattr(events, "STALL_ANSWER_TIMEOUT", 0.05)
+    consumer, channel = make(answer=False)
+    with caplog.at_level(logging.WARNING, logger=events.__name__):
+        with pytest.raises(amqp.exceptions.ConnectionForced) as raised:
+            consumer.on_iteration()
+    assert str(raised.value) == (
+        "consumer not served: no answer on the consumer's channel within 0.05s")
+    assert len(caplog.messages) == 1 and "within 0.05s" in caplog.messages[0]
+
+
+def test_a_delivery_restarts_the_quiet_time(make):
+    consumer, channel = make(ready=5)
+    provider, = consumer._providers
+    message = mock.Mock(channel=channel, delivery_tag=1)
+    consumer._track(message, provider)
+    consumer.on_iteration()
+    assert channel.declared == []
+    assert list(consumer._unacked) == [1]
+
+
+def test_a_stopping_consumer_asks_nothing(make):
+    consumer, channel = make(ready=5)
+    consumer.should_stop = True
+    consumer.on_iteration()
+    assert channel.declared == []
