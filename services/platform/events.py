@@ -104,14 +104,78 @@ class ResilientQueueConsumer(QueueConsumer):
         super().__init__()
         self._broker_away = False
         self._unanswered = False
+        self._channel = None
+        self._held = set()  # delivery tags of the channel's messages in work
+        self._quiet_since = {}  # provider -> its last delivery, or (re)consume
 
     def consume(self, *args, **kwargs):
         kwargs.setdefault("safety_interval", STOP_POLL_INTERVAL)
         return super().consume(*args, **kwargs)
 
+    def handle_message(self, provider, body, message):
+        self._delivered(provider, message)
+        super().handle_message(provider, body, message)
+
+    def _delivered(self, provider, message):
+        if message.channel is self._channel:
+            self._held.add(message.delivery_tag)
+            self._quiet_since[provider] = time.monotonic()
+
+    def _settled(self, message):
+        if message.channel is self._channel:
+            self._held.discard(message.delivery_tag)
+
+    def _in_flight(self):
+        return len(self._held)
+
+    def on_iteration(self):
+        """Each turn of the consume loop: a consumer the broker stopped
+        serving is replaced. A quorum queue's consumer that came back while
+        the queue elected a new leader was once seen to get nothing for
+        over a minute, its queue holding thousands of votes."""
+        super().on_iteration()
+        if self.should_stop or self._channel is None:
+            return
+        now = time.monotonic()
+        # with every prefetch slot taken (workers busy, retries waiting) the
+        # broker rightly sends nothing
+        if self._in_flight() >= self.prefetch_count:
+            return
+        for provider, since in list(self._quiet_since.items()):
+            if now - since >= STALL_AFTER:
+                self._quiet_since[provider] = now
+                self._check_served(provider.queue.name)
+
+    def _check_served(self, queue):
+        """Ask the broker on the consumer's own channel how many messages
+        ``queue`` holds ready; raise a connection error (the consume loop
+        then connects and consumes anew) if some are, or if no answer comes."""
+        try:
+            with eventlet.Timeout(STALL_ANSWER_TIMEOUT):
+                ready = self._channel.queue_declare(queue, passive=True).message_count
+        except eventlet.Timeout:
+            reason = "no answer on the consumer's channel within {}s".format(
+                STALL_ANSWER_TIMEOUT)
+        else:
+            if not ready:
+                return
+            reason = "{} messages ready and none delivered for {}s".format(
+                ready, STALL_AFTER)
+        _log.warning("the broker stopped serving the consumer of %s (%s): "
+                     "consuming anew", queue, reason)
+        connection = self._channel.connection
+        self._channel = None
+        # the framing may be cut mid-frame: no close handshake on this socket
+        try:
+            connection.sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
+        raise amqp.exceptions.ConnectionForced("consumer not served: " + reason)
+
     def ack_message(self, message, multiple=False):
         """nameko's; ``multiple`` acks every delivery of the channel up to
         this one too."""
+        self._settled(message)
         try:
             if not multiple:
                 super().ack_message(message)
@@ -121,6 +185,7 @@ class ResilientQueueConsumer(QueueConsumer):
             _log.warning("could not ack, the broker will redeliver: %r", exc)
 
     def requeue_message(self, message):
+        self._settled(message)
         try:
             super().requeue_message(message)
         except LOST_CONNECTION as exc:
@@ -155,6 +220,9 @@ class ResilientQueueConsumer(QueueConsumer):
         return queues
 
     def get_consumers(self, consumer_cls, channel):
+        # a new channel numbers its deliveries afresh; the old one's are gone
+        self._channel, self._held = channel, set()
+        self._quiet_since = dict.fromkeys(self._providers, time.monotonic())
         try:
             return super().get_consumers(consumer_cls, channel)
         except amqp.exceptions.PreconditionFailed as exc:
@@ -254,15 +322,11 @@ class DeadLetteringQueueConsumer(ResilientQueueConsumer):
 
     def __init__(self):
         super().__init__()
-        self._channel = None
         self._unacked = {}  # delivery tag -> [message, done], in delivery order
         self._acking = False
-        self._quiet_since = {}  # provider -> its last delivery, or (re)consume
 
     def get_consumers(self, consumer_cls, channel):
-        # a new channel numbers its deliveries afresh; the old one's are gone
-        self._channel, self._unacked = channel, {}
-        self._quiet_since = dict.fromkeys(self._providers, time.monotonic())
+        self._unacked = {}
         consumers = super().get_consumers(consumer_cls, channel)
         for provider, consumer in self._consumers.items():
             consumer.on_decode_error = partial(self._on_decode_error, provider)
@@ -277,7 +341,7 @@ class DeadLetteringQueueConsumer(ResilientQueueConsumer):
         way, whose errors name its fault."""
         payload = provider.parse_raw(message)
         if payload is not None:
-            self._track(message, provider)
+            self._delivered(provider, message)
             provider.handle_payload(payload, message)
             return
         try:
@@ -287,65 +351,23 @@ class DeadLetteringQueueConsumer(ResilientQueueConsumer):
         else:
             self.handle_message(provider, body, message)
 
-    def handle_message(self, provider, body, message):
-        self._track(message, provider)
-        super().handle_message(provider, body, message)
-
     def _on_decode_error(self, provider, message, exc):
-        self._track(message, provider)
+        self._delivered(provider, message)
         # runs in the consume loop: publish from a thread of its own
         reason = "undecodable body: {}: {}".format(type(exc).__name__, exc)
         self.container.spawn_managed_thread(
             partial(provider.dead_letter, message, reason))
 
-    def _track(self, message, provider):
+    def _delivered(self, provider, message):
         if message.channel is self._channel:
             self._unacked[message.delivery_tag] = [message, False]
             self._quiet_since[provider] = time.monotonic()
 
-    def on_iteration(self):
-        """Each turn of the consume loop: a consumer the broker stopped
-        serving is replaced. A quorum queue's consumer that came back while
-        the queue elected a new leader was once seen to get nothing for
-        over a minute, its queue holding thousands of votes."""
-        super().on_iteration()
-        if self.should_stop or self._channel is None:
-            return
-        now = time.monotonic()
-        # with every prefetch slot taken (workers busy, retries waiting) the
-        # broker rightly sends nothing
-        if len(self._unacked) >= self.prefetch_count:
-            return
-        for provider, since in list(self._quiet_since.items()):
-            if now - since >= STALL_AFTER:
-                self._quiet_since[provider] = now
-                self._check_served(provider.queue.name)
+    def _settled(self, message):
+        pass  # _unacked is kept by the acks below
 
-    def _check_served(self, queue):
-        """Ask the broker on the consumer's own channel how many messages
-        ``queue`` holds ready; raise a connection error (the consume loop
-        then connects and consumes anew) if some are, or if no answer comes."""
-        try:
-            with eventlet.Timeout(STALL_ANSWER_TIMEOUT):
-                ready = self._channel.queue_declare(queue, passive=True).message_count
-        except eventlet.Timeout:
-            reason = "no answer on the consumer's channel within {}s".format(
-                STALL_ANSWER_TIMEOUT)
-        else:
-            if not ready:
-                return
-            reason = "{} messages ready and none delivered for {}s".format(
-                ready, STALL_AFTER)
-        _log.warning("the broker stopped serving the consumer of %s (%s): "
-                     "consuming anew", queue, reason)
-        connection = self._channel.connection
-        self._channel = None
-        # the framing may be cut mid-frame: no close handshake on this socket
-        try:
-            connection.sock.shutdown(socket.SHUT_RDWR)
-        except (OSError, AttributeError):
-            pass
-        raise amqp.exceptions.ConnectionForced("consumer not served: " + reason)
+    def _in_flight(self):
+        return len(self._unacked)
 
     def requeue_message(self, message):
         if message.channel is self._channel:

@@ -12,6 +12,7 @@ from services.platform.events import STALL_AFTER, STALL_ANSWER_TIMEOUT
 from tests.fault.harness import (
     DEAD_LETTER_QUEUE,
     RECOVERY_TIMEOUT,
+    RPC_QUEUE,
     VOTES_QUEUE,
     consumer_unserved,
     publish_malformed,
@@ -133,6 +134,20 @@ def test_malformed_events_dead_lettered(cluster):
     verify("malformed events", cluster, load, after=dead_letters)
 
 
+# a consumer the broker stopped serving consumes again within this
+SERVED_AGAIN_BOUND = STALL_AFTER + STALL_ANSWER_TIMEOUT + RECOVERY_TIMEOUT
+
+
+def served_anew(label, cluster, load, votes, queue, problems):
+    """The outcome checks of a consumer the broker stopped serving: it
+    said so in the log, every vote counted once, and no restart."""
+    warned = "the broker stopped serving the consumer of " + queue
+    if warned not in votes.log_path.read_text():
+        problems.append("no warning: " + warned)
+    verify(label, cluster, load, problems)
+    assert votes.alive and len(cluster.processes) == 2
+
+
 def test_consumer_the_broker_stops_serving(cluster):
     """The broker stops serving the votes service's consumer while votes
     keep coming: they queue, the service notices within STALL_AFTER +
@@ -151,7 +166,7 @@ def test_consumer_the_broker_stops_serving(cluster):
             still = total(cluster.counted())
             problems = within_recovery(began, {
                 "votes applied again": cluster.counting_beyond(still),
-            }, timeout=STALL_AFTER + STALL_ANSWER_TIMEOUT + RECOVERY_TIMEOUT)
+            }, timeout=SERVED_AGAIN_BOUND)
             load.wait_sent(500)
     print("\n[consumer not served] {} channel suspended; counted {} then {}; "
           "applying again after {:.1f}s".format(
@@ -160,11 +175,33 @@ def test_consumer_the_broker_stops_serving(cluster):
         problems.append("expected one consumer channel suspended and counting "
                         "stopped: {} channels, counted {} then {}".format(
                             channels, stalled, still))
-    warned = "the broker stopped serving the consumer of " + VOTES_QUEUE
-    if warned not in votes.log_path.read_text():
-        problems.append("no warning: " + warned)
-    verify("consumer not served", cluster, load, problems)
-    assert votes.alive and len(cluster.processes) == 2  # no restart
+    served_anew("consumer not served", cluster, load, votes, VOTES_QUEUE, problems)
+
+
+def test_rpc_consumer_the_broker_stops_serving(cluster):
+    """The same for the votes service's RPC consumer, which serves the
+    gateway's reads: they are refused (503) while it is not served, and
+    answered again within STALL_AFTER + STALL_ANSWER_TIMEOUT."""
+    cluster.start_gateway()
+    votes = cluster.start_votes()
+    with cluster.load() as load:
+        load.wait_sent(200)
+        post = load.accepted()[0].post
+        with consumer_unserved(cluster, RPC_QUEUE) as channels:
+            began = time.monotonic()
+            time.sleep(1.5)  # the gateway's read cache expires
+            status, body = cluster.read_through_gateway(post)
+            problems = within_recovery(began, {
+                "GET /vote-counts answering": cluster.reading(load),
+            }, timeout=SERVED_AGAIN_BOUND)
+            load.wait_sent(200)
+    print("\n[rpc consumer not served] {} channel suspended; a read: {} {}; "
+          "answered again after {:.1f}s".format(
+              channels, status, body, time.monotonic() - began))
+    if channels != 1 or status != 503 or body.get("error") != "SERVICE_UNAVAILABLE":
+        problems.append("expected one channel suspended and a read refused "
+                        "meanwhile: {} channels, {} {}".format(channels, status, body))
+    served_anew("rpc consumer not served", cluster, load, votes, RPC_QUEUE, problems)
 
 
 def test_votes_terminated_while_the_broker_does_not_answer(cluster):

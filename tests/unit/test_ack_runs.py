@@ -35,7 +35,7 @@ def deliver(consumer, channel, tags):
     for tag in tags:
         messages[tag] = kombu.Message(body=b"{}", delivery_tag=tag, channel=channel,
                                       delivery_info={"routing_key": "r"})
-        consumer._track(messages[tag], PROVIDER)
+        consumer._delivered(PROVIDER, messages[tag])
     return messages
 
 

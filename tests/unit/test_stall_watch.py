@@ -1,8 +1,9 @@
-"""DeadLetteringQueueConsumer replaces a consumer the broker stopped
-serving: after STALL_AFTER seconds with room for more and no delivery, it
-asks the broker on the consumer's channel how many messages are ready, and
-consumes anew (a connection error for the consume loop) if some are or no
-answer comes. The fault tests show it against a real broker
+"""ResilientQueueConsumer (the RPC consumer) and DeadLetteringQueueConsumer
+(the events') replace a consumer the broker stopped serving: after
+STALL_AFTER seconds with room for more and no delivery, each asks the
+broker on the consumer's channel how many messages are ready, and consumes
+anew (a connection error for the consume loop) if some are or no answer
+comes. The fault tests show it against a real broker
 (test_consumer_the_broker_stops_serving); here, each rule alone."""
 import logging
 import socket
@@ -15,7 +16,11 @@ import pytest
 from amqp.protocol import queue_declare_ok_t
 
 from services.platform import events
-from services.platform.events import STALL_AFTER, DeadLetteringQueueConsumer
+from services.platform.events import (
+    STALL_AFTER,
+    DeadLetteringQueueConsumer,
+    ResilientQueueConsumer,
+)
 
 QUEUE = "evt-gateway-vote_cast--votes.handle_vote_cast"
 PREFETCH = 3
@@ -46,10 +51,10 @@ class Provider:
     queue = SimpleNamespace(name=QUEUE)
 
 
-@pytest.fixture
+@pytest.fixture(params=[DeadLetteringQueueConsumer, ResilientQueueConsumer])
 def make(request):
     def make(ready=0, answer=True, quiet_for=STALL_AFTER, in_flight=0):
-        consumer = DeadLetteringQueueConsumer()
+        consumer = request.param()
         consumer.container = SimpleNamespace(max_workers=PREFETCH)
         provider = Provider()
         channel = FakeChannel(ready, answer)
@@ -57,7 +62,10 @@ def make(request):
         consumer._providers = {provider}
         consumer._consumers = {provider: object()}  # on_iteration stops with none
         consumer._channel = channel
-        consumer._unacked = {tag: [object(), False] for tag in range(in_flight)}
+        consumer.held = [mock.Mock(channel=channel, delivery_tag=tag)
+                         for tag in range(1, in_flight + 1)]
+        for message in consumer.held:
+            consumer._delivered(provider, message)
         consumer._quiet_since = {provider: events.time.monotonic() - quiet_for}
         return consumer, channel
     return make
@@ -111,10 +119,21 @@ def test_a_delivery_restarts_the_quiet_time(make):
     consumer, channel = make(ready=5)
     provider, = consumer._providers
     message = mock.Mock(channel=channel, delivery_tag=1)
-    consumer._track(message, provider)
+    consumer._delivered(provider, message)
     consumer.on_iteration()
     assert channel.declared == []
-    assert list(consumer._unacked) == [1]
+    assert consumer._in_flight() == 1
+
+
+def test_an_ack_makes_room_again(make):
+    consumer, channel = make(ready=5, in_flight=PREFETCH)
+    consumer.on_iteration()
+    assert channel.declared == []
+    consumer.ack_message(consumer.held[1])
+    consumer.held[1].ack.assert_called_once_with()
+    assert consumer._in_flight() == PREFETCH - 1
+    with pytest.raises(amqp.exceptions.ConnectionForced):
+        consumer.on_iteration()
 
 
 def test_a_stopping_consumer_asks_nothing(make):
