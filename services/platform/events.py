@@ -52,6 +52,7 @@ RECONNECT_INTERVAL = 1.0  # seconds between attempts to reach the broker
 # answer of some, or none within STALL_ANSWER_TIMEOUT, and it consumes anew
 STALL_AFTER = 10.0
 STALL_ANSWER_TIMEOUT = 5.0
+STALL_CHECK_INTERVAL = 1.0  # seconds between two looks at the quiet times
 KILL_WAIT = 1.0  # seconds a killed consumer's loop has to end by itself
 CANCEL_WAIT = 3.0  # seconds a stop waits for the broker to cancel a consumer
 # seconds the consume loop waits for a frame before it looks at should_stop:
@@ -107,6 +108,7 @@ class ResilientQueueConsumer(QueueConsumer):
         self._channel = None
         self._held = set()  # delivery tags of the channel's messages in work
         self._quiet_since = {}  # provider -> its last delivery, or (re)consume
+        self._next_check = 0.0
 
     def consume(self, *args, **kwargs):
         kwargs.setdefault("safety_interval", STOP_POLL_INTERVAL)
@@ -134,9 +136,10 @@ class ResilientQueueConsumer(QueueConsumer):
         the queue elected a new leader was once seen to get nothing for
         over a minute, its queue holding thousands of votes."""
         super().on_iteration()
-        if self.should_stop or self._channel is None:
-            return
         now = time.monotonic()
+        if now < self._next_check or self.should_stop or self._channel is None:
+            return
+        self._next_check = now + STALL_CHECK_INTERVAL
         # with every prefetch slot taken (workers busy, retries waiting) the
         # broker rightly sends nothing
         if self._in_flight() >= self.prefetch_count:

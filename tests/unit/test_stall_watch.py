@@ -74,6 +74,7 @@ def make(request):
 def test_a_quiet_queue_with_nothing_ready_is_left_alone(make):
     consumer, channel = make(ready=0)
     consumer.on_iteration()
+    consumer._next_check = 0  # STALL_CHECK_INTERVAL later
     consumer.on_iteration()  # asked once per STALL_AFTER, not every turn
     assert channel.declared == [(QUEUE, True)]
     assert channel.sock.send(b"x") == 1  # the connection is kept
@@ -129,6 +130,7 @@ def test_an_ack_makes_room_again(make):
     consumer, channel = make(ready=5, in_flight=PREFETCH)
     consumer.on_iteration()
     assert channel.declared == []
+    consumer._next_check = 0  # STALL_CHECK_INTERVAL later
     consumer.ack_message(consumer.held[1])
     consumer.held[1].ack.assert_called_once_with()
     assert consumer._in_flight() == PREFETCH - 1
