@@ -37,6 +37,7 @@ from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.contextdata import ContextDataProvider
 from nameko.events import EventHandler
 from nameko.messaging import QueueConsumer
+from prometheus_client import Counter
 
 from services.platform import brokers
 from services.platform.batching import GroupCommit
@@ -59,6 +60,12 @@ CANCEL_WAIT = 3.0  # seconds a stop waits for the broker to cancel a consumer
 # kombu's 1 s made every stop and kill of the service take a second
 STOP_POLL_INTERVAL = 0.05
 LOST_CONNECTION = amqp.Connection.connection_errors + amqp.Connection.channel_errors
+
+consumer_stalls = Counter(
+    "amqp_consumer_stalls_total",
+    "Consumers found not served by the broker and started anew, by queue "
+    "and reason (ready: messages ready and none delivered; no_answer: the "
+    "broker did not answer on the consumer's channel).", ["queue", "reason"])
 
 # headers of a dead-lettered message (read by a replay tool)
 REASON_HEADER = "x-dead-letter-reason"
@@ -157,13 +164,16 @@ class ResilientQueueConsumer(QueueConsumer):
             with eventlet.Timeout(STALL_ANSWER_TIMEOUT):
                 ready = self._channel.queue_declare(queue, passive=True).message_count
         except eventlet.Timeout:
+            kind = "no_answer"
             reason = "no answer on the consumer's channel within {}s".format(
                 STALL_ANSWER_TIMEOUT)
         else:
             if not ready:
                 return
+            kind = "ready"
             reason = "{} messages ready and none delivered for {}s".format(
                 ready, STALL_AFTER)
+        consumer_stalls.labels(queue, kind).inc()
         _log.warning("the broker stopped serving the consumer of %s (%s): "
                      "consuming anew", queue, reason)
         connection = self._channel.connection

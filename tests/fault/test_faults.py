@@ -8,7 +8,11 @@ from collections import Counter
 
 from nameko.testing.utils import find_free_port
 
-from services.platform.events import STALL_AFTER, STALL_ANSWER_TIMEOUT
+from services.platform.events import (
+    STALL_AFTER,
+    STALL_ANSWER_TIMEOUT,
+    STALL_CHECK_INTERVAL,
+)
 from tests.fault.harness import (
     DEAD_LETTER_QUEUE,
     RECOVERY_TIMEOUT,
@@ -135,15 +139,21 @@ def test_malformed_events_dead_lettered(cluster):
 
 
 # a consumer the broker stopped serving consumes again within this
-SERVED_AGAIN_BOUND = STALL_AFTER + STALL_ANSWER_TIMEOUT + RECOVERY_TIMEOUT
+SERVED_AGAIN_BOUND = (STALL_AFTER + STALL_CHECK_INTERVAL + STALL_ANSWER_TIMEOUT
+                      + RECOVERY_TIMEOUT)
 
 
 def served_anew(label, cluster, load, votes, queue, problems):
     """The outcome checks of a consumer the broker stopped serving: it
-    said so in the log, every vote counted once, and no restart."""
+    said so in the log and in its metrics, every vote counted once, and no
+    restart."""
     warned = "the broker stopped serving the consumer of " + queue
     if warned not in votes.log_path.read_text():
         problems.append("no warning: " + warned)
+    stalls = {labels: value for (name, labels), value in cluster.metrics(votes).items()
+              if name == "amqp_consumer_stalls_total" and ("queue", queue) in labels}
+    if sum(stalls.values()) < 1:
+        problems.append("amqp_consumer_stalls_total of {}: {}".format(queue, stalls))
     verify(label, cluster, load, problems)
     assert votes.alive and len(cluster.processes) == 2
 

@@ -14,6 +14,7 @@ import amqp
 import eventlet
 import pytest
 from amqp.protocol import queue_declare_ok_t
+from prometheus_client import REGISTRY
 
 from services.platform import events
 from services.platform.events import (
@@ -92,8 +93,14 @@ def test_no_question_while_every_prefetch_slot_is_taken(make):
     assert channel.declared == []
 
 
+def stalls(reason):
+    return REGISTRY.get_sample_value(
+        "amqp_consumer_stalls_total", {"queue": QUEUE, "reason": reason}) or 0
+
+
 def test_ready_messages_and_no_delivery_mean_consume_anew(make, caplog):
     consumer, channel = make(ready=5, in_flight=PREFETCH - 1)
+    stalls_before = stalls("ready")
     with caplog.at_level(logging.WARNING, logger=events.__name__):
         with pytest.raises(amqp.exceptions.ConnectionForced):
             consumer.on_iteration()
@@ -103,14 +110,17 @@ def test_ready_messages_and_no_delivery_mean_consume_anew(make, caplog):
     # the socket is shut down: no close handshake on a stalled connection
     assert channel.peer.recv(1) == b""
     assert consumer._channel is None
+    assert stalls("ready") == stalls_before + 1
 
 
 def test_no_answer_means_consume_anew(make, caplog, monkeypatch):
     monkeypatch.setattr(events, "STALL_ANSWER_TIMEOUT", 0.05)
     consumer, channel = make(answer=False)
+    stalls_before = stalls("no_answer")
     with caplog.at_level(logging.WARNING, logger=events.__name__):
         with pytest.raises(amqp.exceptions.ConnectionForced) as raised:
             consumer.on_iteration()
+    assert stalls("no_answer") == stalls_before + 1
     assert str(raised.value) == (
         "consumer not served: no answer on the consumer's channel within 0.05s")
     assert len(caplog.messages) == 1 and "within 0.05s" in caplog.messages[0]
