@@ -51,8 +51,8 @@ RECONNECT_INTERVAL = 1.0  # seconds between attempts to reach the broker
 # a consumer with room for more that got nothing for STALL_AFTER seconds asks
 # the broker (on its own channel) whether its queue holds messages; an
 # answer of some, or none within STALL_ANSWER_TIMEOUT, and it consumes anew
-STALL_AFTER = 10.0
-STALL_ANSWER_TIMEOUT = 5.0
+STALL_AFTER = 5.0
+STALL_ANSWER_TIMEOUT = 3.0
 STALL_CHECK_INTERVAL = 1.0  # seconds between two looks at the quiet times
 KILL_WAIT = 1.0  # seconds a killed consumer's loop has to end by itself
 CANCEL_WAIT = 3.0  # seconds a stop waits for the broker to cancel a consumer
