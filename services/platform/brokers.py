@@ -17,13 +17,19 @@ refuses to redeclare a queue as another type (PRECONDITION_FAILED,
 QueueTypeMismatch, whose message says what to do, and the services check
 their queues when they start, so that a mismatch stops them at once with
 that message instead of retrying for ever.
+
+``unserved()`` tells a consumer the broker has stopped serving (see
+services.platform.events, STALL_AFTER).
 """
 import copy
 import logging
+import socket
 from urllib.parse import urlsplit, urlunsplit
 
 import amqp
+import eventlet
 from nameko.exceptions import ConfigurationError
+from prometheus_client import Counter
 
 _log = logging.getLogger(__name__)
 
@@ -113,3 +119,46 @@ def _redact_one(uri):
         return uri
     netloc = "{}:***@{}".format(parts.username, parts.netloc.rsplit("@", 1)[-1])
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+# a consumer with room for more that got nothing for STALL_AFTER seconds asks
+# the broker (on its own channel) whether its queue holds messages; an
+# answer of some, or none within STALL_ANSWER_TIMEOUT, and it consumes anew
+STALL_AFTER = 5.0
+STALL_ANSWER_TIMEOUT = 3.0
+STALL_CHECK_INTERVAL = 1.0  # seconds between two looks at the quiet time
+
+consumer_stalls = Counter(
+    "amqp_consumer_stalls_total",
+    "Consumers found not served by the broker and started anew, by queue "
+    "and reason (ready: messages ready and none delivered; no_answer: the "
+    "broker did not answer on the consumer's channel).", ["queue", "reason"])
+
+
+def unserved(channel, queue, quiet, timeout, label=None):
+    """Why the broker is not serving ``channel``'s consumer of ``queue``,
+    which got nothing for ``quiet`` seconds while it had room, or None if
+    it is. Asks on that channel how many messages are ready (a passive
+    declare): some, or no answer within ``timeout`` seconds, and the
+    consumer is not served; that is logged and counted (as ``label``, or
+    the queue's name) and the channel's socket shut down, with no close
+    handshake on a stalled connection, before the caller consumes anew."""
+    try:
+        with eventlet.Timeout(timeout):
+            ready = channel.queue_declare(queue, passive=True).message_count
+    except eventlet.Timeout:
+        kind = "no_answer"
+        reason = "no answer on the consumer's channel within {}s".format(timeout)
+    else:
+        if not ready:
+            return None
+        kind = "ready"
+        reason = "{} messages ready and none delivered for {}s".format(ready, quiet)
+    consumer_stalls.labels(label or queue, kind).inc()
+    _log.warning("the broker stopped serving the consumer of %s (%s): "
+                 "consuming anew", queue, reason)
+    try:  # the framing may be cut mid-frame
+        channel.connection.sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, AttributeError):
+        pass
+    return reason

@@ -21,7 +21,6 @@ AMQP_QUEUE_TYPE names (services.platform.brokers).
 import hashlib
 import logging
 import random
-import socket
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -37,10 +36,14 @@ from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.contextdata import ContextDataProvider
 from nameko.events import EventHandler
 from nameko.messaging import QueueConsumer
-from prometheus_client import Counter
 
 from services.platform import brokers
 from services.platform.batching import GroupCommit
+from services.platform.brokers import (
+    STALL_AFTER,
+    STALL_ANSWER_TIMEOUT,
+    STALL_CHECK_INTERVAL,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -48,24 +51,12 @@ RETRY_BASE_DELAY = 0.1
 RETRY_MAX_DELAY = 5.0
 MAX_UNEXPECTED_FAILURES = 5
 RECONNECT_INTERVAL = 1.0  # seconds between attempts to reach the broker
-# a consumer with room for more that got nothing for STALL_AFTER seconds asks
-# the broker (on its own channel) whether its queue holds messages; an
-# answer of some, or none within STALL_ANSWER_TIMEOUT, and it consumes anew
-STALL_AFTER = 5.0
-STALL_ANSWER_TIMEOUT = 3.0
-STALL_CHECK_INTERVAL = 1.0  # seconds between two looks at the quiet times
 KILL_WAIT = 1.0  # seconds a killed consumer's loop has to end by itself
 CANCEL_WAIT = 3.0  # seconds a stop waits for the broker to cancel a consumer
 # seconds the consume loop waits for a frame before it looks at should_stop:
 # kombu's 1 s made every stop and kill of the service take a second
 STOP_POLL_INTERVAL = 0.05
 LOST_CONNECTION = amqp.Connection.connection_errors + amqp.Connection.channel_errors
-
-consumer_stalls = Counter(
-    "amqp_consumer_stalls_total",
-    "Consumers found not served by the broker and started anew, by queue "
-    "and reason (ready: messages ready and none delivered; no_answer: the "
-    "broker did not answer on the consumer's channel).", ["queue", "reason"])
 
 # headers of a dead-lettered message (read by a replay tool)
 REASON_HEADER = "x-dead-letter-reason"
@@ -157,33 +148,14 @@ class ResilientQueueConsumer(QueueConsumer):
                 self._check_served(provider.queue.name)
 
     def _check_served(self, queue):
-        """Ask the broker on the consumer's own channel how many messages
-        ``queue`` holds ready; raise a connection error (the consume loop
-        then connects and consumes anew) if some are, or if no answer comes."""
-        try:
-            with eventlet.Timeout(STALL_ANSWER_TIMEOUT):
-                ready = self._channel.queue_declare(queue, passive=True).message_count
-        except eventlet.Timeout:
-            kind = "no_answer"
-            reason = "no answer on the consumer's channel within {}s".format(
-                STALL_ANSWER_TIMEOUT)
-        else:
-            if not ready:
-                return
-            kind = "ready"
-            reason = "{} messages ready and none delivered for {}s".format(
-                ready, STALL_AFTER)
-        consumer_stalls.labels(queue, kind).inc()
-        _log.warning("the broker stopped serving the consumer of %s (%s): "
-                     "consuming anew", queue, reason)
-        connection = self._channel.connection
-        self._channel = None
-        # the framing may be cut mid-frame: no close handshake on this socket
-        try:
-            connection.sock.shutdown(socket.SHUT_RDWR)
-        except (OSError, AttributeError):
-            pass
-        raise amqp.exceptions.ConnectionForced("consumer not served: " + reason)
+        """Raise a connection error (the consume loop then connects and
+        consumes anew) if the broker is not serving the consumer of
+        ``queue`` (brokers.unserved)."""
+        reason = brokers.unserved(self._channel, queue, STALL_AFTER,
+                                  STALL_ANSWER_TIMEOUT)
+        if reason is not None:
+            self._channel = None
+            raise amqp.exceptions.ConnectionForced("consumer not served: " + reason)
 
     def ack_message(self, message, multiple=False):
         """nameko's; ``multiple`` acks every delivery of the channel up to

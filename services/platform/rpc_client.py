@@ -12,6 +12,7 @@ one request (services.platform.batching).
 """
 import logging
 import socket
+import time
 import uuid
 
 import eventlet
@@ -150,10 +151,26 @@ class RpcClient(DependencyProvider):
             raise
 
     def _on_reply(self, body, message):
+        self._last_reply = time.monotonic()
         # a reply to a call that gave up (or never was) finds no Event
         reply = self.replies.get(message.properties.get("correlation_id"))
         if reply is not None and not reply.ready():
             reply.send(body)
+
+    def _check_served(self, channel):
+        """While calls wait, replies that stopped coming for STALL_AFTER
+        seconds: raise if the broker is not serving the reply consumer
+        (brokers.unserved), so that it listens anew."""
+        if not self.replies or (time.monotonic() - self._last_reply
+                                < brokers.STALL_AFTER):
+            return
+        self._last_reply = time.monotonic()  # asked once per STALL_AFTER
+        reason = brokers.unserved(
+            channel, self.reply_queue_name, brokers.STALL_AFTER,
+            brokers.STALL_ANSWER_TIMEOUT,
+            label="rpc.reply-{}".format(self.container.service_name))
+        if reason is not None:
+            raise ConnectionError("reply consumer not served: " + reason)
 
     def _listen(self):
         """Consume replies for as long as the service runs, reconnecting."""
@@ -167,16 +184,21 @@ class RpcClient(DependencyProvider):
                 self.amqp_uri, connect_timeout=2, heartbeat=self.heartbeat)
             try:
                 brokers.connect(connection)
-                with Consumer(connection.channel(), queues=[queue],
+                channel = connection.channel()
+                with Consumer(channel, queues=[queue],
                               callbacks=[self._on_reply], accept=["json"],
                               no_ack=True):
                     self.listening = True
+                    self._last_reply = next_check = time.monotonic()
                     while self._running:
                         try:
                             connection.drain_events(timeout=1)
                         except socket.timeout:
                             pass
                         connection.heartbeat_check()
+                        if time.monotonic() >= next_check:
+                            next_check = time.monotonic() + brokers.STALL_CHECK_INTERVAL
+                            self._check_served(channel)
             except Exception as exc:
                 if self.listening:
                     _log.warning("lost the RPC reply connection: %r", exc)

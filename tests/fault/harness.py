@@ -87,16 +87,17 @@ def rabbitmq_stopped(cluster):
 
 @contextlib.contextmanager
 def consumer_unserved(cluster, queue):
-    """The broker stops serving every consumer of ``queue``: the Erlang
-    processes of their channels are suspended (they take no frame and send
-    no delivery, while the connection and its heartbeats carry on), and
-    resumed after the block. Yields how many channels were suspended."""
+    """The broker stops serving every consumer of the queues whose name
+    starts with ``queue``: the Erlang processes of their channels are
+    suspended (they take no frame and send no delivery, while the
+    connection and its heartbeats carry on), and resumed after the block.
+    Yields how many channels were suspended."""
     def each_channel(action):
         done = cluster.broker.ctl("eval", (
             '[sys:{}(proplists:get_value(channel_pid, C)) || C <- '
-            'rabbit_amqqueue:consumers_all(<<"{}">>), element(4, '
-            'proplists:get_value(queue_name, C)) =:= <<"{}">>].').format(
-                action, cluster.vhost, queue))
+            'rabbit_amqqueue:consumers_all(<<"{}">>), lists:prefix("{}", '
+            'binary_to_list(element(4, proplists:get_value(queue_name, C))))].'
+        ).format(action, cluster.vhost, queue))
         return done.stdout.count("ok")
     try:
         yield each_channel("suspend")
@@ -215,12 +216,16 @@ class Cluster:
 
     def metrics(self, process):
         """{(name, ((label, value), ...)): value} of the samples a votes
-        process serves on its METRICS_ADDRESS; {} when it does not answer."""
-        config = Path(process.argv[process.argv.index("--config") + 1])
-        address = yaml.safe_load(config.read_text())["METRICS_ADDRESS"]
+        process serves on its METRICS_ADDRESS, or a gateway on its port;
+        {} when it does not answer."""
+        if process.label == "gateway":
+            url = "http://127.0.0.1:{}/metrics".format(process.port)
+        else:
+            config = Path(process.argv[process.argv.index("--config") + 1])
+            url = "http://{}/metrics".format(
+                yaml.safe_load(config.read_text())["METRICS_ADDRESS"])
         try:
-            text = requests.get("http://{}/metrics".format(address),
-                                timeout=5).text
+            text = requests.get(url, timeout=5).text
         except requests.RequestException:
             return {}
         return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value

@@ -6,6 +6,7 @@ import signal
 import time
 from collections import Counter
 
+import pytest
 from nameko.testing.utils import find_free_port
 
 from services.platform.events import (
@@ -143,19 +144,20 @@ SERVED_AGAIN_BOUND = (STALL_AFTER + STALL_CHECK_INTERVAL + STALL_ANSWER_TIMEOUT
                       + RECOVERY_TIMEOUT)
 
 
-def served_anew(label, cluster, load, votes, queue, problems):
-    """The outcome checks of a consumer the broker stopped serving: it
-    said so in the log and in its metrics, every vote counted once, and no
-    restart."""
+def served_anew(label, cluster, load, process, queue, problems):
+    """The outcome checks of a consumer the broker stopped serving: its
+    process said so in the log and in its metrics, every vote counted
+    once, and no restart."""
     warned = "the broker stopped serving the consumer of " + queue
-    if warned not in votes.log_path.read_text():
+    if warned not in process.log_path.read_text():
         problems.append("no warning: " + warned)
-    stalls = {labels: value for (name, labels), value in cluster.metrics(votes).items()
-              if name == "amqp_consumer_stalls_total" and ("queue", queue) in labels}
+    counted_as = queue.rstrip("-")  # the reply queue's, without its process id
+    stalls = {labels: value for (name, labels), value in cluster.metrics(process).items()
+              if name == "amqp_consumer_stalls_total" and ("queue", counted_as) in labels}
     if sum(stalls.values()) < 1:
-        problems.append("amqp_consumer_stalls_total of {}: {}".format(queue, stalls))
+        problems.append("amqp_consumer_stalls_total of {}: {}".format(counted_as, stalls))
     verify(label, cluster, load, problems)
-    assert votes.alive and len(cluster.processes) == 2
+    assert process.alive and len(cluster.processes) == 2
 
 
 def test_consumer_the_broker_stops_serving(cluster):
@@ -189,16 +191,19 @@ def test_consumer_the_broker_stops_serving(cluster):
     served_anew("consumer not served", cluster, load, votes, VOTES_QUEUE, problems)
 
 
-def test_rpc_consumer_the_broker_stops_serving(cluster):
-    """The same for the votes service's RPC consumer, which serves the
-    gateway's reads: they are refused (503) while it is not served, and
-    answered again once it consumes anew."""
-    cluster.start_gateway()
+@pytest.mark.parametrize("queue", [RPC_QUEUE, "rpc.reply-gateway-"],
+                         ids=["votes RPC consumer", "gateway reply consumer"])
+def test_a_read_consumer_the_broker_stops_serving(cluster, queue):
+    """The same for the consumers a read goes through: the votes service's
+    RPC consumer, and the gateway's RPC reply consumer (which asks once
+    replies stop while reads wait). Reads are refused (503) while it is
+    not served, and answered again once it consumes anew."""
+    gateway = cluster.start_gateway()
     votes = cluster.start_votes()
     with cluster.load() as load:
         load.wait_sent(200)
         post = load.accepted()[0].post
-        with consumer_unserved(cluster, RPC_QUEUE) as channels:
+        with consumer_unserved(cluster, queue) as channels:
             began = time.monotonic()
             time.sleep(1.5)  # the gateway's read cache expires
             status, body = cluster.read_through_gateway(post)
@@ -207,12 +212,13 @@ def test_rpc_consumer_the_broker_stops_serving(cluster):
             }, timeout=SERVED_AGAIN_BOUND)
             again = time.monotonic() - began
             load.wait_sent(200)
-    print("\n[rpc consumer not served] {} channel suspended; a read: {} {}; "
-          "answered again after {:.1f}s".format(channels, status, body, again))
+    print("\n[{} not served] {} channel suspended; a read: {} {}; answered again "
+          "after {:.1f}s".format(queue, channels, status, body, again))
     if channels != 1 or status != 503 or body.get("error") != "SERVICE_UNAVAILABLE":
         problems.append("expected one channel suspended and a read refused "
                         "meanwhile: {} channels, {} {}".format(channels, status, body))
-    served_anew("rpc consumer not served", cluster, load, votes, RPC_QUEUE, problems)
+    served_anew(queue + " not served", cluster, load,
+                votes if queue == RPC_QUEUE else gateway, queue, problems)
 
 
 def test_votes_terminated_while_the_broker_does_not_answer(cluster):

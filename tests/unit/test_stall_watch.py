@@ -1,10 +1,10 @@
-"""ResilientQueueConsumer (the RPC consumer) and DeadLetteringQueueConsumer
-(the events') replace a consumer the broker stopped serving: after
-STALL_AFTER seconds with room for more and no delivery, each asks the
-broker on the consumer's channel how many messages are ready, and consumes
-anew (a connection error for the consume loop) if some are or no answer
-comes. The fault tests show it against a real broker
-(test_consumer_the_broker_stops_serving); here, each rule alone."""
+"""ResilientQueueConsumer (the RPC consumer), DeadLetteringQueueConsumer
+(the events') and RpcClient's reply listener replace a consumer the broker
+stopped serving: after STALL_AFTER seconds with room for more and no
+delivery, each asks the broker on the consumer's channel how many messages
+are ready, and consumes anew (a connection error for its loop) if some are
+or no answer comes. The fault tests show it against a real broker
+(test_*_the_broker_stops_serving); here, each rule alone."""
 import logging
 import socket
 from types import SimpleNamespace
@@ -16,12 +16,13 @@ import pytest
 from amqp.protocol import queue_declare_ok_t
 from prometheus_client import REGISTRY
 
-from services.platform import events
+from services.platform import brokers, events
 from services.platform.events import (
     STALL_AFTER,
     DeadLetteringQueueConsumer,
     ResilientQueueConsumer,
 )
+from services.platform.rpc_client import RpcClient
 
 QUEUE = "evt-gateway-vote_cast--votes.handle_vote_cast"
 PREFETCH = 3
@@ -101,7 +102,7 @@ def stalls(reason):
 def test_ready_messages_and_no_delivery_mean_consume_anew(make, caplog):
     consumer, channel = make(ready=5, in_flight=PREFETCH - 1)
     stalls_before = stalls("ready")
-    with caplog.at_level(logging.WARNING, logger=events.__name__):
+    with caplog.at_level(logging.WARNING, logger=brokers.__name__):
         with pytest.raises(amqp.exceptions.ConnectionForced):
             consumer.on_iteration()
     assert caplog.messages == [
@@ -117,7 +118,7 @@ def test_no_answer_means_consume_anew(make, caplog, monkeypatch):
     monkeypatch.setattr(events, "STALL_ANSWER_TIMEOUT", 0.05)
     consumer, channel = make(answer=False)
     stalls_before = stalls("no_answer")
-    with caplog.at_level(logging.WARNING, logger=events.__name__):
+    with caplog.at_level(logging.WARNING, logger=brokers.__name__):
         with pytest.raises(amqp.exceptions.ConnectionForced) as raised:
             consumer.on_iteration()
     assert stalls("no_answer") == stalls_before + 1
@@ -153,3 +154,43 @@ def test_a_stopping_consumer_asks_nothing(make):
     consumer.should_stop = True
     consumer.on_iteration()
     assert channel.declared == []
+
+
+class Replies(RpcClient):
+    target_service = "votes"
+
+
+@pytest.fixture
+def replies(request):
+    def make(ready, waiting=1, quiet_for=STALL_AFTER):
+        client = Replies()
+        client.container = SimpleNamespace(service_name="gateway")
+        client.reply_queue_name = "rpc.reply-gateway-1"
+        client.replies = {str(n): eventlet.event.Event() for n in range(waiting)}
+        client._last_reply = events.time.monotonic() - quiet_for
+        channel = FakeChannel(ready)
+        request.addfinalizer(channel.close)
+        return client, channel
+    return make
+
+
+def test_replies_that_stop_coming_while_calls_wait_mean_listen_anew(replies):
+    client, channel = replies(ready=2)
+    with pytest.raises(ConnectionError) as raised:
+        client._check_served(channel)
+    assert str(raised.value) == ("reply consumer not served: 2 messages ready "
+                                 "and none delivered for {}s".format(STALL_AFTER))
+    assert channel.declared == [("rpc.reply-gateway-1", True)]
+    assert REGISTRY.get_sample_value("amqp_consumer_stalls_total", {
+        "queue": "rpc.reply-gateway", "reason": "ready"}) >= 1
+
+
+def test_the_reply_queue_is_asked_only_while_calls_wait_and_replies_stop(replies):
+    for ready, waiting, quiet_for in ((2, 0, STALL_AFTER), (2, 1, STALL_AFTER - 1)):
+        client, channel = replies(ready, waiting, quiet_for)
+        client._check_served(channel)
+        assert channel.declared == []
+    client, channel = replies(ready=0)
+    client._check_served(channel)
+    client._check_served(channel)  # once per STALL_AFTER
+    assert channel.declared == [("rpc.reply-gateway-1", True)]
