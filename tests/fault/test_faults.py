@@ -7,8 +7,10 @@ import time
 from collections import Counter
 
 import pytest
+import requests
 from nameko.testing.utils import find_free_port
 
+from harness.process import wait_until
 from services.platform.events import (
     STALL_AFTER,
     STALL_ANSWER_TIMEOUT,
@@ -16,6 +18,7 @@ from services.platform.events import (
 )
 from tests.fault.harness import (
     DEAD_LETTER_QUEUE,
+    DRAIN_TIMEOUT,
     RECOVERY_TIMEOUT,
     RPC_QUEUE,
     VOTES_QUEUE,
@@ -28,6 +31,7 @@ from tests.fault.harness import (
     verify,
     within_recovery,
 )
+from tests.integration.test_stream import Stream
 
 MALFORMED = 1000
 
@@ -219,6 +223,50 @@ def test_a_read_consumer_the_broker_stops_serving(cluster, queue):
                         "meanwhile: {} channels, {} {}".format(channels, status, body))
     served_anew(queue + " not served", cluster, load,
                 votes if queue == RPC_QUEUE else gateway, queue, problems)
+
+
+def test_live_counts_consumer_the_broker_stops_serving(cluster):
+    """The same for the gateway's live counts: a stream following a post
+    gets nothing while the broker does not serve the feed's consumer, and
+    the post's counts again once it consumes anew, on the same stream."""
+    gateway = cluster.start_gateway()
+    cluster.start_votes()
+    vote = "{}/vote?postId=live&score=1".format(cluster.base_url)
+    wait_until(lambda: "live counts: consuming" in gateway.log_path.read_text(),
+               10, "the gateway's feed to connect")
+    stream = Stream(cluster.web_port, "postId=live")
+    try:
+        assert stream.event()["event"] == "snapshot"
+        with consumer_unserved(cluster, "evt-votes-counts_changed--gateway") as channels:
+            began = time.monotonic()
+            sent = 0
+            stream.sock.settimeout(0.5)
+            update = None
+            while update is None and time.monotonic() - began < SERVED_AGAIN_BOUND:
+                assert requests.post(vote, timeout=5).status_code == 202
+                sent += 1
+                try:
+                    update = stream.event()
+                except TimeoutError:
+                    pass
+            again = time.monotonic() - began
+    finally:
+        stream.close()
+    print("\n[live counts not served] {} channel suspended; {} votes; first update "
+          "after {:.1f}s: {}".format(channels, sent, again, update))
+    assert channels == 1
+    assert update is not None and update["event"] == "counts"
+    # nothing came while the consumer was not served: its check waited for
+    # an answer that never came
+    assert again > STALL_ANSWER_TIMEOUT
+    assert "the broker stopped serving the consumer of evt-votes-counts_changed" in (
+        gateway.log_path.read_text())
+    assert cluster.metrics(gateway)[("amqp_consumer_stalls_total", (
+        ("queue", "evt-votes-counts_changed--gateway.live_counts"),
+        ("reason", "no_answer")))] == 1
+    wait_until(lambda: cluster.counted().get("live", {}).get("upvote") == sent,
+               DRAIN_TIMEOUT, "every vote counted")
+    assert gateway.alive and len(cluster.processes) == 2
 
 
 def test_votes_terminated_while_the_broker_does_not_answer(cluster):

@@ -1,10 +1,11 @@
 """ResilientQueueConsumer (the RPC consumer), DeadLetteringQueueConsumer
-(the events') and RpcClient's reply listener replace a consumer the broker
-stopped serving: after STALL_AFTER seconds with room for more and no
-delivery, each asks the broker on the consumer's channel how many messages
-are ready, and consumes anew (a connection error for its loop) if some are
-or no answer comes. The fault tests show it against a real broker
-(test_*_the_broker_stops_serving); here, each rule alone."""
+(the events'), RpcClient's reply listener and the gateway's live counts
+replace a consumer the broker stopped serving: after STALL_AFTER seconds
+with room for more and no delivery, each asks the broker on the
+consumer's channel how many messages are ready, and consumes anew (a
+connection error for its loop) if some are or no answer comes. The fault
+tests show it against a real broker (test_*_the_broker_stops_serving);
+here, each rule alone."""
 import logging
 import socket
 from types import SimpleNamespace
@@ -16,6 +17,7 @@ import pytest
 from amqp.protocol import queue_declare_ok_t
 from prometheus_client import REGISTRY
 
+from services.gateway.live import LiveCounts
 from services.platform import brokers, events
 from services.platform.events import (
     STALL_AFTER,
@@ -194,3 +196,22 @@ def test_the_reply_queue_is_asked_only_while_calls_wait_and_replies_stop(replies
     client._check_served(channel)
     client._check_served(channel)  # once per STALL_AFTER
     assert channel.declared == [("rpc.reply-gateway-1", True)]
+
+
+def test_live_counts_ask_after_stall_after_without_an_announcement(request):
+    live = LiveCounts()
+    live.queue = SimpleNamespace(name="evt-votes-counts_changed--gateway.live_counts-1")
+    quiet, ready = FakeChannel(ready=0), FakeChannel(ready=4)
+    request.addfinalizer(quiet.close)
+    request.addfinalizer(ready.close)
+    live._last_message = events.time.monotonic() - STALL_AFTER + 1
+    live._check_served(ready)
+    assert ready.declared == []
+    live._last_message = events.time.monotonic() - STALL_AFTER
+    live._check_served(quiet)
+    assert quiet.declared == [(live.queue.name, True)]
+    live._last_message = events.time.monotonic() - STALL_AFTER
+    with pytest.raises(ConnectionError) as raised:
+        live._check_served(ready)
+    assert str(raised.value) == ("live counts consumer not served: 4 messages "
+                                 "ready and none delivered for {}s".format(STALL_AFTER))
