@@ -245,7 +245,7 @@ class LiveCounts(DependencyProvider):
         self.connected = False
         self._thread = None
         self._running = False
-        self._last_message = 0.0  # monotonic time of the last announcement
+        self._quiet = brokers.Quiet()  # since the last announcement
 
     # the subscriber API
     def subscribe(self, post_ids=(), top_n=0, top=None):
@@ -295,7 +295,7 @@ class LiveCounts(DependencyProvider):
         return self
 
     def _on_message(self, body, message):
-        self._last_message = time.monotonic()
+        self._quiet.heard()
         try:
             if isinstance(body, dict):
                 self.cache.announced(self.fanout.announce(body), body.get("at"))
@@ -325,24 +325,21 @@ class LiveCounts(DependencyProvider):
                 eventlet.sleep(RECONNECT_INTERVAL)
 
     def _drain(self, connection):
-        self._last_message = next_check = time.monotonic()
+        self._quiet = brokers.Quiet()
         while self._running:
             try:
                 connection.drain_events(timeout=DRAIN_TIMEOUT)
             except TimeoutError:
                 pass
             connection.heartbeat_check()
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + brokers.STALL_CHECK_INTERVAL
-                self._check_served(connection.default_channel)
+            self._check_served(connection.default_channel)
 
     def _check_served(self, channel):
         """After STALL_AFTER seconds without an announcement: raise if the
         broker is not serving this consumer (brokers.unserved), so that it
         consumes anew."""
-        if time.monotonic() - self._last_message < brokers.STALL_AFTER:
+        if not self._quiet.due():
             return
-        self._last_message = time.monotonic()  # asked once per STALL_AFTER
         reason = brokers.unserved(channel, self.queue.name, brokers.STALL_AFTER,
                                   brokers.STALL_ANSWER_TIMEOUT,
                                   label="evt-votes-counts_changed--gateway.live_counts")

@@ -24,6 +24,7 @@ services.platform.events, STALL_AFTER).
 import copy
 import logging
 import socket
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 import amqp
@@ -127,6 +128,33 @@ def _redact_one(uri):
 STALL_AFTER = 5.0
 STALL_ANSWER_TIMEOUT = 3.0
 STALL_CHECK_INTERVAL = 1.0  # seconds between two looks at the quiet time
+
+class Quiet:
+    """How long a consumer has had no delivery. ``due()``, looked at no
+    more than once a STALL_CHECK_INTERVAL, is true once that reaches
+    STALL_AFTER seconds, and again each STALL_AFTER after: when to ask the
+    broker whether it still serves the consumer (unserved()). The votes
+    service's consumers keep their own per-queue times, which also wait for
+    a free prefetch slot, with one look for all queues per turn of their
+    loop (services.platform.events)."""
+
+    def __init__(self):
+        self.since = time.monotonic()
+        self.next_look = 0.0
+
+    def heard(self):
+        self.since = time.monotonic()
+
+    def due(self):
+        now = time.monotonic()
+        if now < self.next_look:
+            return False
+        self.next_look = now + STALL_CHECK_INTERVAL
+        if now - self.since < STALL_AFTER:
+            return False
+        self.since = now
+        return True
+
 
 consumer_stalls = Counter(
     "amqp_consumer_stalls_total",

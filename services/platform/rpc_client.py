@@ -12,7 +12,6 @@ one request (services.platform.batching).
 """
 import logging
 import socket
-import time
 import uuid
 
 import eventlet
@@ -64,6 +63,7 @@ class RpcClient(DependencyProvider):
         self.link = Link(self.amqp_uri, declare=(self.exchange,))
         self.replies = {}  # correlation id -> Event
         self.listening = False
+        self._quiet = brokers.Quiet()  # since the last reply
         self._running = True
         self.group = GroupCommit(
             self._call_group, max_weight=self.max_group,
@@ -151,7 +151,7 @@ class RpcClient(DependencyProvider):
             raise
 
     def _on_reply(self, body, message):
-        self._last_reply = time.monotonic()
+        self._quiet.heard()
         # a reply to a call that gave up (or never was) finds no Event
         reply = self.replies.get(message.properties.get("correlation_id"))
         if reply is not None and not reply.ready():
@@ -161,10 +161,8 @@ class RpcClient(DependencyProvider):
         """While calls wait, replies that stopped coming for STALL_AFTER
         seconds: raise if the broker is not serving the reply consumer
         (brokers.unserved), so that it listens anew."""
-        if not self.replies or (time.monotonic() - self._last_reply
-                                < brokers.STALL_AFTER):
+        if not self.replies or not self._quiet.due():
             return
-        self._last_reply = time.monotonic()  # asked once per STALL_AFTER
         reason = brokers.unserved(
             channel, self.reply_queue_name, brokers.STALL_AFTER,
             brokers.STALL_ANSWER_TIMEOUT,
@@ -189,16 +187,14 @@ class RpcClient(DependencyProvider):
                               callbacks=[self._on_reply], accept=["json"],
                               no_ack=True):
                     self.listening = True
-                    self._last_reply = next_check = time.monotonic()
+                    self._quiet = brokers.Quiet()
                     while self._running:
                         try:
                             connection.drain_events(timeout=1)
                         except socket.timeout:
                             pass
                         connection.heartbeat_check()
-                        if time.monotonic() >= next_check:
-                            next_check = time.monotonic() + brokers.STALL_CHECK_INTERVAL
-                            self._check_served(channel)
+                        self._check_served(channel)
             except Exception as exc:
                 if self.listening:
                     _log.warning("lost the RPC reply connection: %r", exc)

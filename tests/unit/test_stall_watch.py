@@ -51,6 +51,13 @@ class FakeChannel:
         self.peer.close()
 
 
+def quiet(seconds):
+    """A brokers.Quiet whose last delivery was ``seconds`` ago."""
+    watch = brokers.Quiet()
+    watch.since = events.time.monotonic() - seconds
+    return watch
+
+
 class Provider:
     queue = SimpleNamespace(name=QUEUE)
 
@@ -169,7 +176,7 @@ def replies(request):
         client.container = SimpleNamespace(service_name="gateway")
         client.reply_queue_name = "rpc.reply-gateway-1"
         client.replies = {str(n): eventlet.event.Event() for n in range(waiting)}
-        client._last_reply = events.time.monotonic() - quiet_for
+        client._quiet = quiet(quiet_for)
         channel = FakeChannel(ready)
         request.addfinalizer(channel.close)
         return client, channel
@@ -201,16 +208,16 @@ def test_the_reply_queue_is_asked_only_while_calls_wait_and_replies_stop(replies
 def test_live_counts_ask_after_stall_after_without_an_announcement(request):
     live = LiveCounts()
     live.queue = SimpleNamespace(name="evt-votes-counts_changed--gateway.live_counts-1")
-    quiet, ready = FakeChannel(ready=0), FakeChannel(ready=4)
-    request.addfinalizer(quiet.close)
+    quiet_channel, ready = FakeChannel(ready=0), FakeChannel(ready=4)
+    request.addfinalizer(quiet_channel.close)
     request.addfinalizer(ready.close)
-    live._last_message = events.time.monotonic() - STALL_AFTER + 1
+    live._quiet = quiet(STALL_AFTER - 1)
     live._check_served(ready)
     assert ready.declared == []
-    live._last_message = events.time.monotonic() - STALL_AFTER
-    live._check_served(quiet)
-    assert quiet.declared == [(live.queue.name, True)]
-    live._last_message = events.time.monotonic() - STALL_AFTER
+    live._quiet = quiet(STALL_AFTER)
+    live._check_served(quiet_channel)
+    assert quiet_channel.declared == [(live.queue.name, True)]
+    live._quiet = quiet(STALL_AFTER)
     with pytest.raises(ConnectionError) as raised:
         live._check_served(ready)
     assert str(raised.value) == ("live counts consumer not served: 4 messages "
