@@ -22,6 +22,23 @@ def cpu_seconds(pid):
         return None
 
 
+def waiting_seconds(pid):
+    """Seconds the threads of a process have spent runnable but waiting for
+    a core (the second field of each thread's schedstat), or None once it
+    is gone."""
+    total = 0
+    try:
+        for task in os.listdir("/proc/{}/task".format(pid)):
+            try:
+                with open("/proc/{}/task/{}/schedstat".format(pid, task)) as handle:
+                    total += int(handle.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass  # a thread that ended meanwhile
+    except OSError:
+        return None
+    return total / 1e9
+
+
 def busy_seconds():
     """CPU seconds spent busy by the whole machine (all cores) so far."""
     with open("/proc/stat") as handle:

@@ -16,15 +16,16 @@ import subprocess
 import time
 import uuid
 
-from bench.machine import busy_seconds, cpu_seconds
+from bench.machine import busy_seconds, cpu_seconds, waiting_seconds
 
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wrk.lua")
 
 
 class WrkResult:
 
-    def __init__(self, window, bench, text, cpu, command):
+    def __init__(self, window, bench, text, cpu, command, waiting=None):
         self.window = window
+        self.waiting = waiting or {}  # name: share of the window runnable, not running
         self.sent = bench.get("sent", 0)
         self.responses = bench.get("responses", 0)
         self.statuses = {int(key[1:]): value for key, value in bench.items()
@@ -68,6 +69,7 @@ def run(wrk, url, mode, connections, window, tail, prefix, posts, batch=100,
                "-s", SCRIPT, url]
     watch = dict(watch or {})
     before = {name: cpu_seconds(pid) for name, pid in watch.items()}
+    waited = {name: waiting_seconds(pid) for name, pid in watch.items()}
     busy_before = busy_seconds()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -80,6 +82,7 @@ def run(wrk, url, mode, connections, window, tail, prefix, posts, batch=100,
         open(stop_file, "w").close()
         elapsed = time.perf_counter() - start
         after = {name: cpu_seconds(pid) for name, pid in watch.items()}
+        waited = {name: (waiting_seconds(pid), waited[name]) for name, pid in watch.items()}
         wrk_cpu = cpu_seconds(process.pid)
         busy = busy_seconds() - busy_before
         # the tail: until every request of the window is answered (the
@@ -107,6 +110,8 @@ def run(wrk, url, mode, connections, window, tail, prefix, posts, batch=100,
                    - children_before.ru_utime - children_before.ru_stime)
     cpu = {name: (after[name] - before[name]) / elapsed
            for name in watch if before[name] is not None and after[name] is not None}
+    waiting = {name: (end - start_) / elapsed for name, (end, start_) in waited.items()
+               if end is not None and start_ is not None}
     cpu["wrk"] = wrk_cpu / elapsed
     # everything else on the machine: other people's work is noise here
     cpu["other"] = max(0.0, busy / elapsed - sum(cpu.values()))
@@ -123,4 +128,4 @@ def run(wrk, url, mode, connections, window, tail, prefix, posts, batch=100,
                               "read": "GET /vote-counts", "batch": "POST /votes",
                               "page": "GET " + prefix}[mode],
         url.split("/")[2])
-    return WrkResult(elapsed, bench, text, cpu, shown)
+    return WrkResult(elapsed, bench, text, cpu, shown, waiting)

@@ -52,13 +52,21 @@ def _run(bench):
                 if own_us and bare_us:
                     bench.runs("{} cpu/bare cpu c{}".format(process, connections),
                                own_us / bare_us)
+                    # votes/bare = (busy / bare's busy) x (bare's CPU / own CPU)
+                    bench.runs("{} busy c{}".format(process, connections),
+                               result.cpu[process])
+                    bench.runs("{} busy/bare busy c{}".format(process, connections),
+                               result.cpu[process] / base.cpu["bare"])
+                    bench.runs("{} waiting c{}".format(process, connections),
+                               result.waiting.get(process, 0.0))
                 bench.row("single votes GET /vote{}, c={}".format(label, connections),
                           "{} votes/s".format(fmt(rate)), "votes/bare {:.2f}".format(ratio),
                           "{} ({})".format(result.command, source),
                           "p50 {:.1f} ms p99 {:.1f} ms; {}; all counted {:.1f} s "
                           "after the run; {} us of CPU a vote, the bare endpoint {} "
-                          "a request".format(result.p50_ms, result.p99_ms,
-                                             cpu_note(result.cpu), result.settle,
-                                             fmt(own_us), fmt(bare_us)))
+                          "a request; {} runnable but waiting for a core {:.0%}".format(
+                              result.p50_ms, result.p99_ms, cpu_note(result.cpu),
+                              result.settle, fmt(own_us), fmt(bare_us), process,
+                              result.waiting.get(process, 0.0)))
     bench.figures["max_single"] = best
     return best

@@ -137,4 +137,31 @@ def table(bench):
             parts.append("{} {}".format(process, "n/a" if median is None else "x{:.2f} ({})".format(
                 median, ", ".join("{:.2f}".format(r) for r in runs))))
         lines.append("- c{}: {}".format(c, "; ".join(parts)))
+    return lines + _where_votes_go(bench, (c16, c64))
+
+
+def _where_votes_go(bench, levels):
+    """votes/bare split into its two factors, per level: how much of the
+    time the gateway works, and how much it pays a vote against the bare
+    endpoint's request. The first bounds the ratio whatever a vote costs."""
+    lines = ["", "where single votes go: votes/bare = (the gateway's busy share / the "
+             "bare endpoint's) x (the bare endpoint's CPU a request / the gateway's "
+             "CPU a vote); the medians of the runs"]
+    for c in levels:
+        ratio, _ = _median(bench, "votes/bare c{}".format(c))
+        share, _ = _median(bench, "gateway busy/bare busy c{}".format(c))
+        cost, _ = _median(bench, "gateway cpu/bare cpu c{}".format(c))
+        busy, _ = _median(bench, "gateway busy c{}".format(c))
+        waiting, _ = _median(bench, "gateway waiting c{}".format(c))
+        light, _ = _median(bench, "transient busy c{}".format(c))
+        if None in (ratio, share, cost, busy, waiting):
+            lines.append("- c{}: not measured".format(c))
+            continue
+        lines.append(
+            "- c{}: {:.2f} = {:.2f} x {:.2f}; the gateway busy {:.0%}, runnable but "
+            "waiting for a core {:.0%}, idle {:.0%}{}: a vote costing no more CPU than "
+            "a bare request would give at most {:.2f}".format(
+                c, ratio, share, 1 / cost, busy, waiting, max(0.0, 1 - busy - waiting),
+                "" if light is None else " (the transient gateway busy {:.0%})".format(light),
+                share))
     return lines
