@@ -72,17 +72,13 @@ class CountsCache:
         self.misses += 1
         return False, None
 
-    def settled(self, post_id):
-        """The counts of a held post, when the copy can answer it with
-        nothing else to do: within the first REFRESH_AT of its entry's
-        life, or already due; counted as a hit. Otherwise None, and
-        nothing counted (``get`` and ``due`` decide)."""
+    def held(self, post_id):
+        """The counts of a post held within the TTL, counted as a hit, for
+        the gateway's answer without a worker (which then asks ``due``);
+        None for a miss or a post with no votes (the worker answers those),
+        with nothing counted."""
         entry = self.entries.get(post_id)
-        if entry is None or entry[0] is None:
-            return None
-        age = self.clock() - entry[1]
-        if age > self.ttl or (age > self.ttl * REFRESH_AT
-                              and post_id not in self.refreshing):
+        if entry is None or entry[0] is None or self.clock() - entry[1] > self.ttl:
             return None
         self.entries.move_to_end(post_id)
         self.hits += 1

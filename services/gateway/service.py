@@ -64,15 +64,19 @@ def counts_from_copy(providers, request):
     """GET /vote-counts answered from the read copy without a nameko worker
     (JsonHttp's ``inline``): a worker costs more than the rest of such a
     read. Only a query of postId alone, for a post the copy holds with its
-    counts and need not read again now; anything else (None) goes to
-    ``vote_counts``, the same answer either way."""
+    counts; a post due to be read again is read in the background, as the
+    worker would. Anything else (None) goes to ``vote_counts``, the same
+    answer either way."""
     match = _PLAIN_READ.fullmatch(request.environ.get("QUERY_STRING", ""))
     if match is None:
         return None
     cache = providers["live"].cache
-    counts = cache.settled(match.group(1)) if cache.enabled else None
+    post_id = match.group(1)
+    counts = cache.held(post_id) if cache.enabled else None
     if counts is None:
         return None
+    if cache.due(post_id):
+        cache.refresh_in_background(providers["votes_rpc"].counts_many)
     _READ_HITS.inc()
     return json_response(200, counts)
 

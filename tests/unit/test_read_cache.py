@@ -161,28 +161,29 @@ def test_a_failed_read_leaves_every_due_post_to_run_out(cache, clock):
     assert cache.due("a")  # and may fall due again
 
 
-def test_settled_answers_only_what_needs_nothing_else(cache, clock):
-    """``settled`` (the gateway's answer without a worker): counts of a held
-    post in the first half of its entry's life, or already due; None for
-    anything that ``get`` and ``due`` must decide, with nothing counted."""
+def test_held_answers_a_held_post_within_the_ttl(cache, clock):
+    """``held`` (the gateway's answer without a worker): counts of a post
+    held within the TTL, due or not; None for a miss or a post with no
+    votes (the worker's), with nothing counted."""
     cache.put("a", counts("a", 1), stamp=1000.0)
     cache.put("none", None, stamp=1000.0)
-    assert cache.settled("a") == counts("a", 1)
-    assert cache.settled("none") is None  # the 404 is the worker's
-    assert cache.settled("absent") is None
+    assert cache.held("a") == counts("a", 1)
+    assert cache.held("none") is None  # the 404 is the worker's
+    assert cache.held("absent") is None
     assert (cache.hits, cache.misses) == (1, 0)
-    clock[0] = 1000.6  # past REFRESH_AT: due, so ``due`` must see it
-    assert cache.settled("a") is None
+    clock[0] = 1000.6  # past REFRESH_AT: still answered, and ``due`` says so
+    assert cache.held("a") == counts("a", 1)
     assert cache.due("a") is True
-    assert cache.settled("a") == counts("a", 1)  # due already: no more to do
+    assert cache.held("a") == counts("a", 1)
+    assert cache.due("a") is False  # due already
     clock[0] = 1001.001
-    assert cache.settled("a") is None  # run out
-    assert (cache.hits, cache.misses) == (2, 0)
+    assert cache.held("a") is None  # run out
+    assert (cache.hits, cache.misses) == (3, 0)
 
 
-def test_settled_keeps_the_lru_order(cache):
+def test_held_keeps_the_lru_order(cache):
     for post in "abc":
         cache.put(post, counts(post, 1), stamp=1000.0)
-    assert cache.settled("a") == counts("a", 1)
+    assert cache.held("a") == counts("a", 1)
     cache.put("d", counts("d", 1), stamp=1000.0)
     assert list(cache.entries) == ["c", "a", "d"]
