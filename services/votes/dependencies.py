@@ -4,7 +4,7 @@ Redis layout (every key starts with ``votes:``; ``{bN}`` is the hash tag of
 bucket N, one of VOTE_BUCKETS, which a post id's CRC-32 picks; see
 services/contracts.py):
 
-    votes:{bN}:post:<postId>       hash    upvote, downvote (HINCRBY only)
+    votes:{bN}:post:<postId>       hash    upvote, downvote (the apply script's)
     votes:{bN}:voters:<postId>     hash    voterId -> "<ts>:<voteId>:<score>"
     votes:{bN}:retracted:<postId>  hash    voterId -> "<ts>:<voteId>" of recent
                                            retractions; the key expires
@@ -173,6 +173,13 @@ local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local function later(ts, id, than_ts, than_id)
   return ts > than_ts or (ts == than_ts and id > than_id)
 end
+-- a stored count: none is 0; anything but an integer HINCRBY would take
+-- is nil
+local function count_of(value)
+  if value == false then return 0 end
+  if #value <= 15 and string.match(value, '^-?%d+$') then return tonumber(value) end
+  return nil
+end
 -- The store as this call leaves it: hash fields read or written (false:
 -- none), and the fields to write at the end, in order.
 local fields, dirty, dirty_keys = {}, {}, {}
@@ -209,7 +216,8 @@ end
 local new_marks, old_marks, marked = {}, {}, {}
 local once_values, new_once = {}, {}
 local expiring, expiring_keys = {}, {}
--- count changes per post: id -> {up, down, post key, creation time}
+-- count changes per post: id -> {up, down, post key, creation time,
+-- stored up, stored down}
 local deltas, posts = {}, {}
 local results = {}
 -- the posts whose counts changed, per bucket (by the index of its top key);
@@ -324,7 +332,16 @@ for _, part in ipairs(parts) do
             if created < 0 then
               created = math.floor(math.min(tonumber(vote[4]), now) / 1000000)
             end
-            deltas[post_id] = {up, down, KEYS[base], created}
+            -- the counts now, read before any write: a key holding what
+            -- this script never writes stops the call here (HMGET refuses
+            -- another type), with nothing written
+            local stored = redis.call('HMGET', KEYS[base], 'upvote', 'downvote')
+            local stored_up, stored_down = count_of(stored[1]), count_of(stored[2])
+            if not (stored_up and stored_down) then
+              return redis.error_reply(
+                'ERR apply: ' .. KEYS[base] .. ' holds a count that is no integer')
+            end
+            deltas[post_id] = {up, down, KEYS[base], created, stored_up, stored_down}
             posts[#posts + 1] = post_id
             bucket_changed[#bucket_changed + 1] = post_id
           end
@@ -337,7 +354,10 @@ for _, part in ipairs(parts) do
   results[#results + 1] = conflicts
 end
 -- the writes; the marks first, so that if memory is short (the first write
--- of a script is refused then) nothing is written
+-- of a script is refused then) nothing is written. Every key written up to
+-- the counts was read above, so none of them can fail on its type; only a
+-- ranking or creation-times key of another type fails after the counts:
+-- they stay exact (a retry finds the marks), those posts' ranks stale.
 -- unpack() has a bounded stack; 1,000 arguments, an even number, never
 -- split a field from its value
 local function call_chunked(command, key, args)
@@ -366,8 +386,9 @@ for _, key in ipairs(expiring_keys) do redis.call('EXPIRE', key, retract_ttl) en
 local counts = {}
 for _, post_id in ipairs(posts) do
   local delta = deltas[post_id]
-  counts[post_id] = {redis.call('HINCRBY', delta[3], 'upvote', delta[1]),
-                     redis.call('HINCRBY', delta[3], 'downvote', delta[2]), delta[4]}
+  local up, down = delta[5] + delta[1], delta[6] + delta[2]
+  redis.call('HSET', delta[3], 'upvote', up, 'downvote', down)
+  counts[post_id] = {up, down, delta[4]}
 end
 for _, top in ipairs(buckets) do
   if #changed[top] > 0 then

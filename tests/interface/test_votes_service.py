@@ -482,3 +482,60 @@ def test_a_claimed_key_whose_parts_were_not_applied_is_applied_on_retry(
     assert tuple(storage.apply("e3", conflicting)) == (0, 0, 1)
     assert storage.counts_many([(first, None), (other, None)]) == [
         {"postId": first, "upvote": 1, "downvote": 0, "score": 1}, None]
+
+
+@pytest.mark.parametrize("corrupt", ["a string", "a count that is no integer"])
+def test_a_post_key_written_by_something_else_fails_the_call_before_any_write(
+        redis_uri, redis_client, corrupt):
+    """A post's key holding what the votes service never writes: the apply
+    call fails before its first write (no mark, no count of the event's
+    other post), so once the key is put right the retry counts each vote
+    once."""
+    first, other = two_buckets()
+    storage = VoteStorage(redis.Redis.from_url(redis_uri, decode_responses=True),
+                          Limits(60, 60, 2.0, 60))
+    votes = [schemas.parse_vote(make_vote(postId=post)) for post in (first, other)]
+    bad = contracts.post_key(other)
+    if corrupt == "a string":
+        redis_client.set(bad, "x")
+    else:
+        redis_client.hset(bad, mapping={"upvote": "1e3", "downvote": "0"})
+    for _ in range(2):
+        with pytest.raises(redis.ResponseError):
+            storage.apply("e1", votes)
+        assert redis_client.keys("*") == [bad]
+    redis_client.delete(bad)
+    assert tuple(storage.apply("e1", votes)) == (2, 0, 0)
+    assert tuple(storage.apply("e1", votes)) == (0, 0, 0)
+    assert storage.counts_many([(first, None), (other, None)]) == [
+        {"postId": post, "upvote": 1, "downvote": 0, "score": 1} for post in (first, other)]
+
+
+def test_an_event_on_a_post_key_written_by_something_else_is_dead_lettered_then_replayed(
+        votes, dispatch, rpc, config, redis_client, tmp_path):
+    """End to end: the event is dead-lettered with nothing written, the
+    service goes on, and once the key is put right the replay counts each
+    of its votes once."""
+    first, other = two_buckets()
+    bad = contracts.post_key(other)
+    redis_client.set(bad, "x")
+    event = make_event(make_vote(postId=first), make_vote(postId=other))
+    dispatch(contracts.GATEWAY_SERVICE, contracts.VOTE_CAST, event)
+    (message,) = dead_letters(config["AMQP_URI"], 1)
+    assert "WRONGTYPE" in message.headers["x-dead-letter-reason"]
+    assert redis_client.keys("*") == [bad]
+    cast(votes, dispatch, make_event(make_vote(postId="elsewhere")))
+    assert rpc.get_counts("elsewhere")["upvote"] == 1
+
+    redis_client.delete(bad)
+    with Connection(config["AMQP_URI"]) as connection:
+        Producer(connection.channel()).publish(
+            json.loads(message.body), exchange=DEAD_LETTER_EXCHANGE,
+            routing_key=DEAD_LETTERS.routing_key, headers=message.headers,
+            serializer="json")
+    config_file = tmp_path / "config.yml"
+    config_file.write_text(yaml.safe_dump(config))
+    with entrypoint_waiter(votes, contracts.VOTE_CAST_HANDLER):
+        assert dead_letter_tool.main(["replay", "--config", str(config_file)]) == 0
+    assert [rpc.get_counts(post) for post in (first, other)] == [
+        {"postId": post, "upvote": 1, "downvote": 0, "score": 1} for post in (first, other)]
