@@ -1,5 +1,5 @@
 """Memory: Redis bytes per post, per voter vote and per Idempotency-Key
-(MEMORY STATS deltas), and the peak RSS of each service."""
+(MEMORY STATS deltas, see Footprint), and the peak RSS of each service."""
 from bench import client
 from bench.context import fmt
 from services import contracts
@@ -11,34 +11,32 @@ def run(bench):
     try:
         n = bench.p["memory_posts"]
         posts = ["m-{}".format(i) for i in range(n)]
-        before = data_bytes(store)
+        before = Footprint(store)
         bodies = [client.batch_body([{"postId": post, "score": 1}
                                      for post in posts[i:i + 1000]])
                   for i in range(0, n, 1000)]
         accepted, failures, _ = client.post_batches(host, port, bodies, 4)
         bench.accepted["memory posts"] = accepted
         bench.settle("memory posts", posts, accepted)
-        after = data_bytes(store)
-        per_post = (after - before) / n
+        per_post = Footprint(store).since(before) / n
         bench.row("Redis memory per post", "{} B".format(fmt(per_post)), "",
                   "{} new posts via POST /votes x1000; MEMORY STATS "
-                  "delta".format(fmt(n)),
+                  "delta, hash tables by key".format(fmt(n)),
                   "post hash + bucket leaderboard member + its share of exactly-once marks")
 
         m = bench.p["memory_voter_votes"]
         targets = posts[:bench.p["memory_voter_posts"]]
         votes = [{"postId": targets[k % len(targets)], "score": 1,
                   "voterId": "u{}".format(k)} for k in range(m)]
-        before = data_bytes(store)
+        before = Footprint(store)
         bodies = [client.batch_body(votes[i:i + 1000]) for i in range(0, m, 1000)]
         accepted, failures2, _ = client.post_batches(host, port, bodies, 4)
         bench.accepted["memory voters"] = accepted
         bench.settle("memory voters", posts, bench.accepted["memory posts"] + accepted)
-        after = data_bytes(store)
-        per_vote = (after - before) / m
+        per_vote = Footprint(store).since(before) / m
         bench.row("Redis memory per voter vote", "{} B".format(fmt(per_vote)), "",
                   "{} votes with voterId via POST /votes x1000; MEMORY "
-                  "STATS delta".format(fmt(m)),
+                  "STATS delta, hash tables by key".format(fmt(m)),
                   "{} existing posts, {} distinct voters each; voters hash "
                   "encoding {}, bucket leaderboard {}".format(
                      len(targets), fmt(m // len(targets)),
@@ -52,7 +50,7 @@ def run(bench):
         body = client.batch_body([{"postId": targets[0], "score": 1}])
         deltas = []
         for keys in (None, ["bench-key-{}".format(i) for i in range(k)]):
-            before = data_bytes(store)
+            before = Footprint(store)
             accepted, failed, _ = client.post_batches(
                 host, port, [body] * k, 16, keys=keys)
             bench.accepted["memory keys"] = (
@@ -60,14 +58,14 @@ def run(bench):
             bench.settle("memory keys", posts, bench.accepted["memory posts"]
                          + bench.accepted["memory voters"]
                          + bench.accepted["memory keys"])
-            deltas.append(data_bytes(store) - before)
+            deltas.append(Footprint(store).since(before))
             if failed:
                 bench.notes.append("memory keys: failed requests {}".format(failed))
         bench.figures["key_bytes"] = (deltas[1] - deltas[0]) / k
         bench.row("Redis memory per Idempotency-Key", "{} B".format(
                      fmt(bench.figures["key_bytes"])), "",
                   "{} 1-vote POST /votes with a key each, less the same "
-                  "without; MEMORY STATS delta".format(fmt(k)),
+                  "without; MEMORY STATS delta, hash tables by key".format(fmt(k)),
                   "{} and {} (one per bucket the request used), each with "
                   "its fingerprint, kept for IDEMPOTENCY_TTL".format(
                      contracts.claim_key("<keyId>"), contracts.once_key("N", "<keyId>")))
@@ -95,12 +93,29 @@ def run(bench):
         store.close()
 
 
-def data_bytes(store):
-    """Memory of the data set: what Redis allocated, less the client
-    and AOF buffers, which come and go with the traffic."""
-    stats = store.memory_stats()
-    return (int(stats["total.allocated"]) - int(stats.get("clients.normal", 0))
-            - int(stats.get("clients.slaves", 0)) - int(stats.get("aof.buffer", 0)))
+class Footprint:
+    """What Redis holds at one moment, split so that a window can be
+    measured across a resize of a database's hash table (which doubles
+    its bucket array at once): the objects, apart from the tables, and
+    the keys, each charged the tables' bytes per key at the window's end."""
+
+    def __init__(self, store):
+        stats = store.memory_stats()
+        self.tables = sum(
+            value.get("overhead.hashtable.main", 0) + value.get("overhead.hashtable.expires", 0)
+            for key, value in stats.items() if key.startswith("db.") and isinstance(value, dict))
+        self.keys = int(stats["keys.count"])
+        # what Redis allocated, less the client and AOF buffers, which come
+        # and go with the traffic, and less the hash tables
+        self.objects = (int(stats["total.allocated"]) - int(stats.get("clients.normal", 0))
+                        - int(stats.get("clients.slaves", 0))
+                        - int(stats.get("aof.buffer", 0)) - self.tables)
+
+    def since(self, before):
+        """Bytes added since ``before``: the objects, and each new key's
+        share of the hash tables as they are now."""
+        per_key = self.tables / self.keys if self.keys else 0
+        return self.objects - before.objects + (self.keys - before.keys) * per_key
 
 
 def rss(bench):
