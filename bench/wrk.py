@@ -69,7 +69,7 @@ def run(wrk, url, mode, connections, window, tail, prefix, posts, batch=100,
                "-s", SCRIPT, url]
     watch = dict(watch or {})
     before = {name: cpu_seconds(pid) for name, pid in watch.items()}
-    waited = {name: waiting_seconds(pid) for name, pid in watch.items()}
+    waited_before = {name: waiting_seconds(pid) for name, pid in watch.items()}
     busy_before = busy_seconds()
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -82,7 +82,7 @@ def run(wrk, url, mode, connections, window, tail, prefix, posts, batch=100,
         open(stop_file, "w").close()
         elapsed = time.perf_counter() - start
         after = {name: cpu_seconds(pid) for name, pid in watch.items()}
-        waited = {name: (waiting_seconds(pid), waited[name]) for name, pid in watch.items()}
+        waited_after = {name: waiting_seconds(pid) for name, pid in watch.items()}
         wrk_cpu = cpu_seconds(process.pid)
         busy = busy_seconds() - busy_before
         # the tail: until every request of the window is answered (the
@@ -110,8 +110,8 @@ def run(wrk, url, mode, connections, window, tail, prefix, posts, batch=100,
                    - children_before.ru_utime - children_before.ru_stime)
     cpu = {name: (after[name] - before[name]) / elapsed
            for name in watch if before[name] is not None and after[name] is not None}
-    waiting = {name: (end - start_) / elapsed for name, (end, start_) in waited.items()
-               if end is not None and start_ is not None}
+    waiting = {name: (waited_after[name] - waited_before[name]) / elapsed for name in watch
+               if waited_before[name] is not None and waited_after[name] is not None}
     cpu["wrk"] = wrk_cpu / elapsed
     # everything else on the machine: other people's work is noise here
     cpu["other"] = max(0.0, busy / elapsed - sum(cpu.values()))

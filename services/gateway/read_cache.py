@@ -96,6 +96,13 @@ class CountsCache:
         self.due_posts.append(post_id)
         return True
 
+    def refresh_if_due(self, post_id, read_many):
+        """Start the background read (``refresh_in_background``) if a held
+        post has just fallen ``due``; what a read answered from the copy
+        does, with or without a worker."""
+        if self.due(post_id):
+            self.refresh_in_background(read_many)
+
     def refresh_in_background(self, read_many):
         """Run ``refresh`` in a thread of its own, unless one runs already
         (it takes what falls due meanwhile)."""

@@ -75,8 +75,7 @@ def counts_from_copy(providers, request):
     counts = cache.held(post_id) if cache.enabled else None
     if counts is None:
         return None
-    if cache.due(post_id):
-        cache.refresh_in_background(providers["votes_rpc"].counts_many)
+    cache.refresh_if_due(post_id, providers["votes_rpc"].counts_many)
     _READ_HITS.inc()
     return json_response(200, counts)
 
@@ -178,8 +177,8 @@ class GatewayService:
                 sent = cache.clock()
                 counts = self.votes_rpc.counts(query.postId, None)
                 cache.put(query.postId, counts, sent)
-            elif cache.due(query.postId):
-                cache.refresh_in_background(self.votes_rpc.counts_many)
+            else:
+                cache.refresh_if_due(query.postId, self.votes_rpc.counts_many)
         else:
             counts = self.votes_rpc.counts(query.postId, query.voterId)
         if counts is None:

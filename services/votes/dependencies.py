@@ -173,8 +173,8 @@ local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 local function later(ts, id, than_ts, than_id)
   return ts > than_ts or (ts == than_ts and id > than_id)
 end
--- a stored count: none is 0; anything but an integer HINCRBY would take
--- is nil
+-- a stored count: none is 0; anything but an integer of at most 15 digits
+-- (exact in Lua's numbers) is nil
 local function count_of(value)
   if value == false then return 0 end
   if #value <= 15 and string.match(value, '^-?%d+$') then return tonumber(value) end
