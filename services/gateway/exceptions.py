@@ -1,5 +1,6 @@
 import math
 
+from services.platform import operator
 from services.platform.web import TooManyFields
 
 
@@ -70,17 +71,6 @@ class RateLimited(Exception):
         }
 
 
-class OperatorTokenRequired(Exception):
-    """/metrics or /ready without the operator's bearer token."""
-
-    headers = {"WWW-Authenticate": "Bearer"}
-
-
-class OperatorRouteMoved(LookupError):
-    """/metrics or /ready asked on the public port once they have an
-    operator address: answered as an unknown route."""
-
-
 # The gateway's answers: exception -> (status, error code), matched with
 # isinstance, in order. This table alone decides what is a 4xx (or 503)
 # and what is an unexpected 500 (services.platform.web).
@@ -92,9 +82,8 @@ ERRORS = (
     (VoterTokenWrongAudience, 401, "VOTER_TOKEN_WRONG_AUDIENCE"),
     (VoterTokenWrongVoter, 401, "VOTER_TOKEN_WRONG_VOTER"),
     (VoterTokenWrongPost, 401, "VOTER_TOKEN_WRONG_POST"),
-    (OperatorTokenRequired, 401, "OPERATOR_TOKEN_REQUIRED"),
+    *operator.ERRORS,
     (PostNotFound, 404, "POST_NOT_FOUND"),
-    (OperatorRouteMoved, 404, "NOT_FOUND"),
     (IdempotencyKeyReused, 422, "IDEMPOTENCY_KEY_REUSED"),
     (RateLimited, 429, "RATE_LIMITED"),
     (BrokerUnavailable, 503, "BROKER_UNAVAILABLE"),

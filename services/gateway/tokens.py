@@ -5,9 +5,11 @@ ES256, VOTER_TOKEN_ALGORITHM) is set. When on, a request that names a
 voter (``voterId``) must carry ``Authorization: Bearer <jwt>`` signed by
 the site's backend, with ``sub`` equal to that voterId, an ``exp``, an
 ``aud`` equal to VOTER_TOKEN_AUDIENCE and, optionally, ``posts``: the post
-ids it may vote on. VOTER_TOKEN_ANONYMOUS decides whether votes that name
+ids it may vote on, a JSON list of strings (any other shape refuses the
+token). VOTER_TOKEN_ANONYMOUS decides whether votes that name
 no voter are still taken.
 """
+import re
 import time
 
 import jwt
@@ -22,18 +24,13 @@ from services.gateway.exceptions import (
     VoterTokenWrongPost,
     VoterTokenWrongVoter,
 )
+from services.platform.operator import bearer_token
+from services.rules import ID_PATTERN
 
 DEFAULT_AUDIENCE = "votes"
 ASYMMETRIC = ("RS256", "ES256")
 MAX_VERIFIED = 10_000  # tokens whose claims are kept, about 3 MB at most
-
-
-def bearer_token(environ):
-    header = environ.get("HTTP_AUTHORIZATION", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
+_POST_ID = re.compile(ID_PATTERN)
 
 
 class VoterTokens:
@@ -67,6 +64,18 @@ class VoterTokens:
         return claims
 
     def _verify(self, token):
+        claims = self._decode(token)
+        posts = claims.get("posts")
+        if posts is not None:
+            # a string is iterable too: "348" would cover posts 3, 4 and 8
+            if not (isinstance(posts, list) and all(
+                    isinstance(post, str) and _POST_ID.fullmatch(post) for post in posts)):
+                raise VoterTokenInvalid(
+                    "the voter token's posts claim must be a list of post ids")
+            claims["posts"] = frozenset(posts)
+        return claims
+
+    def _decode(self, token):
         try:
             return jwt.decode(
                 token, self.key, algorithms=[self.algorithm],
@@ -102,7 +111,7 @@ class VoterTokens:
             if vote.voterId != str(claims["sub"]):
                 raise VoterTokenWrongVoter(
                     "the voter token is for another voter")
-            if posts is not None and vote.postId not in [str(p) for p in posts]:
+            if posts is not None and vote.postId not in posts:
                 raise VoterTokenWrongPost(
                     "the voter token does not cover post {}".format(vote.postId))
 

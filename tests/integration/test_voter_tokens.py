@@ -78,3 +78,27 @@ def test_only_a_valid_token_changes_a_count(services, web_session):
     assert web_session.get("/vote?postId=348&score=1").status_code == 202
     got, expected = my_counts("ann", 3, 0, 1)
     assert got == expected
+
+
+def test_a_posts_claim_that_is_not_a_list_of_ids_refuses_the_token(
+        services, web_session):
+    """"348" is iterable: read as a list it covered posts 3, 4 and 8."""
+    invalid = {"error": "VOTER_TOKEN_INVALID",
+               "message": "the voter token's posts claim must be a list of post ids"}
+    for posts in ("348", [348], ["348", None], ["a b"], {"348": True}):
+        headers = bearer(token("ann", posts=posts))
+        for post in ("3", "348"):
+            vote = {"postId": post, "score": 1, "voterId": "ann"}
+            for response in [
+                web_session.get("/vote", params=vote, headers=headers),
+                web_session.post("/votes", json={"votes": [vote]}, headers=headers),
+            ]:
+                assert (response.status_code, response.json()) == (401, invalid), posts
+    # nothing was queued: the first vote that lands is the only one counted
+    vote = {"postId": "3", "score": 1, "voterId": "ann"}
+    assert web_session.get("/vote", params=vote, headers=bearer(
+        token("ann", posts=["3"]))).status_code == 202
+    web_session.headers.update(bearer(token("ann")))
+    assert settle(web_session, "3", "ann", with_my_vote("3", 1, 0, 1)) == \
+        with_my_vote("3", 1, 0, 1)
+    assert settle(web_session, "348", "ann", 404) == 404

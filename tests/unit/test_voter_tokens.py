@@ -103,6 +103,11 @@ def test_a_verified_token_is_kept_until_it_expires(monkeypatch):
      "the voter token is for another voter"),
     (lambda: token(posts=["1", "2"]), "VOTER_TOKEN_WRONG_POST",
      "the voter token does not cover post 348"),
+    # a string is no list: "348" once covered posts 3, 4 and 8
+    *[(lambda posts=posts: token(posts=posts), "VOTER_TOKEN_INVALID",
+       "the voter token's posts claim must be a list of post ids")
+      for posts in ("348", "3", [348], [True], ["348", ["3"]], [""], ["a" * 65],
+                    {"348": 1}, 348)],
 ])
 def test_a_bad_token_is_401_naming_why_and_queues_nothing(make_bearer, code, message):
     bearer = make_bearer()
