@@ -7,7 +7,7 @@ import sys
 import time
 import traceback
 
-from bench import store_drain
+from bench import report, store_drain
 from bench.context import Bench
 from bench.env import Environment, SetupError, ensure_wrk
 from bench.machine import code_version, machine_info, versions
@@ -222,6 +222,9 @@ def main(argv=None):
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "w") as handle:
             handle.write(text + "\n")
+        if profile is PROFILES["full"] and not args.only and not args.out:
+            report.write(text)
+            print("written: {}".format(os.path.relpath(report.DOCS_PAGE, ROOT)))
         return 0 if ok else 1
     except (KeyboardInterrupt, Interrupted):
         print("\ninterrupted: cleaning up", file=sys.stderr)
