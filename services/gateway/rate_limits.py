@@ -42,6 +42,8 @@ from services.gateway import metrics
 from services.gateway.exceptions import RateLimited
 from services.platform import redis_nodes
 from services.platform.batching import Expired, GroupCommit
+from services.platform.proxies import client_address, parse_networks
+from services.platform.proxies import parse_ip as _address
 
 _log = logging.getLogger(__name__)
 
@@ -132,45 +134,6 @@ def parse_rate(name, key, text):
                 key, text))
     seconds = int(match.group(2) or 1) * PERIODS[match.group(3)]
     return Rate(name, int(match.group(1)), seconds)
-
-
-def parse_networks(text):
-    """TRUSTED_PROXIES: addresses or CIDR blocks, separated by commas or
-    spaces (or a YAML list)."""
-    if not text:
-        return ()
-    items = text if isinstance(text, list) else re.split(r"[,\s]+", str(text))
-    try:
-        return tuple(ipaddress.ip_network(item.strip(), strict=False)
-                     for item in items if item.strip())
-    except ValueError as exc:
-        raise ConfigurationError("TRUSTED_PROXIES: {}".format(exc)) from None
-
-
-@functools.lru_cache(maxsize=ADDRESS_CACHE)  # ipaddress parses slowly; clients repeat
-def _address(text):
-    try:
-        return ipaddress.ip_address(text.strip())
-    except ValueError:
-        return None
-
-
-def client_address(environ, trusted):
-    """The client's address: the socket's peer, unless it is a trusted
-    proxy; then, walking ``X-Forwarded-For`` from its end (the entry the
-    proxy wrote), the first address that is not a trusted proxy. An entry
-    that is not an address stops the walk at the hop before it."""
-    peer = environ.get("REMOTE_ADDR", "")
-    client = _address(peer)
-    if not trusted or client is None:
-        return peer
-    hops = environ.get("HTTP_X_FORWARDED_FOR", "").split(",")
-    while any(client in network for network in trusted) and hops:
-        hop = _address(hops.pop())
-        if hop is None:
-            break
-        client = hop
-    return str(client)
 
 
 @functools.lru_cache(maxsize=ADDRESS_CACHE)
