@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 # eventlet and setuptools warn on import about their own futures
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore:pkg_resources is deprecated:UserWarning
 
-.PHONY: run test bench servers browser venv
+.PHONY: run test bench servers browser venv lock
 
 # the venv is rebuilt only when missing or older than the requirements
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -29,3 +29,8 @@ test: servers browser
 
 bench: servers
 	$(BIN)/python -m bench
+
+# the runtime closure of requirements.txt, pinned with hashes, for the image
+lock: venv
+	$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+		--no-emit-index-url --no-emit-find-links --output-file requirements.lock requirements.txt

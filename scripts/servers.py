@@ -3,6 +3,7 @@
 A server that does not answer on this machine is started when its program
 is installed; otherwise this says how to get one, and exits 1.
 """
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,9 @@ from kombu import Connection
 from nameko.cli.main import setup_yaml_parser
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# where the Redis started here keeps its append-only file, across restarts
+REDIS_DATA = os.path.join(ROOT, ".data", "redis")
 START_TIMEOUT = 60
 
 
@@ -47,13 +51,24 @@ def start_rabbitmq(parts):
     return True
 
 
-def start_redis(parts):
+def redis_command(port, data_dir=REDIS_DATA):
+    """A daemonized redis-server that keeps every write in an append-only
+    file under ``data_dir`` (fsync once a second, as docker-compose.yml's),
+    so that counts survive its restart."""
+    return [
+        "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1",
+        "--port", str(port), "--dir", data_dir, "--save", "",
+        "--appendonly", "yes", "--appendfsync", "everysec",
+        "--logfile", os.path.join(data_dir, "redis.log"),
+    ]
+
+
+def start_redis(parts, data_dir=REDIS_DATA):
     if not shutil.which("redis-server"):
         return False
-    subprocess.run([
-        "redis-server", "--daemonize", "yes", "--bind", "127.0.0.1",
-        "--port", str(parts.port or 6379), "--save", "", "--appendonly", "no",
-    ], check=False, stdout=subprocess.DEVNULL)
+    os.makedirs(data_dir, exist_ok=True)
+    subprocess.run(redis_command(parts.port or 6379, data_dir), check=False,
+                   stdout=subprocess.DEVNULL)
     return True
 
 

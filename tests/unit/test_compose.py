@@ -422,7 +422,7 @@ def test_dockerfile_runtime_stage():
 
 def test_image_installs_the_runtime_requirements_only():
     runs = [args for keyword, args in dockerfile_instructions() if keyword == "RUN"]
-    assert "pip install -r /tmp/requirements.txt" in runs
+    assert "pip install --require-hashes --no-deps -r /tmp/requirements.lock" in runs
     assert "requirements-dev" not in DOCKERFILE.read_text()
     runtime = (ROOT / "requirements.txt").read_text()
     for tool in ("pytest", "schemathesis", "jsonschema", "ruff"):
@@ -436,8 +436,41 @@ def test_dockerignore_keeps_the_context_small():
     for pattern in (".git", ".venv", "**/__pycache__", "tests", "bench",
                     ".pytest_cache", ".env"):
         assert pattern in patterns, pattern
-    for needed in ("services", "config.yml", "requirements.txt"):
+    for needed in ("services", "config.yml", "requirements.txt", "requirements.lock"):
         assert needed not in patterns
+
+
+def lock_pins():
+    """{name: version} of requirements.lock, each with at least one hash."""
+    text = (ROOT / "requirements.lock").read_text()
+    pins = {}
+    for entry in re.split(r"\n(?=[A-Za-z0-9])", text):
+        head = entry.split()[0] if entry.strip() and not entry.startswith("#") else ""
+        if "==" in head:
+            name, version = head.split("==")
+            assert "--hash=sha256:" in entry, head
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+def test_lock_pins_every_direct_requirement_at_its_version():
+    pins = lock_pins()
+    direct = re.findall(r"^([A-Za-z0-9_.-]+)==([^\s#]+)",
+                        (ROOT / "requirements.txt").read_text(), re.M)
+    assert direct
+    for name, version in direct:
+        assert pins.get(name.lower().replace("_", "-")) == version, name
+    # the closure: nameko's own dependencies are in it too
+    for transitive in ("pyyaml", "requests", "wrapt", "greenlet", "mock"):
+        assert transitive in pins, transitive
+
+
+def test_image_labels_carry_the_version():
+    from services import __version__
+    text = DOCKERFILE.read_text()
+    assert "ARG VERSION={}".format(__version__) in text
+    assert 'org.opencontainers.image.version="${VERSION}"' in text
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
 
 
 # --- services.healthcheck ------------------------------------------------
