@@ -21,6 +21,7 @@ AMQP_QUEUE_TYPE names (services.platform.brokers).
 import hashlib
 import logging
 import random
+import sys
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -31,11 +32,21 @@ import nameko.rpc
 from eventlet.event import Event
 from kombu import Connection, Exchange, Queue
 from kombu.exceptions import OperationalError
+from kombu.serialization import registry
 from nameko.amqp.publish import Publisher
-from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.constants import (
+    AMQP_SSL_CONFIG_KEY,
+    AMQP_URI_CONFIG_KEY,
+    DEFAULT_SERIALIZER,
+    LOGIN_METHOD_CONFIG_KEY,
+    SERIALIZER_CONFIG_KEY,
+)
 from nameko.contextdata import ContextDataProvider
 from nameko.events import EventHandler
+from nameko.exceptions import MalformedRequest
 from nameko.messaging import QueueConsumer
+from nameko.rpc import get_rpc_exchange
+from prometheus_client import Counter
 
 from services.platform import brokers
 from services.platform.batching import GroupCommit
@@ -69,6 +80,30 @@ def dead_letter_queue(exchange, queue, routing_key):
     """A durable dead-letter queue on a direct exchange of its own."""
     return Queue(queue, exchange=Exchange(exchange, type="direct", durable=True),
                  routing_key=routing_key, durable=True, auto_delete=False)
+
+
+def copy_to_dead_letters(publisher, queue, message, reason, extra=None):
+    """Publish a copy of ``message`` to the dead-letter ``queue`` with
+    headers that say why (``reason``) and where it came from; raises what
+    the publish raises."""
+    delivery = message.delivery_info
+    headers = dict(message.headers or {})
+    headers.update({
+        REASON_HEADER: reason[:1000],
+        ORIGIN_EXCHANGE_HEADER: delivery.get("exchange"),
+        ORIGIN_ROUTING_KEY_HEADER: delivery.get("routing_key"),
+        DEAD_LETTERED_AT_HEADER: int(time.time()),
+    })
+    headers.update(extra or {})
+    publisher.publish(
+        message.body,
+        exchange=queue.exchange,
+        routing_key=queue.routing_key,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        retry=False,
+    )
 
 
 def backoff(attempt):
@@ -209,13 +244,26 @@ class ResilientQueueConsumer(QueueConsumer):
         self._channel, self._held = channel, set()
         self._quiet_since = dict.fromkeys(self._providers, time.monotonic())
         try:
-            return super().get_consumers(consumer_cls, channel)
+            consumers = super().get_consumers(consumer_cls, channel)
         except amqp.exceptions.PreconditionFailed as exc:
             for queue in self._queues():
                 found = brokers.mismatch(exc, queue.name, self._queue_type())
                 if found is not None and queue.name in str(exc):
                     _log.error("%s", found)
             raise
+        # kombu raises a decode error into the consume loop, which ends the
+        # container; a provider that can dead-letter takes the message
+        for provider, consumer in self._consumers.items():
+            if hasattr(provider, "dead_letter"):
+                consumer.on_decode_error = partial(self._on_decode_error, provider)
+        return consumers
+
+    def _on_decode_error(self, provider, message, exc):
+        self._delivered(provider, message)
+        # runs in the consume loop: publish from a thread of its own
+        reason = "undecodable body: {}: {}".format(type(exc).__name__, exc)
+        self.container.spawn_managed_thread(
+            partial(provider.dead_letter, message, reason))
 
     def _queue_type(self):
         return brokers.queue_type(self.container.config)
@@ -314,7 +362,6 @@ class DeadLetteringQueueConsumer(ResilientQueueConsumer):
         self._unacked = {}
         consumers = super().get_consumers(consumer_cls, channel)
         for provider, consumer in self._consumers.items():
-            consumer.on_decode_error = partial(self._on_decode_error, provider)
             if getattr(provider, "raw_schema", None) is not None:
                 # kombu then hands over the message undecoded
                 consumer.on_message = partial(self._on_raw_message, provider)
@@ -335,13 +382,6 @@ class DeadLetteringQueueConsumer(ResilientQueueConsumer):
             self._on_decode_error(provider, message, exc)
         else:
             self.handle_message(provider, body, message)
-
-    def _on_decode_error(self, provider, message, exc):
-        self._delivered(provider, message)
-        # runs in the consume loop: publish from a thread of its own
-        reason = "undecodable body: {}: {}".format(type(exc).__name__, exc)
-        self.container.spawn_managed_thread(
-            partial(provider.dead_letter, message, reason))
 
     def _delivered(self, provider, message):
         if message.channel is self._channel:
@@ -528,25 +568,10 @@ class ReliableEventHandler(EventHandler):
         failing: ``failed_headers`` adds what the service knows about it
         (whether it was applied, say)."""
         delivery = message.delivery_info
-        headers = dict(message.headers or {})
-        headers.update({
-            REASON_HEADER: reason[:1000],
-            ORIGIN_EXCHANGE_HEADER: delivery.get("exchange"),
-            ORIGIN_ROUTING_KEY_HEADER: delivery.get("routing_key"),
-            DEAD_LETTERED_AT_HEADER: int(time.time()),
-        })
         extra = self.failed_headers(self.container, event) if event is not None else {}
-        headers.update(extra)
         try:
-            self.dead_letter_publisher.publish(
-                message.body,
-                exchange=self.dead_letter_queue.exchange,
-                routing_key=self.dead_letter_queue.routing_key,
-                headers=headers,
-                content_type=message.content_type,
-                content_encoding=message.content_encoding,
-                retry=False,
-            )
+            copy_to_dead_letters(self.dead_letter_publisher,
+                                 self.dead_letter_queue, message, reason, extra)
         except Exception as exc:
             _log.error("could not dead-letter a message (%s); requeued", exc)
             eventlet.sleep(1)
@@ -650,27 +675,139 @@ class BatchEventHandler(ReliableEventHandler):
         return result, exc_info
 
 
+RPC_DEAD_LETTER_EXCHANGE = "rpc.dead-letter"
+
+rpc_requests_refused = Counter(
+    "rpc_requests_refused_total",
+    "RPC requests refused before any worker ran, by reason (no_reply_to, "
+    "no_correlation_id, undecodable): dead-lettered, or answered with an "
+    "error when they can be.", ["reason"])
+
+
+class JsonFallbackResponder(nameko.rpc.Responder):
+    """nameko's Responder, which answers in the request's content type:
+    it raised KeyError for a request with none or one kombu does not know,
+    and answered a pickle request (refused as undecodable) in pickle. A
+    request in a content type the service does not accept is answered in
+    JSON."""
+
+    def __init__(self, *args, accept=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.accept = accept
+
+    def send_response(self, result, exc_info):
+        properties = self.message.properties
+        if registry.type_to_name.get(properties.get("content_type")) not in self.accept:
+            properties["content_type"] = "application/json"
+        return super().send_response(result, exc_info)
+
+
 class ResilientRpcConsumer(nameko.rpc.RpcConsumer):
     """nameko's RpcConsumer on a ResilientQueueConsumer, whose reply to a
     request does not kill the container when the broker has gone: upstream
     lets the publish error escape into the worker's result handling. Its
-    queue is of the type AMQP_QUEUE_TYPE names."""
+    queue is of the type AMQP_QUEUE_TYPE names.
+
+    And a malformed request runs no worker and never ends the container
+    (upstream's Responder raised KeyError on a request without
+    ``reply_to``, which killed it, and the broker then redelivered the
+    request to the next process): one without ``reply_to`` or
+    ``correlation_id`` cannot be answered usefully, and goes to the
+    dead-letter queue ``rpc-<service>.dead-letter`` with the reason; one
+    whose body cannot be decoded is answered with a MalformedRequest error
+    if it can be, else dead-lettered. Each is logged and counted
+    (rpc_requests_refused_total)."""
 
     queue_consumer = ResilientQueueConsumer()
 
     def setup(self):
         super().setup()
+        config = self.container.config
         # the votes service's RPC queue carries votes too (its vote method)
-        self.queue = brokers.typed(self.queue, self.container.config)
+        self.queue = brokers.typed(self.queue, config)
+        name = "{}.dead-letter".format(self.queue.name)
+        self.dead_letter_queue = brokers.typed(
+            dead_letter_queue(RPC_DEAD_LETTER_EXCHANGE, name, name), config)
+        self.also_declares = (self.dead_letter_queue,)
+        self.dead_letter_publisher = Publisher(
+            config[AMQP_URI_CONFIG_KEY],
+            declare=[self.dead_letter_queue.exchange, self.dead_letter_queue])
+
+    def handle_message(self, body, message):
+        problem = unanswerable(message)
+        if problem is not None:
+            self._refuse(message, *problem)
+            return
+        super().handle_message(body, message)
+
+    def dead_letter(self, message, reason):
+        """The queue consumer's hook for a body it cannot decode."""
+        self._refuse(message, UNDECODABLE, reason)
+
+    def _refuse(self, message, kind, reason):
+        """Answer the request with an error if it can be answered, else
+        copy it to the dead-letter queue; then ack it. A copy that fails
+        requeues the message, never drops it."""
+        routing_key = message.delivery_info.get("routing_key")
+        if unanswerable(message) is None:
+            _log.warning("refused an RPC request to %s: %s", routing_key, reason)
+            rpc_requests_refused.labels(kind).inc()
+            self.handle_result(message, None, _failure(MalformedRequest(reason)))
+            return
+        try:
+            copy_to_dead_letters(self.dead_letter_publisher,
+                                 self.dead_letter_queue, message, reason)
+        except Exception as exc:
+            _log.error("could not dead-letter an RPC request (%s); requeued", exc)
+            eventlet.sleep(1)
+            self.queue_consumer.requeue_message(message)
+            return
+        rpc_requests_refused.labels(kind).inc()
+        _log.warning("dead-lettered an RPC request to %s: %s", routing_key, reason)
+        self.queue_consumer.ack_message(message)
 
     def handle_result(self, message, result, exc_info):
         # no reply while the broker is away; the request stays unacked and
         # is redelivered, or expires. Raising here killed the container.
+        config = self.container.config
+        responder = JsonFallbackResponder(
+            config[AMQP_URI_CONFIG_KEY], get_rpc_exchange(config),
+            config.get(SERIALIZER_CONFIG_KEY, DEFAULT_SERIALIZER), message,
+            ssl=config.get(AMQP_SSL_CONFIG_KEY),
+            login_method=config.get(LOGIN_METHOD_CONFIG_KEY),
+            accept=self.container.accept)
         try:
-            return super().handle_result(message, result, exc_info)
+            result, exc_info = responder.send_response(result, exc_info)
         except (OperationalError,) + LOST_CONNECTION as exc:
             _log.warning("could not send an RPC reply: %r", exc)
             return result, exc_info
+        self.queue_consumer.ack_message(message)
+        return result, exc_info
+
+
+NO_REPLY_TO = "no_reply_to"
+NO_CORRELATION_ID = "no_correlation_id"
+UNDECODABLE = "undecodable"
+
+
+def unanswerable(message):
+    """(kind, reason) when no reply to ``message`` could reach its caller,
+    else None."""
+    properties = message.properties
+    reply_to = properties.get("reply_to")
+    if not isinstance(reply_to, str) or not reply_to:
+        return NO_REPLY_TO, "no reply_to: the request cannot be answered"
+    if not properties.get("correlation_id"):
+        return NO_CORRELATION_ID, ("no correlation_id: the request can be neither "
+                                   "answered nor told from a redelivery")
+    return None
+
+
+def _failure(exc):
+    try:
+        raise exc
+    except type(exc):
+        return sys.exc_info()
 
 
 REQUEST_ID_CONTEXT_KEY = "rpc_request_id"

@@ -1,6 +1,5 @@
 import json
 import time
-import uuid
 from functools import partial
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -79,7 +78,12 @@ class VotesService:
         """Apply one vote now and return the post's counts. A redelivered
         request applies nothing more; with ``idempotency_key``, neither does
         any later call with the same key (within IDEMPOTENCY_TTL)."""
-        request_id = self.request_id or uuid.uuid4().hex
+        # the vote's id comes from the request (its correlation id), so that
+        # a redelivery of it applies nothing more; the RPC consumer refuses a
+        # request without one before any worker runs
+        request_id = self.request_id
+        if request_id is None:
+            raise InvalidVote("the request has no correlation id")
         fields = {
             "voteId": request_id,
             "postId": post_id,
