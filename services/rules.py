@@ -37,8 +37,16 @@ def key_id(idempotency_key):
 
 
 def fingerprint(votes):
-    """What a keyed request asked for, [(postId, score, voterId), ...]: a
-    later try with the same key and another fingerprint is a conflict."""
-    canonical = json.dumps([[post, score, voter or ""] for post, score, voter in votes],
-                           separators=(",", ":"))
+    """What a keyed request asked for, [(postId, score, voterId[,
+    createdAt]), ...]: a later try with the same key and another
+    fingerprint is a conflict. A createdAt (seconds) is in it only when
+    given, so that the fingerprint of a request without one is what it
+    was before createdAt counted (a key remembered then still matches)."""
+    rows = []
+    for post, score, voter, *created in votes:
+        row = [post, score, voter or ""]
+        if created and created[0] is not None:
+            row.append(created[0])
+        rows.append(row)
+    canonical = json.dumps(rows, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

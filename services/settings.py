@@ -34,3 +34,19 @@ def number(config, key, default, minimum, maximum=None, integer=False):
         raise ConfigurationError("{} must be {} {} (got {!r})".format(
             key, kind, bounds, value))
     return value if integer else float(value)
+
+
+def flag(config, key, default=False):
+    """``config[key]`` as a bool (true/false, 1/0, yes/no; empty or absent:
+    ``default``); raises ConfigurationError otherwise."""
+    value = config.get(key)
+    if value is None or value == "":
+        return default
+    if type(value) is bool:
+        return value
+    text = str(value).lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ConfigurationError("{} must be true or false (got {!r})".format(key, value))

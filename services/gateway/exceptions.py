@@ -52,6 +52,12 @@ class VoterTokenWrongPost(VoterTokenError):
     pass
 
 
+class VoteByGetOff(Exception):
+    """GET /vote where VOTE_BY_GET is off: a vote is a POST there."""
+
+    headers = {"Allow": "POST"}
+
+
 class RateLimited(Exception):
     """A vote request over a rate limit (services.gateway.rate_limits);
     ``headers``: Retry-After and the IETF RateLimit headers (draft 7's
@@ -84,6 +90,7 @@ ERRORS = (
     (VoterTokenWrongPost, 401, "VOTER_TOKEN_WRONG_POST"),
     *operator.ERRORS,
     (PostNotFound, 404, "POST_NOT_FOUND"),
+    (VoteByGetOff, 405, "METHOD_NOT_ALLOWED"),
     (IdempotencyKeyReused, 422, "IDEMPOTENCY_KEY_REUSED"),
     (RateLimited, 429, "RATE_LIMITED"),
     (BrokerUnavailable, 503, "BROKER_UNAVAILABLE"),

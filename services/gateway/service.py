@@ -9,9 +9,15 @@ from werkzeug.wrappers import Response
 from services import contracts, rules
 from services.gateway import metrics, page, schemas
 from services.gateway.dependencies import RecentKeys, VotePublisher, VotesReader
-from services.gateway.exceptions import ERRORS, IdempotencyKeyReused, PostNotFound
+from services.gateway.exceptions import (
+    ERRORS,
+    IdempotencyKeyReused,
+    PostNotFound,
+    VoteByGetOff,
+)
 from services.gateway.live import Closed, LiveCounts
 from services.gateway.operator import ADDRESS_CONFIG_KEY, OperatorGate
+from services.gateway.policy import VotePolicyProvider
 from services.gateway.rate_limits import RateLimiter
 from services.gateway.tokens import VoterTokenChecker
 from services.platform.web import event_stream, json_http, json_response, sse_event
@@ -99,6 +105,7 @@ class GatewayService:
     voter_tokens = VoterTokenChecker()
     rate_limits = RateLimiter()
     operator = OperatorGate()
+    policy = VotePolicyProvider()
 
     clock = AcceptClock()
     new_vote_id = VoteIds()
@@ -115,7 +122,8 @@ class GatewayService:
         if key is not None:
             key_id = rules.key_id(key)
             fingerprint = rules.fingerprint(
-                [(vote.postId, vote.score, vote.voterId) for vote in votes])
+                [(vote.postId, vote.score, vote.voterId, vote.createdAt)
+                 for vote in votes])
             answered = self.recent_keys.get(key_id)
             if answered is not None:
                 if answered != fingerprint:
@@ -145,13 +153,15 @@ class GatewayService:
                 entry["key"], entry["fp"] = key_id, fingerprint
             if vote.voterId is not None:
                 entry["voterId"] = vote.voterId
-            if vote.createdAt is not None:
-                entry["createdAt"] = vote.createdAt
+            if vote.createdAt is not None:  # the client's: bounded (policy)
+                entry["createdAt"] = self.policy.created_at(vote.createdAt, entry["ts"])
             stamped.append(entry)
         return stamped
 
     @http("GET,POST", "/vote")
     def vote(self, request):
+        if request.method == "GET" and not self.policy.vote_by_get:
+            raise VoteByGetOff("GET /vote is turned off here (VOTE_BY_GET): POST the vote")
         (entry,) = self._accept(request, [_vote_fields(request)])
         body = {"success": True}
         body.update(entry)
@@ -195,10 +205,23 @@ class GatewayService:
 
     @http("PUT", "/posts/<string:post_id>")
     def set_created_at(self, request, post_id):
-        """A post's creation time, which hot ranks it by."""
+        """A post's creation time, which hot ranks it by: an operator's
+        write (services.platform.operator), on OPERATOR_ADDRESS once set."""
+        self.operator.check_write_public(request.environ)
+        return self._set_created_at(request, post_id)
+
+    @operator_http("PUT", "/posts/<string:post_id>")
+    def operator_set_created_at(self, request, post_id):
+        self.operator.check_write(request.environ)
+        return self._set_created_at(request, post_id)
+
+    def _set_created_at(self, request, post_id):
         post_id = schemas.post_id(post_id)
         created_at = schemas.created_at_from_json(schemas.parse_json(request.get_data()))
-        return json_response(200, self.votes_rpc.set_created_at(post_id, created_at))
+        answer = self.votes_rpc.set_created_at(post_id, created_at)
+        if answer is None:  # a post is made by its first vote, never here
+            raise PostNotFound("post {} has no votes".format(post_id))
+        return json_response(200, answer)
 
     @http("GET", "/stream")
     def stream(self, request):
@@ -237,9 +260,8 @@ class GatewayService:
     @http("GET", "/")
     def index(self, request):
         """The live page."""
-        response = Response(page.index_html(), content_type=page.CONTENT_TYPE)
-        response.headers["Cache-Control"] = "no-cache"
-        return response
+        return Response(page.index_html(), content_type=page.CONTENT_TYPE,
+                        headers=page.headers())
 
     @http("GET", "/health")
     def health(self, request):

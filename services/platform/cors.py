@@ -25,26 +25,17 @@ import re
 
 from nameko.exceptions import ConfigurationError
 
+from services.settings import flag
+
 ORIGINS_CONFIG_KEY = "CORS_ORIGINS"
 CREDENTIALS_CONFIG_KEY = "CORS_ALLOW_CREDENTIALS"
 MAX_AGE_CONFIG_KEY = "CORS_MAX_AGE"
 DEFAULT_MAX_AGE = 600
-ALLOW_METHODS = "GET, POST"
+ALLOW_METHODS = "GET, POST, PUT"  # PUT: the operator's /posts/<postId>
 ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
 EXPOSE_HEADERS = ("Retry-After, RateLimit-Limit, RateLimit-Remaining, "
                   "RateLimit-Reset, RateLimit-Policy")
 _ORIGIN = re.compile(r"^https?://[^/\s]+$")
-
-
-def _flag(config, key):
-    value = config.get(key)
-    if value in (None, "", False):
-        return False
-    if value is True or str(value).lower() in ("true", "1", "yes"):
-        return True
-    if str(value).lower() in ("false", "0", "no"):
-        return False
-    raise ConfigurationError("{} must be true or false (got {!r})".format(key, value))
 
 
 class Cors:
@@ -72,7 +63,7 @@ class Cors:
             raise ConfigurationError(
                 "{} must be an integer from 0 to 86400 (got {!r})".format(
                     MAX_AGE_CONFIG_KEY, max_age))
-        return cls(origins, _flag(config, CREDENTIALS_CONFIG_KEY), max_age)
+        return cls(origins, flag(config, CREDENTIALS_CONFIG_KEY), max_age)
 
     @property
     def on(self):

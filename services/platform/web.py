@@ -162,6 +162,8 @@ class JsonWsgiApp(WsgiApp):
 def _refuse_large_forms(request, environ):
     """A form body of many empty fields (``a&a&a...``) costs werkzeug about
     30 times its size to parse; no form of this API has more than a few."""
+        # no browser may run an answer as another type than it says
+        response.headers["X-Content-Type-Options"] = "nosniff"
     if request.mimetype == "application/x-www-form-urlencoded":
         fields = environ.get("edge.body", b"").count(b"&") + 1
         if fields > MAX_FORM_FIELDS:
@@ -361,9 +363,10 @@ class MetricsServer(EdgeWebServer):
             super().stop()
 
 
-def metrics_http(label):
+def metrics_http(label, errors=()):
     """An ``http`` decorator for routes on the MetricsServer; ``label``
-    names it in the http_* metrics."""
+    names it in the http_* metrics; ``errors``, a table as json_http's,
+    answers the exceptions a route raises in JSON (the operator gate's)."""
 
     class Server(MetricsServer):
         pass
@@ -374,3 +377,11 @@ def metrics_http(label):
         server = Server()
 
     return MetricsHttp.decorator
+        def __init__(self, method, url, **kwargs):
+            super().__init__(method, url, expected_exceptions=tuple(
+                exc_type for exc_type, _, _ in errors), **kwargs)
+
+        def response_from_exception(self, exc):
+            # a worker's: the container has logged it
+            return response_for_exception(exc, errors, logged=True)
+

@@ -399,21 +399,21 @@ end
 return results
 """
 
-# A post's creation time, set by the site (PUT /posts/<postId>); its hot
-# rank moves with it in the same step, if the post has votes.
+# A post's creation time, set by the operator (PUT /posts/<postId>), and its
+# hot rank with it in the same step; a post with no votes is left alone
+# (false): a made-up id must not leave a key behind.
 SET_CREATED_SCRIPT = RANKINGS_LUA + """
 local created, skew = tonumber(ARGV[2]), tonumber(ARGV[3])
 if not (created and skew) then return redis.error_reply('ERR set_created_at: bad arguments') end
+local counts = redis.call('HMGET', KEYS[1], 'upvote', 'downvote')
+if not (counts[1] or counts[2]) then return false end
 -- not later than the store's clock allows (see the apply script)
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 if created > (now + skew) / 1000000 then created = math.floor(now / 1000000) end
 redis.call('HSET', KEYS[3], ARGV[1], string.format('%.0f', created))
-local counts = redis.call('HMGET', KEYS[1], 'upvote', 'downvote')
-if counts[1] or counts[2] then
-  local u, d = tonumber(counts[1] or 0), tonumber(counts[2] or 0)
-  redis.call('ZADD', KEYS[2], key(hot(u, d, created), HOT_SCALE), ARGV[1])
-end
+local u, d = tonumber(counts[1] or 0), tonumber(counts[2] or 0)
+redis.call('ZADD', KEYS[2], key(hot(u, d, created), HOT_SCALE), ARGV[1])
 return string.format('%.0f', created)
 """
 
@@ -859,9 +859,10 @@ class VoteStorage:
         return counts, cursor
 
     def set_created_at(self, post_id, created_at):
-        """Set a post's creation time (and its hot rank, if it has votes);
-        returns the time set: one ahead of the store's clock by more than
-        MAX_CLOCK_SKEW becomes the store's time."""
+        """Set a post's creation time and its hot rank; returns the time
+        set (one ahead of the store's clock by more than MAX_CLOCK_SKEW
+        becomes the store's time), or None, with nothing written, when
+        the post has no votes."""
         bucket = contracts.bucket_of(post_id, self.buckets)
         keys = (contracts.post_keys(bucket, post_id)[0],
                 contracts.rank_key(bucket, rankings.HOT), contracts.created_key(bucket))
@@ -874,7 +875,7 @@ class VoteStorage:
         except REDIS_ERRORS as exc:
             store_error(exc)
             raise
-        return int(stored)
+        return None if stored is None else int(stored)
 
     def seal_marks(self, event_id, post_ids):
         """Whether any part of the event has its exactly-once mark, each

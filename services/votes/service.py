@@ -7,7 +7,9 @@ from werkzeug.wrappers import Response
 
 from services import contracts, rules
 from services.platform.events import BatchEventHandler, RequestId, rpc
-from services.platform.web import metrics_http
+from services.platform.operator import ERRORS as OPERATOR_ERRORS
+from services.platform.operator import OperatorGate
+from services.platform.web import json_response, metrics_http
 from services.votes import metrics, schemas
 from services.votes.dependencies import (
     APPLY_GROUP_VOTES,
@@ -29,8 +31,9 @@ event_handler = partial(
     failed_headers=failed_event_headers, raw_schema=schemas.parse_event_json,
     max_weight=APPLY_GROUP_VOTES,
     weigh=lambda event: len(event.votes))
-# /health and /metrics on METRICS_ADDRESS
-status_http = metrics_http(label="votes-metrics")
+# /health, /ready and /metrics on METRICS_ADDRESS; /ready and /metrics
+# behind the operator gate, as the gateway's
+status_http = metrics_http(label="votes-metrics", errors=OPERATOR_ERRORS)
 
 
 class VotesService:
@@ -41,6 +44,7 @@ class VotesService:
     store = VoteStore()
     counts_changed = CountsFeed()  # announces the posts _apply changed
     request_id = RequestId()
+    operator = OperatorGate()
 
     @event_handler(
         contracts.GATEWAY_SERVICE, contracts.VOTE_CAST,
@@ -130,10 +134,12 @@ class VotesService:
     def set_created_at(self, post_id, created_at):
         """Set a post's creation time (RFC 3339 or seconds since the epoch),
         which hot ranks it by; returns {"postId", "createdAt"} (seconds): a
-        time in the future (past MAX_CLOCK_SKEW) is taken as now."""
+        time in the future (past MAX_CLOCK_SKEW) is taken as now. None for a
+        post with no votes: it is not created."""
         schemas.parse_identifier(post_id, "post_id")
         seconds = schemas.parse_created_at(created_at)
-        return {"postId": post_id, "createdAt": self.store.set_created_at(post_id, seconds)}
+        stored = self.store.set_created_at(post_id, seconds)
+        return None if stored is None else {"postId": post_id, "createdAt": stored}
 
     @rpc
     def health(self):
@@ -145,6 +151,17 @@ class VotesService:
         return Response(json.dumps({"status": "ok"}, separators=(",", ":")),
                         mimetype="application/json")
 
+    @status_http("GET", "/ready")
+    def readiness(self, request):
+        """Whether this service can apply votes: its Redis answers."""
+        self.operator.check(request.environ)
+        if self.store.ping():
+            return json_response(200, {"status": "ready", "checks": {"redis": "ok"}})
+        return json_response(503, {
+            "error": "NOT_READY", "message": "failing: redis",
+            "checks": {"redis": "unavailable"}}, headers={"Retry-After": "1"})
+
     @status_http("GET", "/metrics")
     def prometheus_metrics(self, request):
+        self.operator.check(request.environ)
         return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)

@@ -30,6 +30,8 @@ from tests.integration.test_pipeline import counts
 pytestmark = pytest.mark.stores
 
 SORTS = ("top", "best", "controversial", "hot")
+OPERATOR_TOKEN = "s3cret-operator"
+OPERATOR = {"Authorization": "Bearer " + OPERATOR_TOKEN}
 Z = 1.281551565545
 HOT_EPOCH = 1134028003
 
@@ -75,6 +77,12 @@ def stored_key(sort, up, down, created):
     if sort == "controversial":
         worth = math.log(worth) if worth else 0.0
     return -math.floor(worth * {"best": 1e15, "controversial": 1e13, "hot": 1e7}[sort] + 0.5)
+
+
+@pytest.fixture
+def config(config):
+    config["OPERATOR_TOKEN"] = OPERATOR_TOKEN  # PUT /posts/<postId>
+    return config
 
 
 @pytest.fixture
@@ -137,12 +145,14 @@ def test_created_at_is_set_once_and_put_moves_hot(storage, redis_client):
     storage.set_created_at("p", 1_600_000_000)
     assert redis_client.hget(created_of["p"], "p") == "1600000000"
     assert redis_client.zscore(hot_key, "p") == stored_key("hot", 2, 0, 1_600_000_000)
-    # registered before any vote: no counts, no rank, and votes keep its time
-    storage.set_created_at("q", 1_650_000_000)
+    # a post with no votes: no time, no counts, no rank, no key at all (a
+    # made-up id would leave one for good); its first vote sets its time
+    keys = set(redis_client.keys("*"))
+    assert storage.set_created_at("q", 1_650_000_000) is None
+    assert set(redis_client.keys("*")) == keys
     assert storage.counts_many([("q", None)]) == [None]
-    assert redis_client.zscore(hot_key, "q") is None
-    apply(storage, {"postId": "q", "score": -1, "createdAt": 1_900_000_000})
-    assert redis_client.hget(created_of["q"], "q") == "1650000000"
+    apply(storage, {"postId": "q", "score": -1, "createdAt": 1_690_000_000})
+    assert redis_client.hget(created_of["q"], "q") == "1690000000"
     # without createdAt: the time of the first vote that counts
     before = int(time.time())
     apply(storage, {"postId": "r", "score": 1, "voterId": "v", "ts": time.time_ns() // 1000})
@@ -162,6 +172,7 @@ def test_a_creation_time_from_the_future_is_taken_as_now(storage, redis_client):
                     "ts": time.time_ns() // 1000})
     created_key = contracts.created_key(contracts.bucket_of("f"))
     assert before <= int(redis_client.hget(created_key, "f")) <= time.time()
+    apply(storage, {"postId": "g", "score": 1}, {"postId": "h", "score": 1})
     before = int(time.time())
     assert before <= storage.set_created_at("g", far) <= time.time()
     assert before <= int(redis_client.hget(
@@ -257,15 +268,21 @@ def http_walk(web_session, sort, limit):
     return walk(read, limit)
 
 
+def put_created(web_session, created):
+    """Each post's creation time set by the operator (a client's createdAt
+    moves a post by CREATED_AT_WINDOW at most), as seconds and as RFC 3339."""
+    for i, (post, stamp) in enumerate(sorted(created.items())):
+        given = stamp if i % 2 else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+        response = web_session.put("/posts/" + post, json={"createdAt": given},
+                                   headers=OPERATOR)
+        assert (response.status_code, response.json()) == (
+            200, {"postId": post, "createdAt": stamp})
+
+
 def test_full_walks_of_2000_votes_over_200_posts(services, web_session, redis_client):
     rng = random.Random(17)
     posts = ["post-{:03d}".format(i) for i in range(200)]
     created = {p: rng.randrange(1_500_000_000, 1_790_000_000) for p in posts}  # all past
-    put = posts[:20]  # registered up front; their votes carry no createdAt
-    for post in put:
-        response = web_session.put("/posts/" + post, json={"createdAt": created[post]})
-        assert (response.status_code, response.json()) == (
-            200, {"postId": post, "createdAt": created[post]})
     tally = {p: [0, 0] for p in posts}
     votes = []
     for i in range(2000):
@@ -273,17 +290,13 @@ def test_full_walks_of_2000_votes_over_200_posts(services, web_session, redis_cl
         # a post's share of upvotes varies, so that every ranking differs
         score = 1 if rng.random() < (int(post[-3:]) % 10) / 10 + 0.05 else -1
         tally[post][0 if score == 1 else 1] += 1
-        vote = {"postId": post, "score": score}
-        if post not in put:
-            stamp = created[post]
-            vote["createdAt"] = stamp if i % 2 else time.strftime(
-                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
-        votes.append(vote)
+        votes.append({"postId": post, "score": score})
     for i in range(0, 2000, 500):
         response = web_session.post("/votes", json={"votes": votes[i:i + 500]})
         assert response.status_code == 202
     tally = {p: tuple(t) for p, t in tally.items()}
     wait_applied(redis_client, tally)
+    put_created(web_session, created)
 
     for sort in SORTS:
         pages = http_walk(web_session, sort, 7)
@@ -302,13 +315,14 @@ def test_a_walk_while_votes_arrive(services, web_session, redis_client):
     posts = ["w{:03d}".format(i) for i in range(120)]
     movers = set(posts[::6])
     created = {p: rng.randrange(1_600_000_000, 1_700_000_000) for p in posts}
-    votes = [{"postId": p, "score": rng.choice((1, 1, -1)), "createdAt": created[p]}
+    votes = [{"postId": p, "score": rng.choice((1, 1, -1))}
              for p in posts for _ in range(rng.randrange(1, 8))]
     assert web_session.post("/votes", json={"votes": votes}).status_code == 202
     tally = collections.defaultdict(lambda: [0, 0])
     for vote in votes:
         tally[vote["postId"]][0 if vote["score"] == 1 else 1] += 1
     wait_applied(redis_client, {p: tuple(t) for p, t in tally.items()})
+    put_created(web_session, created)
 
     base = web_session.base_url
     walking = [True]
@@ -559,3 +573,46 @@ def test_counts_of_many_posts_across_buckets_in_query_order(storage, redis_clien
     assert sum(found is None for found in got) > 5
     assert sum(bool(found and found.get("myVote")) for found in got) > 20
     assert storage.counts_many([]) == []
+
+
+def test_a_clients_created_at_cannot_bury_a_post(services, web_session, redis_client):
+    """A first vote's createdAt comes from the client: 0 (1970) or any time
+    long past once pinned its post to the bottom of hot for good. It moves
+    the post back by CREATED_AT_WINDOW (300 s) at most."""
+    window = 300
+    # the control: a post the operator dates an hour back
+    assert web_session.post("/vote", json={"postId": "old", "score": 1}).status_code == 202
+    wait_applied(redis_client, {"old": (1, 0)})
+    hour_ago = int(time.time()) - 3600
+    assert web_session.put("/posts/old", json={"createdAt": hour_ago},
+                           headers=OPERATOR).status_code == 200
+    before = int(time.time())
+    assert web_session.post("/votes", json={"votes": [
+        {"postId": "zero", "score": 1, "voterId": "v", "createdAt": 0},
+        {"postId": "past", "score": 1, "voterId": "v", "createdAt": "2001-09-09T01:46:40Z"},
+        {"postId": "now", "score": 1, "voterId": "v"},
+    ]}).status_code == 202
+    assert web_session.get("/vote?postId=anon&score=1&createdAt=0").status_code == 202
+    assert web_session.post("/vote", json={
+        "postId": "anon-past", "score": 1, "createdAt": 1}).status_code == 202
+    tally = {p: (1, 0) for p in ("old", "zero", "past", "now", "anon", "anon-past")}
+    wait_applied(redis_client, tally)
+    after = int(time.time())
+
+    def stored(post):
+        return int(redis_client.hget(contracts.created_key(contracts.bucket_of(post)), post))
+
+    def accepted(post):  # the vote's accept time, in the voter's entry
+        entry = redis_client.hget(contracts.post_keys(contracts.bucket_of(post), post)[1], "v")
+        return int(entry.split(":")[0]) // 1_000_000
+
+    created = {p: stored(p) for p in tally}
+    assert created["old"] == hour_ago
+    assert created["zero"] == accepted("zero") - window
+    assert created["past"] == accepted("past") - window
+    assert created["now"] == accepted("now")
+    for post in ("anon", "anon-past"):
+        assert before - window <= created[post] <= after - window, post
+    walked = [p for page in http_walk(web_session, "hot", 10) for p in page]
+    assert walked == expected_order("hot", tally, created)
+    assert (walked[0], walked[-1]) == ("now", "old")

@@ -1,5 +1,6 @@
 """GatewayService's routes with worker_factory: the publisher and the votes
 reader replaced (no broker), the answers and what is queued."""
+import itertools
 import json
 from types import SimpleNamespace
 
@@ -17,11 +18,14 @@ from services.gateway.exceptions import (
     ServiceUnavailable,
     ValidationError,
 )
+from services.gateway.operator import OperatorAccess
+from services.gateway.policy import VotePolicy
 from services.gateway.read_cache import CountsCache
 from services.gateway.service import GatewayService
 from services.platform.web import response_for_exception
 
 COUNTS = {"postId": "348", "upvote": 2, "downvote": 1, "score": 1}
+OPERATOR = "s3cret-operator"
 
 
 class Keys:
@@ -41,11 +45,16 @@ class Keys:
 def service():
     # the live feed's stand-in: a real copy of the counts, never announced to
     return worker_factory(GatewayService, recent_keys=Keys(),
-                          live=SimpleNamespace(cache=CountsCache(1.0, 100)))
+                          live=SimpleNamespace(cache=CountsCache(1.0, 100)),
+                          policy=VotePolicy(), operator=OperatorAccess(False, None))
 
 
 def request(path, method="GET", **kwargs):
     return Request(EnvironBuilder(path=path, method=method, **kwargs).get_environ())
+
+
+def operator_request(path, **kwargs):
+    return request(path, "PUT", headers={"Authorization": "Bearer " + OPERATOR}, **kwargs)
 
 
 def body(response):
@@ -249,18 +258,37 @@ def test_a_bad_page_asks_nothing(service, query, message):
     service.votes_rpc.top_page.assert_not_called()
 
 
-def test_created_at_goes_with_the_vote_in_seconds(service):
-    response = service.vote(request("/vote?postId=1&score=1&createdAt=2023-11-14T22:13:20Z"))
+def test_created_at_goes_with_the_vote_in_seconds_within_the_window(service):
+    service.clock = itertools.count(1_700_000_000_500_000).__next__  # accept times
+    response = service.vote(request("/vote?postId=1&score=1&createdAt=2023-11-14T22:11:20Z"))
     service.votes(request("/votes", "POST", json={"votes": [
-        {"postId": "2", "score": 1, "createdAt": 1700000000.5}, {"postId": "3", "score": 1}]}))
-    assert [vote.get("createdAt") for vote in queued(service)] == [1700000000, 1700000000, None]
+        {"postId": "2", "score": 1, "createdAt": 1699999700.5}, {"postId": "3", "score": 1}]}))
+    assert [vote.get("createdAt") for vote in queued(service)] == [
+        1_699_999_880, 1_699_999_700, None]
     assert "createdAt" not in body(response)
 
 
+@pytest.mark.parametrize("created_at, stored", [
+    (0, 1_699_999_700),                      # 1970: the window's start
+    ("1999-01-01T00:00:00Z", 1_699_999_700),
+    (1_699_999_699, 1_699_999_700),
+    (1_699_999_700, 1_699_999_700),
+    (1_700_000_000, 1_700_000_000),          # the accept second
+    (1_700_000_001, 1_700_000_000),          # ahead: the accept second
+    ("9999-12-31T23:59:59Z", 1_700_000_000),
+])
+def test_a_clients_created_at_is_clamped_to_the_window(service, created_at, stored):
+    service.clock = itertools.count(1_700_000_000_999_999).__next__
+    service.votes(request("/votes", "POST", json={"votes": [
+        {"postId": "2", "score": 1, "createdAt": created_at}]}))
+    assert [vote["createdAt"] for vote in queued(service)] == [stored]
+
+
 def test_put_post_sets_its_creation_time(service):
+    service.operator = OperatorAccess(False, OPERATOR)
     service.votes_rpc.set_created_at.return_value = {"postId": "348", "createdAt": 1700000000}
-    response = service.set_created_at(request(
-        "/posts/348", "PUT", json={"createdAt": "2023-11-14T22:13:20Z"}), "348")
+    response = service.set_created_at(operator_request(
+        "/posts/348", json={"createdAt": "2023-11-14T22:13:20Z"}), "348")
     assert (response.status_code, body(response)) == (
         200, {"postId": "348", "createdAt": 1700000000})
     service.votes_rpc.set_created_at.assert_called_once_with("348", 1700000000)
@@ -275,7 +303,54 @@ def test_put_post_sets_its_creation_time(service):
     ("348", {"createdAt": -1}, "createdAt: " + rankings.CREATED_AT_RULE),
 ])
 def test_put_post_refuses_bad_input(service, post_id, document, message):
+    service.operator = OperatorAccess(False, OPERATOR)
     with pytest.raises(ValidationError) as error:
-        service.set_created_at(request("/posts/x", "PUT", json=document), post_id)
+        service.set_created_at(operator_request("/posts/x", json=document), post_id)
     assert str(error.value) == message
     service.votes_rpc.set_created_at.assert_not_called()
+
+
+@pytest.mark.parametrize("token, bearer, error", [
+    (None, OPERATOR, (403, "OPERATOR_TOKEN_NOT_SET",
+                      "this is an operator action: it is refused until "
+                      "OPERATOR_TOKEN is set")),
+    (OPERATOR, None, (401, "OPERATOR_TOKEN_REQUIRED",
+                      "this needs the operator's bearer token")),
+    (OPERATOR, "wrong", (401, "OPERATOR_TOKEN_REQUIRED",
+                         "this needs the operator's bearer token")),
+])
+def test_put_post_needs_the_operators_token(service, token, bearer, error):
+    service.operator = OperatorAccess(False, token)
+    headers = {"Authorization": "Bearer " + bearer} if bearer else {}
+    try:
+        service.set_created_at(request("/posts/348", "PUT", headers=headers,
+                                       json={"createdAt": 1}), "348")
+    except Exception as exc:
+        response = response_for_exception(exc, ERRORS, logged=True)
+    status, code, message = error
+    assert (response.status_code, body(response)) == (
+        status, {"error": code, "message": message})
+    service.votes_rpc.set_created_at.assert_not_called()
+
+
+def test_put_post_of_a_post_without_votes_is_404(service):
+    service.operator = OperatorAccess(False, OPERATOR)
+    service.votes_rpc.set_created_at.return_value = None
+    with pytest.raises(PostNotFound) as error:
+        service.set_created_at(operator_request("/posts/9", json={"createdAt": 1}), "9")
+    assert str(error.value) == "post 9 has no votes"
+
+
+def test_get_vote_is_refused_when_vote_by_get_is_off(service):
+    service.policy = VotePolicy(vote_by_get=False)
+    try:
+        service.vote(request("/vote?postId=348&score=1"))
+    except Exception as exc:
+        response = response_for_exception(exc, ERRORS, logged=True)
+    assert (response.status_code, body(response), response.headers["Allow"]) == (
+        405, {"error": "METHOD_NOT_ALLOWED",
+              "message": "GET /vote is turned off here (VOTE_BY_GET): POST the vote"},
+        "POST")
+    assert queued(service) == []
+    assert service.vote(request("/vote", "POST", json={
+        "postId": "348", "score": 1})).status_code == 202
