@@ -1,19 +1,31 @@
 """The upstream internals services/platform relies on, in one place: every
 private attribute it reads or writes, every method it overrides or calls
 with a given shape, every string of a wire protocol or log line it copies.
-A nameko, kombu, eventlet or werkzeug upgrade that changes one of them
-fails here, loudly, instead of breaking a service quietly."""
+A nameko, kombu, amqp, eventlet, werkzeug, redis-py or nameko-redis upgrade
+that changes one of them fails here, loudly, instead of breaking a service
+quietly; so does installing another version than requirements.txt pins.
+services/platform/UPSTREAM.md lists each behaviour changed and its guard."""
 import hashlib
+import http.client
+import importlib.metadata
 import inspect
+import io
+import re
+from pathlib import Path
 
 import eventlet
 import kombu
+import nameko_redis
 import pytest
+import redis
+import yaml
 from eventlet import wsgi
 from eventlet.event import Event
 from kombu.mixins import ConsumerMixin
+from kombu.serialization import registry
 from nameko import containers, rpc
 from nameko.amqp.publish import Publisher
+from nameko.cli.main import setup_yaml_parser
 from nameko.containers import ServiceContainer, get_container_cls
 from nameko.contextdata import ContextDataProvider
 from nameko.events import EventHandler
@@ -22,10 +34,15 @@ from nameko.messaging import QueueConsumer
 from nameko.standalone.events import get_event_exchange
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import HttpOnlyProtocol, WebServer, WsgiApp, parse_address
+from redis._parsers.base import BaseParser
+from redis._parsers.hiredis import _HiredisParser
+from redis.cluster import ClusterNode, NodesManager, RedisCluster
+from werkzeug.exceptions import MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.routing import Rule
 from werkzeug.wrappers import Request
 
 from services import contracts
-from services.platform import brokers
+from services.platform import brokers, redis_nodes
 from services.platform.container import HOOKS
 
 
@@ -267,3 +284,331 @@ def test_kombu_failover_alternates():
     with pytest.raises(ConnectionRefusedError):
         brokers.connect(connection)
     assert connection.host == "127.0.0.1:3"
+
+
+# -- the versions: requirements.txt --------------------------------------------
+
+GUARDED = ("nameko", "nameko-redis", "eventlet", "kombu", "amqp", "werkzeug", "redis")
+REQUIREMENTS = Path(__file__).resolve().parents[2] / "requirements.txt"
+
+
+def pins():
+    found = {}
+    for line in REQUIREMENTS.read_text().splitlines():
+        match = re.match(r"\s*([A-Za-z0-9_.-]+)==([^\s#;]+)", line)
+        if match:
+            found[match.group(1).lower().replace("_", "-")] = match.group(2)
+    return found
+
+
+def test_installed_versions_are_the_pinned_ones():
+    """Every guard here was written against these versions: a bump is to
+    be reviewed against UPSTREAM.md, not installed by the way."""
+    pinned = pins()
+    assert set(GUARDED) <= set(pinned), "unpinned: {}".format(set(GUARDED) - set(pinned))
+    installed = {name: importlib.metadata.version(name) for name in GUARDED}
+    assert installed == {name: pinned[name] for name in GUARDED}
+
+
+# -- nameko's QueueConsumer: its start, stop and kill (events.py) -----------
+
+def test_queue_consumer_providers_starting_and_thread():
+    consumer = QueueConsumer()
+    # ResilientQueueConsumer reads _providers (its queues), tests _starting
+    # (check its queues once) and waits on, then kills, _gt
+    assert consumer._providers == set() and consumer._starting is False
+    assert consumer._gt is None
+    start = source(QueueConsumer.start)
+    assert "if not self._starting:" in start
+    assert "self._starting = True" in start
+    assert "self._gt = self.container.spawn_managed_thread(self.run)" in start
+    assert "self._consumers_ready.wait()" in start
+    # what ResilientQueueConsumer.kill repeats before it bounds the wait
+    kill = source(QueueConsumer.kill)
+    for line in ("if self._gt is not None and not self._gt.dead:",
+                 "self._providers = set()", "self._pending_remove_providers = {}",
+                 "self.should_stop = True", "self._gt.wait()"):
+        assert line in kill, line
+    # get_consumers makes one consumer per provider, keyed by provider
+    assert "for provider in self._providers:" in source(QueueConsumer.get_consumers)
+    assert "self._consumers[provider] = consumer" in source(QueueConsumer.get_consumers)
+    # the stop waits for every provider to unregister
+    assert "self.wait_for_providers()" in source(QueueConsumer.stop)
+    assert "self._gt.wait()" in source(QueueConsumer.stop)
+
+
+def test_provider_collector_and_cancel_requests_behave_as_relied_on():
+    """ResilientQueueConsumer.unregister_provider puts an Event in
+    _pending_remove_providers for the consume loop to send once the
+    consumer is cancelled, then calls ProviderCollector's, which sends
+    _last_provider_unregistered with the last provider gone."""
+    consumer = QueueConsumer()
+    provider, cancelled = object(), []
+    consumer.register_provider(provider)
+    assert consumer._providers == {provider}
+    consumer._consumers[provider] = type("C", (), {"cancel": lambda self: cancelled.append(1)})()
+    removed = consumer._pending_remove_providers[provider] = Event()
+    consumer._cancel_consumers_if_requested()
+    assert removed.ready() and cancelled == [1]
+    assert consumer._consumers == {} and consumer._pending_remove_providers == {}
+    consumer.on_iteration()  # no consumer left: the loop ends
+    assert consumer.should_stop is True
+    ProviderCollector.unregister_provider(consumer, provider)
+    assert consumer._providers == set()
+    assert consumer._last_provider_unregistered.ready()
+
+
+# -- upstream functions copied into platform and changed ----------------------
+
+COPIED = {
+    # upstream function: (sha256 of its source, first 16; where the copy is)
+    ServiceContainer.start: ("04c956912a66530e", "container.DeadlineContainer.start"),
+    QueueConsumer.unregister_provider: (
+        "613f717e0e551164", "events.ResilientQueueConsumer.unregister_provider"),
+    QueueConsumer.kill: ("bef982a090b3cc2c", "events.ResilientQueueConsumer.kill"),
+    QueueConsumer.on_connection_error: (
+        "93154c9c79e4a652", "events.ResilientQueueConsumer.on_connection_error"),
+    ConsumerMixin.establish_connection: (
+        "81f1b607c2d2fc30", "events.ResilientQueueConsumer.establish_connection"),
+    rpc.RpcConsumer.handle_result: (
+        "25b95fd9dfce82c2", "events.ResilientRpcConsumer.handle_result"),
+    HttpRequestHandler.handle_request: ("4a686b5b8268669f", "web.JsonHttp._answer_by_worker"),
+    WsgiApp.__call__: ("2909d54e61f1f9a0", "web.JsonWsgiApp.respond"),
+    WebServer.run: ("f54a220ccb817633", "http_server.EdgeWebServer.run"),
+    WebServer.process_request: ("db14039dd40bfd72", "http_server.EdgeWebServer._serve"),
+    WebServer.stop: ("2c812bcfd906d3fb", "http_server.EdgeWebServer._stop_accepting"),
+    WebServer.get_wsgi_server: (
+        "040239d82b5108dc", "http_server.EdgeWebServer.get_wsgi_server"),
+}
+
+
+def test_copied_upstream_functions_unchanged():
+    """Each of these is copied into services/platform with a change (see
+    UPSTREAM.md): when upstream's changes, read it and carry the change
+    into the copy before updating the pin here."""
+    def name(function):
+        return "{}.{}".format(function.__module__, function.__qualname__)
+
+    got = {name(function): hashlib.sha256(source(function).encode()).hexdigest()[:16]
+           for function in COPIED}
+    assert got == {name(function): pin for function, (pin, _) in COPIED.items()}
+
+
+# -- eventlet: a stream's writes (web.event_stream) ----------------------------
+
+def test_eventlet_minimum_write_chunk_size_is_read_per_request():
+    answer = source(wsgi.HttpProtocol.handle_one_response)
+    # read from the request's environ after the application has returned,
+    # before its body is iterated (web.event_stream sets it in the worker)
+    assert (answer.index("result = self.application(self.environ, start_response)")
+            < answer.index("'eventlet.minimum_write_chunk_size', self.minimum_chunk_size")
+            < answer.index("for data in result:"))
+    assert wsgi.MINIMUM_CHUNK_SIZE == 4096
+
+
+def test_eventlet_writes_each_chunk_at_once_with_zero_minimum():
+    """web.event_stream sets it to 0 so that each event leaves at once;
+    eventlet otherwise gathers 4 KiB before writing. The second chunk is
+    held back until the first has arrived, so only an immediate write of
+    the first lets this end."""
+    release = Event()
+
+    def chunks():
+        yield b"first"
+        release.wait()
+        yield b"second"
+
+    def app(environ, start_response):
+        # read once, when the application returns: set before that
+        environ["eventlet.minimum_write_chunk_size"] = 0
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return chunks()
+
+    sock = eventlet.listen(("127.0.0.1", 0))
+    server = eventlet.spawn(wsgi.server, sock, app, log_output=False)
+    client = eventlet.connect(sock.getsockname())
+    try:
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        with eventlet.Timeout(5):
+            while b"first" not in received:
+                received += client.recv(4096)
+        assert b"second" not in received
+        release.send()
+    finally:
+        client.close()
+        server.kill()
+        sock.close()
+
+
+def test_eventlet_logs_as_escaping_log_expects():
+    """http_server.EscapingLog takes eventlet's traceback of an answer it
+    could not write (logged at info, while the exception is handled), and
+    EdgeProtocol.get_client_address names the client of each access line."""
+    answer = source(wsgi.HttpProtocol.handle_one_response)
+    assert "tb = traceback.format_exc()" in answer
+    assert "self.server.log.info(tb)" in answer
+    assert "client_host, client_port = self.get_client_address()" in answer
+    assert wsgi.addr_to_host_port(("10.0.0.1", 5)) == ("10.0.0.1", 5)
+    # the listen socket nameko makes, whose backlog EdgeWebServer raises
+    assert "self._sock = eventlet.listen(self.bind_addr)" in source(WebServer.start)
+    assert inspect.signature(eventlet.listen).parameters["backlog"].default == 50
+
+
+def test_header_reading_as_header_budget_expects():
+    """_HeaderBudget replaces rfile for parse_request: http.client reads
+    each header line with readline(limit)."""
+    assert "fp.readline(_MAXLINE + 1)" in source(http.client._read_headers)
+
+
+# -- nameko's config loader: services/settings.py, harness, scripts ------------
+
+def test_setup_yaml_parser(monkeypatch):
+    """settings.read_config (and the harness, and scripts/servers.py) read
+    config.yml as nameko run does; NAMEKO-FACTS' rules of substitution."""
+    setup_yaml_parser()
+    monkeypatch.setenv("UPSTREAM_GUARD_N", "0010")
+    monkeypatch.delenv("UPSTREAM_GUARD_UNSET", raising=False)
+    loaded = yaml.safe_load(
+        "a: ${UPSTREAM_GUARD_N:1}\n"
+        "b: ${UPSTREAM_GUARD_UNSET:7}\n"
+        "c: ${UPSTREAM_GUARD_UNSET}\n"
+        "d: !raw_env_var \"${UPSTREAM_GUARD_N}\"\n"
+        "e: !env_var \"x-${UPSTREAM_GUARD_UNSET:y}\"\n")
+    assert loaded == {"a": 8, "b": 7, "c": None, "d": "0010", "e": "x-y"}
+
+
+# -- nameko's RPC responder: events.JsonFallbackResponder -------------------------
+
+def test_responder_answers_in_the_request_content_type():
+    send = source(rpc.Responder.send_response)
+    assert "content_type = self.message.properties['content_type']" in send
+    assert "serializer = kombu.serialization.registry.type_to_name[content_type]" in send
+    assert registry.type_to_name.get("application/json") == "json"
+    assert registry.type_to_name.get(None) is None
+    assert params(rpc.Responder.__init__) == [
+        "self", "amqp_uri", "exchange", "serializer", "message", "ssl", "login_method"]
+
+
+# -- kombu: a raw body past its decoding (events.DeadLetteringQueueConsumer) ----
+
+def test_kombu_on_message_skips_decoding():
+    receive = source(kombu.Consumer._receive_callback)
+    assert "decoded = None if on_m else message.decode()" in receive
+    assert "return on_m(message) if on_m else self.receive(decoded, message)" in receive
+    # and a body that is not what its content type says reaches on_message
+    got = []
+    with kombu.Connection("memory://") as connection:
+        queue = kombu.Queue("upstream-guard", kombu.Exchange("upstream-guard"),
+                            routing_key="k")
+        kombu.Producer(connection.channel()).publish(
+            b"{not json", exchange=queue.exchange, routing_key="k",
+            content_type="application/json", content_encoding="utf-8",
+            declare=[queue])
+        with kombu.Consumer(connection, queues=[queue], accept=["json"],
+                            on_message=got.append):
+            connection.drain_events(timeout=5)
+    assert [message.body for message in got] == [b"{not json"]
+    assert got[0].content_type == "application/json"
+
+
+# -- werkzeug: web.py -----------------------------------------------------------
+
+def test_werkzeug_as_web_expects():
+    # JsonHttp.get_url_rule drops the HEAD werkzeug adds to every GET rule
+    assert Rule("/x", methods=["GET"]).methods == {"GET", "HEAD"}
+    # response_for_http_exception lists the methods of a 405 in Allow
+    assert MethodNotAllowed(valid_methods=["GET"]).valid_methods == ["GET"]
+    # JsonWsgiApp sets the body limit per request (HTTP_MAX_BODY_BYTES)
+    environ = {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": "20",
+               "CONTENT_TYPE": "application/octet-stream",
+               "wsgi.input": io.BytesIO(b"x" * 20)}
+    request = Request(environ, shallow=True)
+    request.max_content_length = 10
+    request.shallow = False
+    with pytest.raises(RequestEntityTooLarge):
+        request.get_data()
+
+
+# -- nameko-redis: services/votes/dependencies.py VoteStore ---------------------
+
+def test_nameko_redis_provider_internals():
+    """VoteStore subclasses nameko-redis's Redis: it reads ``redis_uri``
+    (set by setup from REDIS_URIS) and ``options``, sets ``client`` itself
+    in start, and closes it in stop and kill, which upstream does not (it
+    drops the reference, leaving the pool's sockets open)."""
+    provider = nameko_redis.Redis("votes", socket_timeout=2)
+    assert provider.key == "votes" and provider.client is None
+    assert provider.options == {"decode_responses": True, "socket_timeout": 2}
+    assert nameko_redis.REDIS_URIS_KEY == "REDIS_URIS"
+    provider.container = type("Container", (), {
+        "config": {"REDIS_URIS": {"votes": "redis://127.0.0.1:1/0"}}})()
+    provider.setup()
+    assert provider.redis_uri == "redis://127.0.0.1:1/0"
+    for method in (nameko_redis.Redis.stop, nameko_redis.Redis.kill):
+        assert "self.client = None" in source(method)
+        assert "close" not in source(method)
+    assert "self.client" in source(nameko_redis.Redis.get_dependency)
+
+
+# -- redis-py: services/platform/redis_nodes.py, services/votes/dependencies.py ---
+
+def test_redis_cluster_internals():
+    """WriteRouter routes each command itself: the slot of its key, the
+    master of that slot from the client's slot map, that master's own
+    client; it rereads the map on MOVED and follows ASK to a named node."""
+    assert "self.nodes_manager = NodesManager(" in source(RedisCluster.__init__)
+    assert params(NodesManager.get_node_from_slot)[:2] == ["self", "slot"]
+    assert params(NodesManager.get_node)[:4] == ["self", "host", "port", "node_name"]
+    assert all(parameter.default is not inspect.Parameter.empty
+               for parameter in list(inspect.signature(
+                   NodesManager.initialize).parameters.values())[1:])
+    assert params(RedisCluster.keyslot) == ["self", "key"]
+    assert params(RedisCluster.get_redis_connection) == ["self", "node"]
+    assert params(RedisCluster.get_primaries) == ["self"]
+    assert isinstance(inspect.getattr_static(RedisCluster, "from_url"), classmethod)
+    for name in ("register_script", "pipeline", "close", "info"):
+        assert callable(getattr(RedisCluster, name)), name
+    assert ClusterNode("127.0.0.1", 7001).name == "127.0.0.1:7001"
+    assert redis.cluster.key_slot(b"{post}:a") == redis.cluster.key_slot(b"post")
+
+
+def test_redis_error_replies_as_classified():
+    """store_error_kind and WriteRouter read the class redis-py gives a
+    reply, its status_code, and ASK's target; hiredis parses through the
+    same parse_error."""
+    parse = BaseParser.parse_error
+    assert (type(parse("OOM no memory")), parse("OOM no memory").status_code) == (
+        redis.exceptions.OutOfMemoryError, "OOM")
+    assert type(parse("NOSCRIPT No matching script")) is redis.exceptions.NoScriptError
+    moved, ask = parse("MOVED 3999 127.0.0.1:6381"), parse("ASK 3999 127.0.0.1:6382")
+    assert type(moved) is redis.exceptions.MovedError
+    assert issubclass(redis.exceptions.MovedError, redis.exceptions.AskError)
+    assert (moved.host, moved.port, ask.host, ask.port) == (
+        "127.0.0.1", 6381, "127.0.0.1", 6382)
+    # codes redis-py has no class for stay in the message
+    other = parse("MISCONF cannot persist")
+    assert type(other) is redis.ResponseError and other.args == ("MISCONF cannot persist",)
+    assert redis.utils.HIREDIS_AVAILABLE
+    assert '"replyError": self.parse_error' in source(_HiredisParser)
+
+
+def test_redis_pipeline_replies_as_write_router_reads_them(single_redis_uri):
+    """One node's commands in a pipeline without a transaction: errors come
+    back in place (raise_on_error=False), NOSCRIPT as NoScriptError, SET
+    ... GET parsed with the ``get`` option, WAIT last with its count."""
+    client = redis_nodes.connect(single_redis_uri, decode_responses=True)
+    try:
+        assert type(client) is redis.Redis
+        with client.pipeline(transaction=False) as pipe:
+            pipe.execute_command("SET", "k", "1", "NX", "GET", get=True)
+            pipe.execute_command("SET", "k", "2", "NX", "GET", get=True)
+            pipe.execute_command("EVALSHA", "0" * 40, 0)
+            pipe.execute_command("HSET", "k", "f", "v")
+            pipe.execute_command("WAIT", 0, 10)
+            got = pipe.execute(raise_on_error=False)
+        assert got[:2] == [None, "1"] and got[4] == 0
+        assert type(got[2]) is redis.exceptions.NoScriptError
+        assert type(got[3]) is redis.ResponseError and got[3].args[0].startswith("WRONGTYPE")
+    finally:
+        client.close()
