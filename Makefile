@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 # eventlet and setuptools warn on import about their own futures
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore:pkg_resources is deprecated:UserWarning
 
-.PHONY: run test bench servers browser venv lock
+.PHONY: run test bench servers browser deploy-tools venv lock
 
 # the venv is rebuilt only when missing or older than the requirements
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -21,10 +21,14 @@ servers: venv
 browser: venv
 	$(BIN)/python scripts/browser.py
 
+# kubectl (kustomize) and promtool for tests/deploy (installed if missing, as root)
+deploy-tools: venv
+	$(BIN)/python scripts/deploy_tools.py
+
 run: servers
 	$(BIN)/nameko run --config config.yml services.votes.service services.gateway.service
 
-test: servers browser
+test: servers browser deploy-tools
 	$(BIN)/python scripts/test.py
 
 bench: servers
