@@ -7,17 +7,22 @@ quietly; so does installing another version than requirements.txt pins.
 services/platform/UPSTREAM.md lists each behaviour changed and its guard."""
 import hashlib
 import http.client
+import http.server
 import importlib.metadata
 import inspect
 import io
 import re
 from pathlib import Path
 
+import amqp
 import eventlet
 import kombu
+import kombu.exceptions
 import nameko_redis
 import pytest
 import redis
+import redis._parsers.helpers
+import redis.sentinel
 import yaml
 from eventlet import wsgi
 from eventlet.event import Event
@@ -231,6 +236,24 @@ def test_kombu_connection_and_consumer_shapes():
         kombu.message.Message.payload.fget)
 
 
+def test_amqp_errors_as_the_consumers_catch_them():
+    """events.LOST_CONNECTION (an ack or reply on a dead connection) is
+    amqp's connection and channel errors, socket errors among them; the
+    stall watch raises ConnectionForced from on_iteration, which kombu's
+    consume loop takes for a lost connection and consumes anew; a queue of
+    another type is refused with PreconditionFailed, a channel error (the
+    publisher's ChannelError)."""
+    assert OSError in amqp.Connection.connection_errors
+    assert amqp.exceptions.ConnectionError in amqp.Connection.connection_errors
+    assert amqp.Connection.channel_errors == (amqp.exceptions.ChannelError,)
+    assert issubclass(amqp.exceptions.ConnectionForced, amqp.Connection.connection_errors)
+    assert issubclass(amqp.exceptions.PreconditionFailed, kombu.exceptions.ChannelError)
+    run = source(ConsumerMixin.run)
+    assert "errors = (self.connection.connection_errors +" in run
+    assert "self.connection.channel_errors)" in run
+    assert "while not self.should_stop:" in run and "except errors:" in run
+
+
 def test_event_handler_and_rpc_hooks():
     for cls in (EventHandler, rpc.Rpc):
         for name in ("setup", "stop", "handle_message", "unpack_message_headers"):
@@ -323,6 +346,10 @@ def test_queue_consumer_providers_starting_and_thread():
     assert "self._starting = True" in start
     assert "self._gt = self.container.spawn_managed_thread(self.run)" in start
     assert "self._consumers_ready.wait()" in start
+    assert "self._gt.link(self._handle_thread_exited)" in start
+    # a consume loop that ends before it consumed fails the start with its error
+    assert "self._consumers_ready.send_exception(exc)" in source(
+        QueueConsumer._handle_thread_exited)
     # what ResilientQueueConsumer.kill repeats before it bounds the wait
     kill = source(QueueConsumer.kill)
     for line in ("if self._gt is not None and not self._gt.dead:",
@@ -363,6 +390,7 @@ def test_provider_collector_and_cancel_requests_behave_as_relied_on():
 COPIED = {
     # upstream function: (sha256 of its source, first 16; where the copy is)
     ServiceContainer.start: ("04c956912a66530e", "container.DeadlineContainer.start"),
+    QueueConsumer.start: ("81a30fc044699e9a", "events.ResilientQueueConsumer.start"),
     QueueConsumer.unregister_provider: (
         "613f717e0e551164", "events.ResilientQueueConsumer.unregister_provider"),
     QueueConsumer.kill: ("bef982a090b3cc2c", "events.ResilientQueueConsumer.kill"),
@@ -459,6 +487,12 @@ def test_header_reading_as_header_budget_expects():
     """_HeaderBudget replaces rfile for parse_request: http.client reads
     each header line with readline(limit)."""
     assert "fp.readline(_MAXLINE + 1)" in source(http.client._read_headers)
+    # and EdgeProtocol._check_head reads what parse_request leaves
+    parse = source(http.server.BaseHTTPRequestHandler.parse_request)
+    assert "self.headers = http.client.parse_headers(self.rfile," in parse
+    assert "self.request_version = version" in parse
+    assert "self.raw_requestline = self._read_request_line()" in source(
+        wsgi.HttpProtocol.handle_one_request)
 
 
 # -- nameko's config loader: services/settings.py, harness, scripts ------------
@@ -612,3 +646,21 @@ def test_redis_pipeline_replies_as_write_router_reads_them(single_redis_uri):
         assert type(got[3]) is redis.ResponseError and got[3].args[0].startswith("WRONGTYPE")
     finally:
         client.close()
+
+
+def test_redis_sentinel_and_replication_info():
+    """redis_nodes.sentinel_master: Sentinel's master_for makes a client of
+    our class (SentinelMaster, whose close also closes the sentinels, which
+    Sentinel.close leaves to the caller); replicas_in_sync reads each
+    replica of INFO replication as a dict with its state."""
+    assert params(redis.sentinel.Sentinel.__init__)[:4] == [
+        "self", "sentinels", "min_other_sentinels", "sentinel_kwargs"]
+    assert params(redis.sentinel.Sentinel.master_for)[:3] == [
+        "self", "service_name", "redis_class"]
+    assert "for sentinel in self.sentinels:" in source(redis.sentinel.Sentinel.close)
+    assert "are not closed here" in source(redis.sentinel.Sentinel.close)
+    info = redis._parsers.helpers.parse_info(
+        "# Replication\r\nrole:master\r\nconnected_slaves:1\r\n"
+        "slave0:ip=127.0.0.1,port=6380,state=online,offset=1,lag=0\r\n")
+    assert info["role"] == "master"
+    assert info["slave0"]["state"] == "online"
