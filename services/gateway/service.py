@@ -20,6 +20,7 @@ from services.gateway.operator import ADDRESS_CONFIG_KEY, OperatorGate
 from services.gateway.policy import VotePolicyProvider
 from services.gateway.rate_limits import RateLimiter
 from services.gateway.tokens import VoterTokenChecker
+from services.platform.container import Waiting
 from services.platform.web import event_stream, json_http, json_response, sse_event
 
 OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
@@ -109,6 +110,7 @@ class GatewayService:
 
     clock = AcceptClock()
     new_vote_id = VoteIds()
+    waiting = Waiting()  # what /health says the gateway waits for
 
     def _accept(self, request, votes):
         """Stamp votes with an id and the accept time, then queue them.
@@ -265,8 +267,9 @@ class GatewayService:
 
     @http("GET", "/health")
     def health(self, request):
-        """Liveness: the process answers."""
-        return json_response(200, {"status": "ok"})
+        """Liveness: the process answers; the body says what it waits for
+        (services.platform.container.health)."""
+        return json_response(200, self.waiting())
 
     @http("GET", "/ready")
     def ready(self, request):

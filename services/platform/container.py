@@ -9,6 +9,7 @@ services.platform.container.DeadlineContainer`` in config.yml (nameko's
 import gc
 import logging
 import sys
+import time
 
 import eventlet
 from nameko import containers
@@ -137,3 +138,66 @@ class DeadlineContainer(ServiceContainer):
             _log.warning("%s did not stop within %ss: killing it",
                          self.service_name, self.stop_deadline)
             self.kill()
+
+
+# What a service waits for. A container starts, and answers /health, while
+# RabbitMQ or Redis cannot be reached: its extensions keep trying, and say
+# here what they wait for (the servers' names below, as /health shows them)
+RABBITMQ = "rabbitmq"
+REDIS = "redis"
+SERVER_NAMES = {RABBITMQ: "RabbitMQ", REDIS: "Redis"}
+WAIT_LOG_INTERVAL = 30.0  # seconds between two log lines of one wait
+
+
+def _waits(container):
+    """(server, who) -> (since, error text, logged at) of the container."""
+    waits = getattr(container, "server_waits", None)
+    if waits is None:
+        waits = container.server_waits = {}
+    return waits
+
+
+def waiting_for(container, server, who, address, error):
+    """``who`` (an extension's name) cannot reach ``server`` at ``address``
+    (credentials redacted) for ``error``: logged when the wait begins, when
+    its error changes, and every WAIT_LOG_INTERVAL seconds."""
+    waits = _waits(container)
+    now = time.monotonic()
+    text = str(error) or type(error).__name__
+    began, last_text, logged = waits.get((server, who), (now, None, None))
+    if text != last_text or now - logged >= WAIT_LOG_INTERVAL:
+        logged = now
+        _log.warning("waiting for %s at %s: %s", SERVER_NAMES.get(server, server),
+                     address, text)
+    waits[(server, who)] = (began, text, logged)
+
+
+def done_waiting(container, server, who, address):
+    """``who`` reached ``server``: logged if it had been waiting."""
+    entry = _waits(container).pop((server, who), None)
+    if entry is not None:
+        _log.info("%s at %s reached after %.1fs", SERVER_NAMES.get(server, server),
+                  address, time.monotonic() - entry[0])
+
+
+def servers_awaited(container):
+    """The servers the container's extensions wait for, sorted."""
+    return sorted({server for server, _ in _waits(container)})
+
+
+def health(container):
+    """The body of a /health answer: {"status": "ok"}, or {"status":
+    "waiting", "waiting_for": [server, ...]}. Always a 200: /health is the
+    liveness probe, and a process that waits for a server is alive (a
+    restart would not bring the server back); /ready tells readiness."""
+    waiting = servers_awaited(container)
+    if waiting:
+        return {"status": "waiting", "waiting_for": waiting}
+    return {"status": "ok"}
+
+
+class Waiting(DependencyProvider):
+    """Injects ``health()`` of the container (above)."""
+
+    def get_dependency(self, worker_ctx):
+        return lambda: health(self.container)

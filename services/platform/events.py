@@ -44,7 +44,7 @@ from nameko.constants import (
 from nameko.contextdata import ContextDataProvider
 from nameko.events import EventHandler
 from nameko.exceptions import MalformedRequest
-from nameko.messaging import QueueConsumer
+from nameko.messaging import QueueConsumer, QueueConsumerStopped
 from nameko.rpc import get_rpc_exchange
 from prometheus_client import Counter
 
@@ -55,6 +55,7 @@ from services.platform.brokers import (
     STALL_ANSWER_TIMEOUT,
     STALL_CHECK_INTERVAL,
 )
+from services.platform.container import RABBITMQ, done_waiting, waiting_for
 
 _log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ RETRY_MAX_DELAY = 5.0
 MAX_UNEXPECTED_FAILURES = 5
 RECONNECT_INTERVAL = 1.0  # seconds between attempts to reach the broker
 KILL_WAIT = 1.0  # seconds a killed consumer's loop has to end by itself
+START_POLL_INTERVAL = 0.01  # seconds between two looks at a starting consumer
 CANCEL_WAIT = 3.0  # seconds a stop waits for the broker to cancel a consumer
 # seconds the consume loop waits for a frame before it looks at should_stop:
 # kombu's 1 s made every stop and kill of the service take a second
@@ -74,6 +76,10 @@ REASON_HEADER = "x-dead-letter-reason"
 ORIGIN_EXCHANGE_HEADER = "x-original-exchange"
 ORIGIN_ROUTING_KEY_HEADER = "x-original-routing-key"
 DEAD_LETTERED_AT_HEADER = "x-dead-lettered-at"
+
+
+class StopWaiting(Exception):
+    """The service stops while its consumer waits for the broker."""
 
 
 def dead_letter_queue(exchange, queue, routing_key):
@@ -142,6 +148,7 @@ class ResilientQueueConsumer(QueueConsumer):
         self._held = set()  # delivery tags of the channel's messages in work
         self._quiet_since = {}  # provider -> its last delivery, or (re)consume
         self._next_check = 0.0
+        self._stop_asked = Event()  # wakes the wait between two connects
 
     def consume(self, *args, **kwargs):
         kwargs.setdefault("safety_interval", STOP_POLL_INTERVAL)
@@ -215,22 +222,33 @@ class ResilientQueueConsumer(QueueConsumer):
     def establish_connection(self):
         with self.create_connection() as connection:
             while True:
+                if self.should_stop:
+                    raise StopWaiting()
                 try:
                     brokers.connect(connection)
                     break
                 except connection.recoverable_connection_errors as exc:
                     self._broker_away = True
-                    if self.should_stop:
-                        raise  # the consume loop then ends
                     self.on_connection_error(exc, RECONNECT_INTERVAL)
-                    eventlet.sleep(RECONNECT_INTERVAL)
+                    self._stop_asked.wait(RECONNECT_INTERVAL)
             self._broker_away = False
+            done_waiting(self.container, RABBITMQ, self._who(),
+                         brokers.redact(self.amqp_uri))
             yield connection
+
+    def _who(self):
+        return "{} consumer".format(type(self).__name__)
 
     def on_connection_error(self, exc, interval):
         # nameko's hides the password of the first node only
-        _log.warning("Error connecting to broker at %s (%s). Retrying in %s "
-                     "seconds.", brokers.redact(self.amqp_uri), exc, interval)
+        waiting_for(self.container, RABBITMQ, self._who(),
+                    brokers.redact(self.amqp_uri), exc)
+
+    def run(self, *args, **kwargs):
+        try:
+            super().run(*args, **kwargs)
+        except StopWaiting:
+            pass  # asked to stop while the broker was away
 
     def _queues(self):
         queues = []
@@ -285,9 +303,24 @@ class ResilientQueueConsumer(QueueConsumer):
             connection.release()
 
     def start(self):
+        """nameko's waits until the consumers consume: with the broker away,
+        for as long as it is away, and the container's other extensions
+        (/health among them) waited too, nor could SIGTERM stop the
+        service. This one returns once the first attempt to connect has
+        failed; the consume loop goes on trying."""
         if not self._starting:
             self.check_queues()
-        super().start()
+            self._starting = True
+            self._gt = self.container.spawn_managed_thread(self.run)
+            self._gt.link(self._handle_thread_exited)
+        while not (self._consumers_ready.ready() or self._broker_away
+                   or self._gt.dead):
+            eventlet.sleep(START_POLL_INTERVAL)
+        if self._consumers_ready.ready():
+            try:
+                self._consumers_ready.wait()
+            except Exception as exc:  # as nameko: the container dies of it
+                _log.debug("consumer failed to start %s (%s)", self, exc)
 
     def unregister_provider(self, provider):
         if not self._consumers_ready.ready():
@@ -317,6 +350,16 @@ class ResilientQueueConsumer(QueueConsumer):
             return
         if self._broker_away:
             self.should_stop = True
+            self._stop_asked.send()
+        if self._gt is not None and not self._consumers_ready.ready():
+            # never consumed: nothing to cancel, ack or requeue. nameko
+            # killed the loop with an error, which killed the container
+            self._consumers_ready.send_exception(QueueConsumerStopped())
+            self.should_stop = True
+            if not self._stop_asked.ready():
+                self._stop_asked.send()
+            self.kill()
+            return
         super().stop()
 
     def kill(self):

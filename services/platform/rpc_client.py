@@ -26,6 +26,7 @@ from nameko.rpc import get_rpc_exchange
 
 from services.platform import brokers
 from services.platform.batching import Expired, GroupCommit
+from services.platform.container import RABBITMQ, done_waiting, waiting_for
 from services.platform.publisher import QUEUED_SHARE, Link, close_quietly
 from services.settings import number
 
@@ -181,7 +182,14 @@ class RpcClient(DependencyProvider):
             connection = Connection(
                 self.amqp_uri, connect_timeout=2, heartbeat=self.heartbeat)
             try:
-                brokers.connect(connection)
+                try:
+                    brokers.connect(connection)
+                except connection.recoverable_connection_errors as exc:
+                    waiting_for(self.container, RABBITMQ, "rpc replies",
+                                brokers.redact(self.amqp_uri), exc)
+                    raise
+                done_waiting(self.container, RABBITMQ, "rpc replies",
+                             brokers.redact(self.amqp_uri))
                 channel = connection.channel()
                 with Consumer(channel, queues=[queue],
                               callbacks=[self._on_reply], accept=["json"],

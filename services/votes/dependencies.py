@@ -35,6 +35,7 @@ import hashlib
 import logging
 import re
 
+import eventlet
 import orjson
 import redis
 from nameko.constants import DEFAULT_MAX_WORKERS, MAX_WORKERS_CONFIG_KEY
@@ -45,6 +46,8 @@ from redis.retry import Retry
 from services import contracts, rankings
 from services.platform import redis_nodes
 from services.platform.batching import GroupCommit
+from services.platform.brokers import redact
+from services.platform.container import REDIS, done_waiting, waiting_for
 from services.platform.events import dead_letter_queue
 from services.settings import number
 from services.votes import metrics
@@ -940,9 +943,34 @@ def connect(uri, **options):
     return redis_nodes.connect(uri, **dict(REDIS_OPTIONS, **options))
 
 
+class NotConnected:
+    """The storage of a VoteStore that has not reached Redis yet: every
+    call raises StoreUnavailable (an event is retried, an RPC call answered
+    with the error), and ping() is False."""
+
+    def __init__(self, address):
+        self.address = address
+
+    def ping(self):
+        return False
+
+    def __getattr__(self, name):
+        def unavailable(*args, **kwargs):
+            raise StoreUnavailable("waiting for Redis at {}".format(self.address))
+        return unavailable
+
+
+REDIS_RETRY_INTERVAL = 1.0  # seconds between attempts to reach Redis at start
+
+
 class VoteStore(Redis):
     """nameko-redis provider that injects VoteStorage and closes its pool.
-    REDIS_URIS.votes may name one Redis or any node of a Redis Cluster."""
+    REDIS_URIS.votes may name one Redis or any node of a Redis Cluster.
+
+    It starts whether Redis answers or not (it asks Redis whether it is a
+    cluster node, so it cannot make its client before): until Redis
+    answers, it tries again every REDIS_RETRY_INTERVAL seconds, /health
+    says the service waits for Redis, and workers get NotConnected."""
 
     def __init__(self):
         super().__init__(REDIS_KEY, **REDIS_OPTIONS)
@@ -951,28 +979,50 @@ class VoteStore(Redis):
     def setup(self):
         super().setup()
         self.limits = read_limits(self.container.config)
+        self.address = redact(self.redis_uri)
+        self.client = self.storage = None
 
     def start(self):
-        self.client = redis_nodes.connect(self.redis_uri, **self.options)
-        self.storage = VoteStorage(self.client, self.limits)
+        if not self._connect():
+            self.container.spawn_managed_thread(self._wait_for_redis,
+                                                identifier="wait_for_redis")
+
+    def _connect(self):
+        try:
+            client = redis_nodes.connect(self.redis_uri, **self.options)
+        except redis.RedisError as exc:
+            waiting_for(self.container, REDIS, "vote store", self.address, exc)
+            return False
+        done_waiting(self.container, REDIS, "vote store", self.address)
+        storage = VoteStorage(client, self.limits)
         # the events that workers apply while a call is in flight share the
         # next call; a group stays small enough not to hold Redis long
-        self.storage.group = GroupCommit(
-            self.storage.apply_group, max_weight=APPLY_GROUP_VOTES,
+        storage.group = GroupCommit(
+            storage.apply_group, max_weight=APPLY_GROUP_VOTES,
             max_wait=float("inf"), weigh=lambda event: len(event[1]))
         for _ in range(APPLY_FLUSHERS):
-            self.container.spawn_managed_thread(self.storage.group.run)
+            self.container.spawn_managed_thread(storage.group.run)
+        self.client, self.storage = client, storage
+        return True
+
+    def _wait_for_redis(self):
+        while True:
+            eventlet.sleep(REDIS_RETRY_INTERVAL)
+            if self._connect():
+                return
 
     def stop(self):
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
         super().stop()
 
     def kill(self):
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
         super().kill()
 
     def get_dependency(self, worker_ctx):
-        return self.storage
+        return self.storage or NotConnected(self.address)
 
 
 # where the event handler puts what it cannot apply

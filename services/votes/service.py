@@ -6,6 +6,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from werkzeug.wrappers import Response
 
 from services import contracts, rules
+from services.platform.container import Waiting
 from services.platform.events import BatchEventHandler, RequestId, rpc
 from services.platform.operator import ERRORS as OPERATOR_ERRORS
 from services.platform.operator import OperatorGate
@@ -44,6 +45,7 @@ class VotesService:
     store = VoteStore()
     counts_changed = CountsFeed()  # announces the posts _apply changed
     request_id = RequestId()
+    waiting = Waiting()  # what /health says the service waits for
     operator = OperatorGate()
 
     @event_handler(
@@ -148,7 +150,9 @@ class VotesService:
 
     @status_http("GET", "/health")
     def liveness(self, request):
-        return Response(json.dumps({"status": "ok"}, separators=(",", ":")),
+        """200 while the process runs; the body says what it waits for
+        (services.platform.container.health)."""
+        return Response(json.dumps(self.waiting(), separators=(",", ":")),
                         mimetype="application/json")
 
     @status_http("GET", "/ready")
