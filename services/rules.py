@@ -2,13 +2,23 @@
 that says what a post id, a voter id and a score are."""
 import hashlib
 import json
+import re
 from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, StringConstraints
 
 # opaque ids, never normalised: "0348" and "348" are two posts
-ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+ID_CHARACTERS = "A-Za-z0-9_-"  # the body of a regex character class
+ID_MAX_LENGTH = 64
+# for pydantic, whose regexes are Rust's, where "$" is the end of the text;
+# in Python's re it also matches before a final newline, so Python code
+# checks ids with ID (fullmatch), never with this pattern
+ID_PATTERN = r"^[{}]{{1,{}}}$".format(ID_CHARACTERS, ID_MAX_LENGTH)
 Identifier = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+ID = re.compile(r"[{}]{{1,{}}}".format(ID_CHARACTERS, ID_MAX_LENGTH))
+# any run of id characters: ids of checked lengths, joined with nothing
+# between them, are all ids exactly when their join is one of these
+ID_RUN = re.compile(r"[{}]*".format(ID_CHARACTERS))
 
 
 def _int_only(value):
