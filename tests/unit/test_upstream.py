@@ -664,3 +664,15 @@ def test_redis_sentinel_and_replication_info():
         "slave0:ip=127.0.0.1,port=6380,state=online,offset=1,lag=0\r\n")
     assert info["role"] == "master"
     assert info["slave0"]["state"] == "online"
+
+
+def test_upstream_md_names_every_guard_and_only_guards():
+    """services/platform/UPSTREAM.md lists each behaviour with its guard
+    here: a guard renamed, removed or added without the list fails."""
+    text = (Path(__file__).resolve().parents[2] / "services" / "platform"
+            / "UPSTREAM.md").read_text()
+    named = set(re.findall(r"::(test_\w+)", text))
+    guards = {name for name in globals() if name.startswith("test_")}
+    guards.discard("test_upstream_md_names_every_guard_and_only_guards")
+    assert named - guards == set(), "named in UPSTREAM.md, not a guard"
+    assert guards - named == set(), "a guard UPSTREAM.md does not name"
