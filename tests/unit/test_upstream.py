@@ -161,6 +161,8 @@ def test_container_internals():
     container = ServiceContainer(type("S", (), {"name": "s"}), {})
     assert container.extensions == container.dependencies | container.entrypoints | (
         container.subextensions)
+    # container.waiting_for keeps its dict under a name nameko does not use
+    assert "waiting" not in vars(container) and not hasattr(ServiceContainer, "waiting")
 
 
 def test_container_worker_steps():
