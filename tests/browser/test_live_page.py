@@ -56,9 +56,14 @@ def test_live_page(cluster, browser, tmp_path):
     wait_counted(cluster, "beta", 1)
 
     page = browser.new_page(viewport=PHONE)
+    # the page's Content-Security-Policy must let the page do all it does
+    page.add_init_script("window.cspViolations = []; document.addEventListener("
+                         "'securitypolicyviolation', function (e) {"
+                         " window.cspViolations.push(e.violatedDirective); });")
     response = page.goto(cluster.base_url + "/")
     assert response.status == 200
     assert response.headers["content-type"].startswith("text/html")
+    assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     status = page.locator("#status")
     expect(status).to_have_text("live", timeout=10000)
     expect(row(page, "alpha").locator(".upvote")).to_have_text("3")
@@ -131,6 +136,7 @@ def test_live_page(cluster, browser, tmp_path):
     expect(followed.locator(".upvote")).to_have_text(
         "6", timeout=UPDATE_BOUND * 1000)
 
+    assert page.evaluate("window.cspViolations") == []
     page.set_viewport_size({"width": 800, "height": 600})
     target = SCREENSHOT if os.environ.get("SAVE_SCREENSHOT") == "1" \
         else tmp_path / "live.png"

@@ -10,6 +10,13 @@ PREFLIGHT = {
     "Access-Control-Request-Method": "POST",
     "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
 }
+PREFLIGHT_ANSWER = {
+    "Access-Control-Allow-Origin": FORUM,
+    "Access-Control-Allow-Methods": "GET, POST, PUT",
+    "Access-Control-Allow-Headers":
+        "Authorization, Content-Type, Idempotency-Key, Last-Event-ID",
+    "Access-Control-Max-Age": "600",
+}
 CORS_HEADERS = ("Access-Control-Allow-Origin", "Access-Control-Allow-Methods",
                 "Access-Control-Allow-Headers", "Access-Control-Max-Age",
                 "Access-Control-Allow-Credentials", "Access-Control-Expose-Headers")
@@ -32,13 +39,7 @@ def test_preflight_and_request_from_an_allowed_origin(gateway, web_session):
     gateway(CORS_ORIGINS="{} https://other.example".format(FORUM))
     response = web_session.options("/vote", headers=dict(PREFLIGHT, Origin=FORUM))
     assert (response.status_code, response.content) == (204, b"")
-    assert cors_headers(response) == {
-        "Access-Control-Allow-Origin": FORUM,
-        "Access-Control-Allow-Methods": "GET, POST",
-        "Access-Control-Allow-Headers":
-            "Authorization, Content-Type, Idempotency-Key, Last-Event-ID",
-        "Access-Control-Max-Age": "600",
-    }
+    assert cors_headers(response) == PREFLIGHT_ANSWER
     assert response.headers["Vary"] == "Origin"
 
     response = web_session.post("/vote", json={"postId": "1", "score": 1},
@@ -53,6 +54,22 @@ def test_preflight_and_request_from_an_allowed_origin(gateway, web_session):
     # errors carry them too, so that a page can read them
     response = web_session.get("/vote?postId=1&score=2", headers={"Origin": FORUM})
     assert (response.status_code, response.json()["error"]) == (400, "VALIDATION_ERROR")
+    assert response.headers["Access-Control-Allow-Origin"] == FORUM
+
+
+def test_preflight_of_the_operators_put(gateway, web_session):
+    """PUT /posts/<postId> from an operator's page on a listed origin: the
+    browser asks first for PUT with Authorization."""
+    gateway(CORS_ORIGINS=FORUM)
+    response = web_session.options("/posts/348", headers={
+        "Origin": FORUM, "Access-Control-Request-Method": "PUT",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert (response.status_code, response.content) == (204, b"")
+    assert cors_headers(response) == PREFLIGHT_ANSWER
+    # the answer is readable by the page: here, that no token is set
+    response = web_session.put("/posts/348", json={"createdAt": 0},
+                               headers={"Origin": FORUM, "Authorization": "Bearer x"})
+    assert (response.status_code, response.json()["error"]) == (403, "OPERATOR_TOKEN_NOT_SET")
     assert response.headers["Access-Control-Allow-Origin"] == FORUM
 
 

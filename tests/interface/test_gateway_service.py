@@ -16,6 +16,14 @@ from services.rankings import CREATED_AT_RULE
 VOTES_QUEUE = contracts.VOTES_QUEUE
 ID_RULE = "must be 1-64 characters of A-Z a-z 0-9 _ -"
 SCORE_RULE = "must be 1 or -1 (or 0, with a voterId, to retract)"
+OPERATOR_TOKEN = "s3cret-operator"
+OPERATOR = {"Authorization": "Bearer " + OPERATOR_TOKEN}
+
+
+@pytest.fixture
+def config(config):
+    config["OPERATOR_TOKEN"] = OPERATOR_TOKEN
+    return config
 
 
 @pytest.fixture
@@ -137,10 +145,13 @@ BAD_REQUESTS = [
      "createdAt: " + CREATED_AT_RULE),
     ("POST", "/votes", {"json": {"votes": [{"postId": "1", "score": 1, "createdAt": [1]}]}},
      400, "votes[0].createdAt: " + CREATED_AT_RULE),
-    ("PUT", "/posts/348", {"json": {"createdAt": "2026-12-06"}}, 400,
+    # the operator's, with the operator's token
+    ("PUT", "/posts/348", {"json": {"createdAt": "2026-12-06"}, "headers": OPERATOR}, 400,
      "createdAt: " + CREATED_AT_RULE),
-    ("PUT", "/posts/%E2%82%AC", {"json": {"createdAt": 1}}, 400, "postId: " + ID_RULE),
-    ("PUT", "/posts/348", {"data": b"{", "headers": {"Content-Type": "application/json"}},
+    ("PUT", "/posts/%E2%82%AC", {"json": {"createdAt": 1}, "headers": OPERATOR}, 400,
+     "postId: " + ID_RULE),
+    ("PUT", "/posts/348", {"data": b"{", "headers": dict(
+        OPERATOR, **{"Content-Type": "application/json"})},
      400, "body: is not valid JSON"),
 ] + [
     (method, path, dict(body, headers={"Idempotency-Key": key}), 400,

@@ -7,7 +7,7 @@ from nameko.rpc import Rpc
 from nameko.testing.utils import get_extension
 from redis.crc import key_slot
 
-from services import contracts
+from services import contracts, rules
 from services.gateway.service import GatewayService
 from services.votes.service import VotesService
 
@@ -63,3 +63,20 @@ def test_every_key_of_a_bucket_is_in_one_hash_slot():
 def test_buckets_cover_their_range(buckets):
     seen = {contracts.bucket_of("p{}".format(i), buckets) for i in range(20 * buckets)}
     assert seen == set(range(buckets))
+
+
+def test_idempotency_key_derivations_are_pinned():
+    """A key's id and a request's fingerprint are stored (IDEMPOTENCY_TTL):
+    a change of either turns every retry within the TTL into a new vote or
+    a conflict. createdAt is in the fingerprint only when given, so that
+    a request without one keeps the fingerprint it had before."""
+    assert rules.key_id("order-17") == "72a90ea3da8b5dd01bde2f27314e02e2"
+    # sha256('[["348",1,""]]')[:16], as before createdAt counted
+    assert rules.fingerprint([("348", 1, None)]) == "1d8292f174eb8816"
+    assert rules.fingerprint([("348", 1, None, None)]) == "1d8292f174eb8816"
+    assert rules.fingerprint([("348", 1, "ann"), ("349", -1, "ann")]) == "84b8e0d3e5927727"
+    # sha256('[["348",1,"",1700000000]]')[:16]
+    assert rules.fingerprint([("348", 1, None, 1_700_000_000)]) == "a71927f1375da106"
+    assert rules.fingerprint([("348", 1, None, 0)]) == "fb058b40542d8bf2"
+    assert rules.fingerprint([("348", 1, "ann", 1_700_000_000),
+                              ("349", -1, "ann", None)]) == "32f955fd84244ee0"
