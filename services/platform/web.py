@@ -19,6 +19,7 @@ import logging
 import time
 from functools import partial
 
+import eventlet
 from eventlet.event import Event
 from nameko.web.handlers import HttpRequestHandler
 from nameko.web.server import WsgiApp, parse_address
@@ -28,6 +29,7 @@ from werkzeug.wrappers import Request, Response
 from services.platform.cors import Cors
 from services.platform.http_server import (
     ERROR_CODES,
+    STREAM_ENDS_ENVIRON_KEY,
     STREAMING_ENVIRON_KEY,
     EdgeWebServer,
 )
@@ -37,6 +39,7 @@ _log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1024 * 1024  # the default of HTTP_MAX_BODY_BYTES
 MAX_FORM_FIELDS = 100
 RETRY_AFTER_SECONDS = "1"
+STREAM_RETRY_AFTER_SECONDS = "5"  # a stream slot frees when one ends
 
 
 class TooManyFields(ValueError):
@@ -66,17 +69,48 @@ def sse_event(event, data, event_id=None, retry=None):
 
 def event_stream(request, chunks):
     """A ``text/event-stream`` answer that writes each chunk the iterable
-    ``chunks`` yields as soon as it comes. The iterable runs in the
-    connection's thread once the worker has returned, so a stream holds no
-    nameko worker; eventlet would otherwise gather writes up to 4 KiB, and
-    the server's drain would wait for an end that never comes."""
+    ``chunks`` yields as soon as it comes, until the stream's lifetime
+    (HTTP_STREAM_LIFETIME) is over; then it ends cleanly, and EventSource
+    reconnects by itself. The iterable runs in the connection's thread once
+    the worker has returned, so a stream holds no nameko worker; eventlet
+    would otherwise gather writes up to 4 KiB, and the server's drain would
+    wait for an end that never comes. Only for a route declared
+    ``stream=True``, which holds the stream's slot (HTTP_MAX_STREAMS)."""
+    ends = request.environ.get(STREAM_ENDS_ENVIRON_KEY)
+    if ends is None:
+        raise RuntimeError("event_stream needs a route declared with stream=True")
     request.environ["eventlet.minimum_write_chunk_size"] = 0
     request.environ[STREAMING_ENVIRON_KEY] = True
-    response = Response(chunks, mimetype="text/event-stream",
+    response = Response(_until(ends, chunks), mimetype="text/event-stream",
                         direct_passthrough=True)
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"  # nginx: do not buffer
     return response
+
+
+def _until(ends, chunks):
+    """The chunks of ``chunks`` until the monotonic time ``ends``: the wait
+    for the next one is cut then (the write of one is bounded by the
+    server's socket timeout)."""
+    chunks = iter(chunks)
+    try:
+        while (left := ends - time.monotonic()) > 0:
+            timer = eventlet.Timeout(left)
+            try:
+                chunk = next(chunks, None)
+            except eventlet.Timeout as exc:
+                if exc is not timer:
+                    raise
+                return
+            finally:
+                timer.cancel()
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def error_response(status, code, message, headers=None):
@@ -188,7 +222,7 @@ class JsonWebServer(EdgeWebServer):
 
 
 class JsonHttp(HttpRequestHandler):
-    """nameko's ``http`` entrypoint, changed in five ways:
+    """nameko's ``http`` entrypoint, changed in six ways:
 
     * ``expected_exceptions`` is the server's error table (a route may not
       declare its own), so the table is the one source of 4xx against 500;
@@ -204,18 +238,23 @@ class JsonHttp(HttpRequestHandler):
       the service's dependency providers by attribute name, and returns a
       response or None (then a worker runs the route as usual). It must
       not wait for anything: it is for answers already in memory, where
-      spawning a worker costs more than the answer.
+      spawning a worker costs more than the answer;
+    * ``stream=True``: the route answers with web.event_stream. Each request
+      takes a stream slot of the server first (HTTP_MAX_STREAMS), held until
+      its answer ends; with none left, it is refused with 503
+      TOO_MANY_STREAMS and Retry-After, before any worker runs.
     """
 
     server = JsonWebServer()
     observe = None  # observe(route, response, seconds), or None
 
-    def __init__(self, method, url, inline=None, **kwargs):
+    def __init__(self, method, url, inline=None, stream=False, **kwargs):
         if "expected_exceptions" in kwargs:
             raise TypeError("the error table decides what is expected")
         super().__init__(method, url, expected_exceptions=tuple(
             exc_type for exc_type, _, _ in self.server.errors), **kwargs)
         self.inline = inline
+        self.stream = stream
         self.providers = None
 
     def setup(self):
@@ -239,7 +278,13 @@ class JsonHttp(HttpRequestHandler):
         started = time.perf_counter()
         request.shallow = False
         response = None
-        if self.inline is not None:
+        if self.stream and not self.server.open_stream(request.environ):
+            response = error_response(
+                503, "TOO_MANY_STREAMS",
+                "this server holds {} streams, its most; retry later".format(
+                    self.server.limits.max_streams),
+                {"Retry-After": STREAM_RETRY_AFTER_SECONDS})
+        if response is None and self.inline is not None:
             response = self._answer_inline(request)
         if response is None:
             response = self._answer_by_worker(request)

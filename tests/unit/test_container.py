@@ -11,7 +11,16 @@ from nameko.extensions import DependencyProvider
 from nameko.testing.services import entrypoint_hook, entrypoint_waiter
 from nameko.timer import timer
 
-from services.platform.container import DeadlineContainer
+from services.platform import container as container_module
+from services.platform.container import (
+    RABBITMQ,
+    REDIS,
+    WAIT_LOG_INTERVAL,
+    DeadlineContainer,
+    done_waiting,
+    health,
+    waiting_for,
+)
 
 
 class Hangs(DependencyProvider):
@@ -201,3 +210,39 @@ def test_a_bad_collector_setting_refuses_to_start(gc_thresholds, value):
     with pytest.raises(ConfigurationError, match="GC_GEN0_THRESHOLD"):
         container.start()
     assert gc.get_threshold() == (700, 10, 10)
+
+
+def test_waits_show_on_health_and_are_logged_once_per_error(caplog, monkeypatch):
+    """Two extensions wait for RabbitMQ and one for Redis: /health names
+    each server once, and a wait is logged when it begins, when its error
+    changes and every WAIT_LOG_INTERVAL seconds, not on every attempt."""
+    now = [100.0]
+    monkeypatch.setattr(container_module.time, "monotonic", lambda: now[0])
+    container = DeadlineContainer(Service, {"AMQP_URI": "memory://"})
+    caplog.set_level(logging.INFO, logger="services.platform.container")
+    assert health(container) == {"status": "ok"}
+
+    for _ in range(3):
+        waiting_for(container, RABBITMQ, "events", "amqp://guest:***@mq/", OSError("refused"))
+    waiting_for(container, RABBITMQ, "rpc", "amqp://guest:***@mq/", OSError("refused"))
+    waiting_for(container, REDIS, "store", "redis://db/0", OSError("down"))
+    assert health(container) == {"status": "waiting", "waiting_for": ["rabbitmq", "redis"]}
+    waiting_for(container, REDIS, "store", "redis://db/0", OSError("timed out"))
+    now[0] += WAIT_LOG_INTERVAL
+    waiting_for(container, REDIS, "store", "redis://db/0", OSError("timed out"))
+    done_waiting(container, RABBITMQ, "events", "amqp://guest:***@mq/")
+    assert health(container) == {"status": "waiting", "waiting_for": ["rabbitmq", "redis"]}
+    done_waiting(container, RABBITMQ, "rpc", "amqp://guest:***@mq/")
+    done_waiting(container, REDIS, "store", "redis://db/0")
+    done_waiting(container, REDIS, "store", "redis://db/0")  # not waiting: no line
+    assert health(container) == {"status": "ok"}
+    assert [record.getMessage() for record in caplog.records] == [
+        "waiting for RabbitMQ at amqp://guest:***@mq/: refused",
+        "waiting for RabbitMQ at amqp://guest:***@mq/: refused",
+        "waiting for Redis at redis://db/0: down",
+        "waiting for Redis at redis://db/0: timed out",
+        "waiting for Redis at redis://db/0: timed out",
+        "RabbitMQ at amqp://guest:***@mq/ reached after 30.0s",
+        "RabbitMQ at amqp://guest:***@mq/ reached after 30.0s",
+        "Redis at redis://db/0 reached after 30.0s",
+    ]
