@@ -225,7 +225,7 @@ class GatewayService:
             raise PostNotFound("post {} has no votes".format(post_id))
         return json_response(200, answer)
 
-    @http("GET", "/stream")
+    @http("GET", "/stream", stream=True)
     def stream(self, request):
         """Server-Sent Events: a snapshot of the followed posts and the top
         N, then their changes as they land. The stream runs in the

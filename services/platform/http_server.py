@@ -18,7 +18,18 @@ and on stop simply kills the connections. ``EdgeWebServer`` and
   ``HTTP_BODY_TIMEOUT``; ``Content-Length`` is required and at most
   ``HTTP_MAX_BODY_BYTES``; at most ``HTTP_MAX_LARGE_BODIES`` requests with a
   body over LARGE_BODY_BYTES are read and handled at once;
+* the request line and header lines must be as RFC 9112 has them: no
+  whitespace before a colon, no obs-fold, one Host in HTTP/1.1, at most one
+  Content-Length and no Transfer-Encoding beside it; anything else is 400
+  and the connection is closed (a parser laxer than the proxy in front is
+  how requests are smuggled);
+* streams (routes declared ``stream=True``) have a cap of their own,
+  ``HTTP_MAX_STREAMS``, at most half of ``HTTP_MAX_CONNECTIONS``, so that
+  the other half is always left to other requests; each ends after
+  ``HTTP_STREAM_LIFETIME``;
 * every write to a client treats a vanished peer as normal;
+* the access log names the client as the rate limits do: the peer, or
+  from a TRUSTED_PROXIES peer the address X-Forwarded-For gives;
 * request lines and headers reach the log with control characters escaped;
 * on stop it drains: no more accepting, idle connections and streams
   closed, every request already read answered with ``Connection: close``,
@@ -32,6 +43,8 @@ import errno
 import io
 import json
 import logging
+import random
+import re
 import resource
 import socket
 import sys
@@ -42,9 +55,11 @@ import eventlet
 from eventlet import hubs, wsgi
 from eventlet.event import Event
 from eventlet.semaphore import Semaphore
+from nameko.exceptions import ConfigurationError
 from nameko.web.server import HttpOnlyProtocol, WebServer
 from prometheus_client import Counter, Gauge
 
+from services.platform.proxies import client_address, trusted_proxies
 from services.settings import number
 
 _log = logging.getLogger(__name__)
@@ -61,7 +76,13 @@ LIMITS = (
     ("HTTP_MAX_HEADER_BYTES", "max_header_bytes", 16384, 1024, 1024 * 1024, True),
     ("HTTP_MAX_BODY_BYTES", "max_body_bytes", 1024 * 1024, 0, 64 * 1024 * 1024, True),
     ("HTTP_DRAIN_TIMEOUT", "drain_timeout", 6, 0, 7.5, False),
+    ("HTTP_STREAM_LIFETIME", "stream_lifetime", 300, 1, 86400, False),
 )
+# HTTP_MAX_STREAMS: from 0 to half of HTTP_MAX_CONNECTIONS (its default), so
+# that streams never hold the connections other requests need
+MAX_STREAMS_KEY = "HTTP_MAX_STREAMS"
+STREAM_SHARE = 2                 # HTTP_MAX_CONNECTIONS // this, at most
+STREAM_LIFETIME_SPREAD = 0.1     # streams end up to this share early: not all at once
 LARGE_BODY_BYTES = 64 * 1024     # a body over this takes a large-body slot
 MAX_REQUEST_LINE = 8192          # longer: 414
 ACCEPT_LOG_INTERVAL = 10.0       # seconds between two logs of accept errors
@@ -87,15 +108,33 @@ ERROR_CODES = {
     503: "SERVER_BUSY",
 }
 
+# request line and header lines (RFC 9112 sections 3 and 5, RFC 9110 5.5):
+# http.server and email take far more (whitespace before the colon, a line
+# with no colon ends the headers, obs-fold, any separator between the words
+# of the request line), and what they take differently from a proxy in
+# front is request smuggling
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+REQUEST_LINE = re.compile(_TOKEN + rb" [\x21-\x7e]+ HTTP/1\.[01]\r?\n")
+# a field value: no NUL, CR, LF, VT or FF (the bytes parsers split lines at)
+FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[^\x00\n\r\x0b\x0c]*\r?\n")
+FIELD_NAME_THEN_SPACE = re.compile(_TOKEN + rb"[ \t]+:")
+END_OF_HEAD = (b"\r\n", b"\n")
+MAX_LENGTH_DIGITS = 20           # longer Content-Length: 400, not a bignum
+
 # set by a response that streams until the client leaves: the drain cuts
 # it at once instead of waiting for its end
 STREAMING_ENVIRON_KEY = "edge.streaming"
+# set by EdgeWebServer.open_stream: the monotonic time the stream ends at;
+# the stream's slot is given back when its answer ends
+STREAM_ENDS_ENVIRON_KEY = "edge.stream_ends"
 
 # connection phases, for the drain
 IDLE, READING, BUSY = "idle", "reading", "busy"
 
 open_connections = Gauge(
     "http_open_connections", "Open client connections.", ["server"])
+open_streams = Gauge(
+    "http_open_streams", "Open streams (GET /stream).", ["server"])
 limit_values = Gauge(
     "http_limit", "Configured limits of the HTTP server (README: Limits and "
     "protections).", ["server", "limit"])
@@ -139,14 +178,25 @@ class Limits:
     max_header_bytes: int
     max_body_bytes: int
     drain_timeout: float
+    stream_lifetime: float
+    max_streams: int
 
     @classmethod
     def from_config(cls, config):
         """Every limit from the service config, checked; a bad value raises
         nameko's ConfigurationError naming the setting."""
-        return cls(**{
+        values = {
             attribute: number(config, key, default, minimum, maximum, integer)
-            for key, attribute, default, minimum, maximum, integer in LIMITS})
+            for key, attribute, default, minimum, maximum, integer in LIMITS}
+        most = values["max_connections"] // STREAM_SHARE
+        try:
+            values["max_streams"] = number(config, MAX_STREAMS_KEY, most, 0, most, True)
+        except ConfigurationError as exc:
+            raise ConfigurationError(
+                "{}: streams may hold at most half of HTTP_MAX_CONNECTIONS ({}); "
+                "the rest is kept for other requests".format(
+                    exc, values["max_connections"])) from None
+        return cls(**values)
 
 
 class EscapingLog:
@@ -202,6 +252,7 @@ class _HeaderBudget:
     def __init__(self, fp, budget):
         self.fp = fp
         self.left = budget
+        self.lines = []  # as read, for EdgeProtocol._check_head
 
     def readline(self, size=-1):
         if self.left <= 0:
@@ -211,6 +262,7 @@ class _HeaderBudget:
         self.left -= len(line)
         if self.left < 0:
             raise _HeadersTooLarge()
+        self.lines.append(line)
         return line
 
 
@@ -304,17 +356,50 @@ class EdgeProtocol(HttpOnlyProtocol):
             return False
         finally:
             self._cancel_deadline()
+        refused = self._check_head(self.rfile.lines)
+        if refused is not None:
+            self.send_error(400, refused)
+            return False
         return self._check_framing()
 
+    def _check_head(self, lines):
+        """What is wrong with the request line or the header lines as
+        RFC 9112 has them, or None. Each line that passes is one the
+        ``email`` parser underneath reads as the same single field."""
+        if REQUEST_LINE.fullmatch(self.raw_requestline) is None:
+            return "malformed request line"
+        if not lines or lines[-1] not in END_OF_HEAD:
+            return "the request head ends before its empty line"
+        for line in lines[:-1]:
+            if FIELD_LINE.fullmatch(line) is None:
+                if line[:1] in (b" ", b"\t"):
+                    return "a header line starts with whitespace (obsolete line folding)"
+                if FIELD_NAME_THEN_SPACE.match(line):
+                    return "whitespace between a header field name and its colon"
+                return "malformed header line"
+        hosts = len(self.headers.get_all("Host") or ())
+        if hosts > 1 or (hosts == 0 and self.request_version == "HTTP/1.1"):
+            return "an HTTP/1.1 request needs one Host header"
+        return None
+
     def _check_framing(self):
-        """The body's size is known and within the limit before it is read."""
+        """The body's size is known and within the limit before it is read:
+        one Content-Length, no Transfer-Encoding."""
+        # email strips the whitespace before a value, not after it
+        lengths = [value.rstrip(" \t") for value in self.headers.get_all("Content-Length") or ()]
         if self.headers.get("Transfer-Encoding") is not None:
-            self.send_error(411, "a request body needs a Content-Length")
+            if lengths:  # which one frames the body is what smuggling plays on
+                self.send_error(400, "Transfer-Encoding and Content-Length together")
+            else:
+                self.send_error(411, "a request body needs a Content-Length")
             return False
-        lengths = self.headers.get_all("Content-Length") or []
-        if len(lengths) > 1 or any(
-                not (value.isascii() and value.isdigit()) for value in lengths):
-            self.send_error(400, "Content-Length must be one decimal number")
+        if len(lengths) > 1:
+            self.send_error(400, "Content-Length is given more than once")
+            return False
+        if lengths and not (lengths[0].isascii() and lengths[0].isdigit()
+                            and len(lengths[0]) <= MAX_LENGTH_DIGITS):
+            self.send_error(400, "Content-Length must be one decimal number "
+                            "of at most {} digits".format(MAX_LENGTH_DIGITS))
             return False
         if lengths and int(lengths[0]) > self.limits.max_body_bytes:
             self.send_error(413, "request body is larger than {} bytes".format(
@@ -352,6 +437,8 @@ class EdgeProtocol(HttpOnlyProtocol):
             self._cancel_deadline()
             if slot is not None:
                 slot.release()
+            if self.environ.pop(STREAM_ENDS_ENVIRON_KEY, None) is not None:
+                self.edge.close_stream()
 
     # -- answering ----------------------------------------------------------
 
@@ -417,8 +504,13 @@ class EdgeProtocol(HttpOnlyProtocol):
                 budget -= len(chunk)
 
     def get_client_address(self):
-        host, port = super().get_client_address()
-        return escape_controls(host), port  # X-Forwarded-For is the client's
+        """For the access log: the client as the rate limits see it
+        (services.platform.proxies): X-Forwarded-For only from a trusted
+        proxy, since any client can write it."""
+        host, port = wsgi.addr_to_host_port(self.client_address)
+        if self.edge.trusted_proxies:
+            host = client_address(self.environ, self.edge.trusted_proxies)
+        return escape_controls(host), port
 
     def log_message(self, format, *args):
         self.server.log.info("%s - - [%s] %s", self.client_address[0],
@@ -467,12 +559,15 @@ class EdgeWebServer(WebServer):
         self._accept_logged = 0.0
         self._reaper = None
         self._tick = None
+        self.streams = 0
+        self.trusted_proxies = ()
 
     def setup(self):
         self.limits = Limits.from_config(self.container.config)
+        self.trusted_proxies = trusted_proxies(self.container.config)
         self._slots = Semaphore(self.limits.max_connections)
         self.large_bodies = Semaphore(self.limits.max_large_bodies)
-        for _, attribute, *_ in LIMITS:
+        for attribute in (*(limit[1] for limit in LIMITS), "max_streams"):
             limit_values.labels(self.label, attribute).set(
                 getattr(self.limits, attribute))
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -589,6 +684,31 @@ class EdgeWebServer(WebServer):
     def track(self, protocol):
         """Called by a connection's protocol as it starts."""
         self._connections[eventlet.getcurrent()] = protocol
+
+    # -- streams ----------------------------------------------------------
+
+    def open_stream(self, environ):
+        """Take a stream slot for the request of ``environ``: False when
+        HTTP_MAX_STREAMS are open. The slot goes back when the request's
+        answer ends, however it ends; the stream should end by the time
+        set in ``environ[STREAM_ENDS_ENVIRON_KEY]`` (web.event_stream
+        does), spread a little so that streams opened together do not all
+        reconnect together."""
+        if self.streams >= self.limits.max_streams or self.draining:
+            protocol = self._connections.get(eventlet.getcurrent())
+            if protocol is not None:  # its connection is not kept for another try
+                protocol.close_connection = 1
+            return False
+        self.streams += 1
+        open_streams.labels(self.label).inc()
+        lifetime = self.limits.stream_lifetime * (
+            1 - STREAM_LIFETIME_SPREAD * random.random())
+        environ[STREAM_ENDS_ENVIRON_KEY] = time.monotonic() + lifetime
+        return True
+
+    def close_stream(self):
+        self.streams -= 1
+        open_streams.labels(self.label).dec()
 
     # -- stopping ---------------------------------------------------------
 

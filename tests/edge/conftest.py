@@ -5,7 +5,14 @@ import pytest
 import requests
 import yaml
 
-from harness.process import GATEWAY, START_TIMEOUT, Process, free_port, write_config
+from harness.process import (
+    GATEWAY,
+    START_TIMEOUT,
+    Process,
+    free_port,
+    wait_until,
+    write_config,
+)
 from harness.rabbit import amqp_uri
 from tests.conftest import AMQP_HOST
 
@@ -55,6 +62,14 @@ def start_service(tmp_path, amqp_uri, redis_uri, module=GATEWAY, nofile=None,
                              nofile=nofile, port=port).start()
     process.wait_http("/health", START_TIMEOUT)
     return Edge(process, port, config_path)
+
+
+def log_with(edge, text, timeout=5):
+    """The service's log (bytes) once it holds ``text``."""
+    def read():
+        log = edge.process.log_path.read_bytes()
+        return log if text in log else None
+    return wait_until(read, timeout, "{!r} in the log of {}".format(text, edge.process.label))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,18 @@ def test_defaults():
     assert Limits.from_config({}) == Limits(
         header_timeout=10.0, body_timeout=10.0, idle_timeout=15.0,
         max_connections=1000, max_large_bodies=4, max_header_bytes=16384,
-        max_body_bytes=1048576, drain_timeout=6.0)
+        max_body_bytes=1048576, drain_timeout=6.0, stream_lifetime=300.0,
+        max_streams=500)
+
+
+@pytest.mark.parametrize("config, streams", [
+    ({"HTTP_MAX_CONNECTIONS": 10}, 5),  # half, by default
+    ({"HTTP_MAX_CONNECTIONS": 1}, 0),
+    ({"HTTP_MAX_CONNECTIONS": 10, "HTTP_MAX_STREAMS": 0}, 0),
+    ({"HTTP_MAX_CONNECTIONS": 2000, "HTTP_MAX_STREAMS": 1000}, 1000),
+])
+def test_streams_get_at_most_half_the_connections(config, streams):
+    assert Limits.from_config(config).max_streams == streams
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -23,6 +34,14 @@ def test_defaults():
     ("HTTP_MAX_BODY_BYTES", "1MB",
      "HTTP_MAX_BODY_BYTES must be an integer from 0 to 67108864 (got '1MB')"),
     ("HTTP_DRAIN_TIMEOUT", 8, "HTTP_DRAIN_TIMEOUT must be a number from 0 to 7.5 (got 8)"),
+    ("HTTP_STREAM_LIFETIME", 0,
+     "HTTP_STREAM_LIFETIME must be a number from 1 to 86400 (got 0)"),
+    ("HTTP_MAX_STREAMS", 501,
+     "HTTP_MAX_STREAMS must be an integer from 0 to 500 (got 501): streams may hold "
+     "at most half of HTTP_MAX_CONNECTIONS (1000); the rest is kept for other requests"),
+    ("HTTP_MAX_STREAMS", -1,
+     "HTTP_MAX_STREAMS must be an integer from 0 to 500 (got -1): streams may hold "
+     "at most half of HTTP_MAX_CONNECTIONS (1000); the rest is kept for other requests"),
 ])
 def test_bad_limits_stop_the_start(key, value, message):
     with pytest.raises(ConfigurationError) as error:
