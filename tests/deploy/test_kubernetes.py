@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.deploy import promql
 from tests.deploy.conftest import DEPLOY, run, tool
 
 OVERLAYS = ("dev", "production")
@@ -420,3 +421,23 @@ def test_brokers_keep_their_data_on_persistent_volumes(overlay):
 def test_dev_runs_one_of_each_broker():
     for name in ("rabbitmq", "redis"):
         assert one("dev", "StatefulSet", name)["spec"]["replicas"] == 1
+
+
+def test_prometheus_finds_every_production_pod_by_dns():
+    """deploy/prometheus/prometheus.yml names headless Services: each is in
+    production, selects the pods of its job, and has the port scraped."""
+    config = yaml.safe_load((promql.PROMETHEUS / "prometheus.yml").read_text())
+    [namespace] = objects("production", "Namespace")
+    pods = {"gateway": app("production", "gateway"), "votes": app("production", "votes"),
+            "rabbitmq": one("production", "StatefulSet", "rabbitmq")}
+    for job in config["scrape_configs"]:
+        [sd] = job["dns_sd_configs"]
+        [name] = sd["names"]
+        service_name, service_namespace = name.split(".")[:2]
+        assert service_namespace == namespace["metadata"]["name"]
+        service = one("production", "Service", service_name)
+        assert service["spec"]["clusterIP"] == "None"  # one A record per pod
+        workload = pods[job["job_name"]]
+        assert selects({"matchLabels": service["spec"]["selector"]}, pod_labels(workload))
+        ports = [port["containerPort"] for port in containers(workload)[0]["ports"]]
+        assert sd["port"] in ports
