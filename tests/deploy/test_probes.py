@@ -45,49 +45,46 @@ def waits_for(edge, server):
 
 
 @pytest.fixture
-def stop_after():
+def start(tmp_path):
+    """start(name, amqp_uri, redis_uri): the gateway or the votes service,
+    stopped after the test."""
     started = []
-    yield started.append
+
+    def start(name, amqp_uri, redis_uri):
+        options = {} if name == "gateway" else {
+            "module": VOTES, "name": "votes", "port_key": "METRICS_ADDRESS"}
+        edge = start_service(tmp_path, amqp_uri, redis_uri, limits={}, **options)
+        started.append(edge)
+        return edge
+
+    yield start
     for edge in started:
         edge.process.stop()
 
 
-def test_a_gateway_waiting_for_rabbitmq_lives_but_takes_no_traffic(
-        tmp_path, single_redis_uri, stop_after):
-    gateway = start_service(tmp_path, NOWHERE_AMQP.format(free_port()), single_redis_uri,
-                            limits={})
-    stop_after(gateway)
-    wait_until(lambda: waits_for(gateway, "rabbitmq"), 15, "the gateway waiting for RabbitMQ")
-    assert liveness_passes(gateway, "gateway")
-    assert not readiness_passes(gateway, "gateway")
+@pytest.mark.parametrize("name,server", [("gateway", "rabbitmq"), ("votes", "rabbitmq"),
+                                         ("votes", "redis")])
+def test_a_process_waiting_for_a_broker_lives_but_is_not_ready(
+        name, server, rabbit_config, single_redis_uri, start):
+    amqp_uri = rabbit_config["AMQP_URI"]
+    redis_uri = single_redis_uri
+    if server == "rabbitmq":
+        amqp_uri = NOWHERE_AMQP.format(free_port())
+    else:
+        redis_uri = NOWHERE_REDIS.format(free_port())
+    edge = start(name, amqp_uri, redis_uri)
+    wait_until(lambda: waits_for(edge, server), 15, "{} waiting for {}".format(name, server))
+    assert liveness_passes(edge, name)
+    assert not readiness_passes(edge, name)
 
 
-def test_a_gateway_with_rabbitmq_is_ready_with_no_votes_service(
-        tmp_path, rabbit_config, single_redis_uri, stop_after):
-    """/ready fails (no votes service): the readiness probe does not."""
-    gateway = start_service(tmp_path, rabbit_config["AMQP_URI"], single_redis_uri, limits={})
-    stop_after(gateway)
-    wait_until(lambda: readiness_passes(gateway, "gateway"), 15, "the gateway ready")
-    assert liveness_passes(gateway, "gateway")
-    ready = requests.get(gateway.base_url + "/ready", timeout=10)
-    assert ready.status_code == 503
-    assert ready.json()["checks"]["votes"] == "unavailable"
-
-
-def test_a_votes_service_waiting_for_redis_lives_but_is_not_ready(
-        tmp_path, rabbit_config, stop_after):
-    votes = start_service(tmp_path, rabbit_config["AMQP_URI"], NOWHERE_REDIS.format(free_port()),
-                          module=VOTES, name="votes", port_key="METRICS_ADDRESS", limits={})
-    stop_after(votes)
-    wait_until(lambda: waits_for(votes, "redis"), 15, "the votes service waiting for Redis")
-    assert liveness_passes(votes, "votes")
-    assert not readiness_passes(votes, "votes")
-
-
-def test_a_votes_service_with_its_brokers_is_ready(
-        tmp_path, rabbit_config, single_redis_uri, stop_after):
-    votes = start_service(tmp_path, rabbit_config["AMQP_URI"], single_redis_uri,
-                          module=VOTES, name="votes", port_key="METRICS_ADDRESS", limits={})
-    stop_after(votes)
-    wait_until(lambda: readiness_passes(votes, "votes"), 15, "the votes service ready")
-    assert liveness_passes(votes, "votes")
+@pytest.mark.parametrize("name", ["gateway", "votes"])
+def test_a_process_with_its_brokers_is_ready(name, rabbit_config, single_redis_uri, start):
+    edge = start(name, rabbit_config["AMQP_URI"], single_redis_uri)
+    wait_until(lambda: readiness_passes(edge, name), 15, "{} ready".format(name))
+    assert liveness_passes(edge, name)
+    if name == "gateway":
+        # no votes service runs: /ready fails, the readiness probe does not
+        ready = requests.get(edge.base_url + "/ready", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["votes"] == "unavailable"
