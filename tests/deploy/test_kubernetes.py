@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+import services
 from tests.deploy import promql
 from tests.deploy.conftest import DEPLOY, run, tool
 
@@ -376,6 +377,9 @@ def test_production_runs_three_of_each_spread_over_nodes_and_zones():
     images = {container["image"] for workload in workloads("production")
               for container in containers(workload)}
     assert not any(image.endswith(":latest") or ":" not in image for image in images), images
+    [app_image] = {container["image"] for name in APPS
+                   for container in pod_spec(app("production", name))["containers"]}
+    assert app_image.rsplit(":", 1)[1] == services.__version__
 
 
 def test_production_uses_quorum_queues_on_a_three_node_rabbitmq():
@@ -387,6 +391,9 @@ def test_production_uses_quorum_queues_on_a_three_node_rabbitmq():
     assert "rabbitmq_prometheus" in config["enabled_plugins"]
     assert "cluster_partition_handling = pause_minority" in config["cluster.conf"]
     service_name = re.search(r"k8s\.service_name = (\S+)", config["cluster.conf"]).group(1)
+    suffix = re.search(r"k8s\.hostname_suffix = (\S+)", config["cluster.conf"]).group(1)
+    assert suffix == ".{}.{}.svc.cluster.local".format(service_name, "votes")
+    assert one("production", "Namespace", "votes")
     assert rabbit["spec"]["serviceName"] == service_name
     assert one("production", "Service", service_name)["spec"]["clusterIP"] == "None"
     [rule] = one("production", "Role", "rabbitmq-peer-discovery")["rules"][:1]
