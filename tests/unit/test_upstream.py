@@ -495,6 +495,10 @@ def test_header_reading_as_header_budget_expects():
     assert "self.request_version = version" in parse
     assert "self.raw_requestline = self._read_request_line()" in source(
         wsgi.HttpProtocol.handle_one_request)
+    # _check_framing strips what email leaves after a value
+    headers = http.client.parse_headers(io.BytesIO(b"Content-Length:  5 \t\r\n\r\n"))
+    assert headers.get_all("Content-Length") == ["5 \t"]
+    assert headers.get_all("Host") is None
 
 
 # -- nameko's config loader: services/settings.py, harness, scripts ------------
