@@ -349,18 +349,21 @@ class ResilientQueueConsumer(QueueConsumer):
             self.kill()
             return
         if self._broker_away:
-            self.should_stop = True
-            self._stop_asked.send()
+            self._stop_waiting()
         if self._gt is not None and not self._consumers_ready.ready():
             # never consumed: nothing to cancel, ack or requeue. nameko
             # killed the loop with an error, which killed the container
             self._consumers_ready.send_exception(QueueConsumerStopped())
-            self.should_stop = True
-            if not self._stop_asked.ready():
-                self._stop_asked.send()
+            self._stop_waiting()
             self.kill()
             return
         super().stop()
+
+    def _stop_waiting(self):
+        """The consume loop ends at once if it waits for the broker."""
+        self.should_stop = True
+        if not self._stop_asked.ready():
+            self._stop_asked.send()
 
     def kill(self):
         """nameko's, which waits for the consume loop to end for as long as
