@@ -154,3 +154,22 @@ def test_malformed_rpc_requests_are_refused_and_the_service_serves_on(
     # the RPC queue holds nothing, ready or unacked
     wait_until(lambda: cluster.queue_messages(contracts.RPC_QUEUE) == 0, 10,
                "the RPC queue to be empty")
+
+
+def test_an_rpc_vote_redelivered_after_kill_9_counts_once(cluster, client,
+                                                          private_redis):
+    """A vote in its worker when the process dies (kill -9, its Redis write
+    sent or not) is delivered again to the next process: counted once."""
+    first = cluster.start_votes()
+    private_redis.freeze(3)  # the worker's write waits behind DEBUG SLEEP
+    client.publish(vote("killed"), reply_to=client.reply_to, correlation_id="c-killed")
+    wait_until(lambda: cluster.queue_state(contracts.RPC_QUEUE)[0] == 0
+               and cluster.queue_messages(contracts.RPC_QUEUE) == 1, 5,
+               "the request to be in its worker, unacked")
+    first.proc.kill()
+    first.proc.wait()
+    cluster.start_votes()
+    assert client.take_replies(1) == {"c-killed": [{
+        "result": {"postId": "killed", "upvote": 1, "downvote": 0, "score": 1},
+        "error": None}]}
+    assert cluster.counted() == {"killed": {"upvote": 1}}
