@@ -162,6 +162,8 @@ class JsonWsgiApp(WsgiApp):
             response = self.preflight(cors, environ)
         else:
             response = cors.decorate(environ, self.respond(environ))
+        # no browser may run an answer as another type than it says
+        response.headers["X-Content-Type-Options"] = "nosniff"
         return response(environ, start_response)
 
     @staticmethod
@@ -196,8 +198,6 @@ class JsonWsgiApp(WsgiApp):
 def _refuse_large_forms(request, environ):
     """A form body of many empty fields (``a&a&a...``) costs werkzeug about
     30 times its size to parse; no form of this API has more than a few."""
-        # no browser may run an answer as another type than it says
-        response.headers["X-Content-Type-Options"] = "nosniff"
     if request.mimetype == "application/x-www-form-urlencoded":
         fields = environ.get("edge.body", b"").count(b"&") + 1
         if fields > MAX_FORM_FIELDS:
@@ -421,7 +421,6 @@ def metrics_http(label, errors=()):
     class MetricsHttp(HttpRequestHandler):
         server = Server()
 
-    return MetricsHttp.decorator
         def __init__(self, method, url, **kwargs):
             super().__init__(method, url, expected_exceptions=tuple(
                 exc_type for exc_type, _, _ in errors), **kwargs)
@@ -430,3 +429,4 @@ def metrics_http(label, errors=()):
             # a worker's: the container has logged it
             return response_for_exception(exc, errors, logged=True)
 
+    return MetricsHttp.decorator
