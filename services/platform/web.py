@@ -429,4 +429,9 @@ def metrics_http(label, errors=()):
             # a worker's: the container has logged it
             return response_for_exception(exc, errors, logged=True)
 
+        def handle_request(self, request):
+            response = super().handle_request(request)
+            response.headers["X-Content-Type-Options"] = "nosniff"  # as JsonWsgiApp's
+            return response
+
     return MetricsHttp.decorator

@@ -41,8 +41,10 @@ def test_the_votes_services_metrics_and_ready_need_the_operator_token(cluster):
             response = requests.get(status_url(votes, path), headers=headers, timeout=10)
             assert (response.status_code, response.json()) == (401, TOKEN_REQUIRED), path
             assert response.headers["WWW-Authenticate"] == "Bearer"
+            assert response.headers["X-Content-Type-Options"] == "nosniff"
     response = requests.get(status_url(votes, "/metrics"), headers=GOOD, timeout=10)
-    assert response.status_code == 200
+    assert (response.status_code, response.headers["X-Content-Type-Options"]) == (
+        200, "nosniff")
     assert "votes_applied_total" in response.text
     response = requests.get(status_url(votes, "/ready"), headers=GOOD, timeout=10)
     assert (response.status_code, response.json()) == (
