@@ -24,6 +24,32 @@ def _free(port):
     return True
 
 
+def node_client(port, **options):
+    """A client of the redis-server (or sentinel) on loopback ``port``."""
+    return redis.Redis(host="127.0.0.1", port=port, decode_responses=True,
+                       socket_timeout=5, **options)
+
+
+def answers(port):
+    try:
+        with node_client(port) as client:
+            return client.ping()
+    except redis.RedisError:
+        return False
+
+
+def start_servers(ports, processes):
+    """Start the redis-server ``processes``; wait until each answers on
+    its port."""
+    for process in processes:
+        process.start()
+    for port, process in zip(ports, processes, strict=True):
+        def up(port=port, process=process):
+            assert process.alive, "redis-server exited:\n" + process.tail()
+            return answers(port)
+        wait_until(up, START_TIMEOUT, "redis-server :{}".format(port), interval=0.05)
+
+
 def free_ports_in(ports, count):
     """``count`` ports of ``ports`` that are free, their bus ports too."""
     found = [port for port in ports if _free(port) and _free(port + BUS_OFFSET)]
@@ -57,29 +83,15 @@ class RedisClusterServers:
         ], folder / "redis.log")
 
     def node_client(self, port, **options):
-        return redis.Redis(host="127.0.0.1", port=port, decode_responses=True,
-                           socket_timeout=5, **options)
+        return node_client(port, **options)
 
     def client(self, **options):
         """A RedisCluster client (any node's address will do)."""
         return RedisCluster(host="127.0.0.1", port=self.ports[0],
                             decode_responses=True, socket_timeout=5, **options)
 
-    def _answers(self, port):
-        try:
-            with self.node_client(port) as client:
-                return client.ping()
-        except redis.RedisError:
-            return False
-
     def start(self):
-        for node in self.nodes:
-            node.start()
-        for port, node in zip(self.ports, self.nodes, strict=True):
-            def up(port=port, node=node):
-                assert node.alive, "redis-server exited:\n" + node.tail()
-                return self._answers(port)
-            wait_until(up, START_TIMEOUT, "redis-server :{}".format(port), interval=0.05)
+        start_servers(self.ports, self.nodes)
         self.cli("--cluster", "create",
                  *["127.0.0.1:{}".format(port) for port in self.ports],
                  "--cluster-replicas", str(self.replicas), "--cluster-yes")
@@ -136,6 +148,13 @@ class RedisClusterServers:
                     return int(master[1])
         raise AssertionError("slot {} is not served".format(slot))
 
+    def replicas_of(self, port):
+        """The ports of the replicas of the master on ``port``, as it says."""
+        with self.node_client(port) as client:
+            info = client.info("replication")
+        return sorted(int(value["port"]) for key, value in info.items()
+                      if key.startswith("slave") and isinstance(value, dict))
+
     def node_id(self, port):
         with self.node_client(port) as client:
             return client.execute_command("CLUSTER", "MYID")
@@ -149,7 +168,7 @@ class RedisClusterServers:
         (a failed-over master as a replica of its successor)."""
         node = self.nodes[self.ports.index(port)]
         node.start()
-        wait_until(lambda: self._answers(port), START_TIMEOUT,
+        wait_until(lambda: answers(port), START_TIMEOUT,
                    "redis-server :{} again".format(port), interval=0.05)
 
     def slots_of(self, port):

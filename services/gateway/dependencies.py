@@ -89,7 +89,11 @@ class VotesReader(RpcClient):
             if "NOT_FOUND" not in str(exc):  # no vote was ever sent: still ok
                 checks["broker"] = "unavailable"
         try:
-            checks["redis"] = self.call(contracts.RPC_HEALTH)["redis"]
+            health = self.call(contracts.RPC_HEALTH)
+            checks["redis"] = health["redis"]
+            # reduced durability is reported, not failed: votes are counted
+            checks.update((key, health[key]) for key in ("durability", "reducedNodes")
+                          if key in health)
         except ServiceUnavailable:
             checks["votes"] = "unavailable"
         ready = all(checks[name] == "ok" for name in ("broker", "votes", "redis"))

@@ -39,6 +39,7 @@ import eventlet
 import orjson
 import redis
 from nameko.constants import DEFAULT_MAX_WORKERS, MAX_WORKERS_CONFIG_KEY
+from nameko.exceptions import ConfigurationError
 from nameko_redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -65,11 +66,16 @@ DEFAULT_CLOCK_SKEW = 2.0
 RETRACTION_TTL_CONFIG_KEY = "RETRACTION_TTL"
 DEFAULT_RETRACTION_TTL = 60 * 60
 BUCKETS_CONFIG_KEY = "VOTE_BUCKETS"
-# replicas that must have an event's writes before it is acked; by default
-# 1 when the servers have replicas, else 0
+# replicas that must have an event's writes before it is acked, while its
+# master has them (services/platform/redis_nodes.py, WriteRouter); unset: 1
+# from the first time a master is seen with a replica, else 0
 MIN_REPLICAS_CONFIG_KEY = "REDIS_MIN_REPLICAS"
 WAIT_TIMEOUT_CONFIG_KEY = "REDIS_WAIT_TIMEOUT"  # milliseconds
 DEFAULT_WAIT_TIMEOUT = 1000
+# a master with fewer replicas in sync than wanted: "continue" acks its
+# writes without them (reduced durability, reported), "hold" waits
+REPLICA_LOSS_CONFIG_KEY = "REDIS_REPLICA_LOSS"
+REPLICA_LOSS_CHOICES = ("continue", "hold")
 
 
 # The rankings' sort keys (services/rankings.py holds the same arithmetic):
@@ -547,11 +553,13 @@ def store_error(exc):
 REDIS_ERRORS = (redis.RedisError,)
 
 Applied = collections.namedtuple("Applied", "votes replayed conflicts")
-# min_replicas None: 1 if the servers have replicas, else 0
+# min_replicas None: 1 from the first time a master is seen with a
+# replica, else 0; replica_loss: one of REPLICA_LOSS_CHOICES
 Limits = collections.namedtuple(
     "Limits", "mark_ttl idempotency_ttl clock_skew retraction_ttl buckets "
-    "min_replicas wait_timeout",
-    defaults=(contracts.DEFAULT_BUCKETS, None, DEFAULT_WAIT_TIMEOUT))
+    "min_replicas wait_timeout replica_loss",
+    defaults=(contracts.DEFAULT_BUCKETS, None, DEFAULT_WAIT_TIMEOUT,
+              REPLICA_LOSS_CHOICES[0]))
 TOP_READS = 3  # reads of the top until its order and its counts agree
 # votes of the events applied in one script call, at most (an event larger
 # than that goes alone); and calls in flight at once, so that one group is
@@ -603,13 +611,13 @@ class VoteStorage:
         self.client = client
         self.limits = limits
         self.buckets = limits.buckets
-        min_replicas = limits.min_replicas
-        if min_replicas is None:
-            min_replicas = 1 if redis_nodes.replica_count(client) else 0
-        self.min_replicas = min_replicas
         self.writes = redis_nodes.WriteRouter(
-            client, min_replicas, limits.wait_timeout,
-            on_redirect=lambda kind: metrics.redirects.labels(kind).inc())
+            client, limits.min_replicas, limits.wait_timeout,
+            on_redirect=lambda kind: metrics.redirects.labels(kind).inc(),
+            hold=limits.replica_loss == "hold",
+            on_replicas=lambda node, short: metrics.reduced_durability.labels(
+                node).set(1 if short else 0),
+            on_unreplicated=lambda node: metrics.unreplicated_writes.labels(node).inc())
         self._apply_sha = _sha(APPLY_SCRIPT)  # loaded on the first NOSCRIPT
         self._set_created_sha = _sha(SET_CREATED_SCRIPT)
         self.group = None  # a GroupCommit of apply_many, if set
@@ -814,6 +822,18 @@ class VoteStorage:
         except REDIS_ERRORS:
             return False
 
+    def durability(self):
+        """{"durability": ...} for the health report: "replicated" (every
+        master's writes wait for REDIS_MIN_REPLICAS replicas), "reduced"
+        (some masters, in "reducedNodes", have fewer in sync and ack
+        without them), "held" (as reduced, REDIS_REPLICA_LOSS=hold: their
+        writes wait) or "unreplicated" (no replica is waited for)."""
+        wanted, short = self.writes.durability()
+        if short:
+            return {"durability": "held" if self.writes.hold else "reduced",
+                    "reducedNodes": sorted(short)}
+        return {"durability": "replicated" if wanted else "unreplicated"}
+
     def top(self, limit, reads=TOP_READS):
         """The top ``limit`` posts by score (see page)."""
         return self.page(rankings.TOP, limit, reads=reads)[0]
@@ -917,7 +937,19 @@ def read_limits(config):
         number(config, MIN_REPLICAS_CONFIG_KEY, 0, 0, 16, integer=True),
         wait_timeout=number(config, WAIT_TIMEOUT_CONFIG_KEY, DEFAULT_WAIT_TIMEOUT,
                             1, 60_000, integer=True),
+        replica_loss=read_replica_loss(config),
     )
+
+
+def read_replica_loss(config):
+    """REDIS_REPLICA_LOSS, one of REPLICA_LOSS_CHOICES (unset: the first)."""
+    value = config.get(REPLICA_LOSS_CONFIG_KEY)
+    if value is None or value == "":
+        return REPLICA_LOSS_CHOICES[0]
+    if value not in REPLICA_LOSS_CHOICES:
+        raise ConfigurationError("{} must be {} (got {!r})".format(
+            REPLICA_LOSS_CONFIG_KEY, " or ".join(REPLICA_LOSS_CHOICES), value))
+    return value
 
 
 def read_buckets(config):

@@ -1,5 +1,5 @@
 """Prometheus metrics of the votes service, served on METRICS_ADDRESS."""
-from prometheus_client import Counter, Histogram, disable_created_metrics
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 
 # the *_created series only add noise to every scrape
 disable_created_metrics()
@@ -38,3 +38,12 @@ redirects = Counter(
     "votes_store_redirects_total",
     "Writes a Redis Cluster sent elsewhere (MOVED: the slot has moved, ASK: "
     "it is moving), followed at once.", ["kind"])
+reduced_durability = Gauge(
+    "votes_store_reduced_durability",
+    "1 while a Redis master has fewer replicas in sync than REDIS_MIN_REPLICAS "
+    "wants: its writes are acked without them (or wait, with "
+    "REDIS_REPLICA_LOSS=hold) until one is back; else 0.", ["node"])
+unreplicated_writes = Counter(
+    "votes_store_unreplicated_writes_total",
+    "Write calls to a Redis master acked on fewer replicas than "
+    "REDIS_MIN_REPLICAS wants, because it had no more in sync.", ["node"])

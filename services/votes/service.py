@@ -145,8 +145,12 @@ class VotesService:
 
     @rpc
     def health(self):
-        """What the gateway's /ready reports for this service."""
-        return {"redis": "ok" if self.store.ping() else "unavailable"}
+        """What the gateway's /ready reports for this service: whether
+        Redis answers and, when it does, whether writes wait for replicas
+        (VoteStorage.durability)."""
+        if not self.store.ping():
+            return {"redis": "unavailable"}
+        return dict(self.store.durability(), redis="ok")
 
     @status_http("GET", "/health")
     def liveness(self, request):

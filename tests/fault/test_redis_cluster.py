@@ -1,5 +1,6 @@
 """The services on a private Redis Cluster (three masters, a replica
-each) while it fails over and while it is resharded, under load.
+each) while it fails over (its nodes started again, or not) and while it
+is resharded, under load.
 
 Votes go in as POST /votes batches, each vote with a voter of its own;
 afterwards every vote answered 202 must be counted exactly once, with its
@@ -11,6 +12,7 @@ import time
 
 import eventlet
 import pytest
+import redis
 import requests
 
 from services import contracts
@@ -138,27 +140,104 @@ def check(services, load, label):
     assert got == {"posts": want}
 
 
+def reduced_nodes(services):
+    """The nodes the votes service reports with reduced durability."""
+    return sorted(labels[0][1] for (name, labels), value in
+                  services.metrics(services.votes).items()
+                  if name == "votes_store_reduced_durability" and value == 1)
+
+
+def log_lines(process, text):
+    return [line for line in process.log_path.read_text().splitlines() if text in line]
+
+
+def counted_within(services, votes, deadline, what):
+    """Until every vote of ``votes`` is counted (more may be), by ``deadline``
+    (time.monotonic())."""
+    expected = expected_counts(votes)
+
+    def covered():
+        try:
+            counted = services.counted()
+        except redis.ConnectionError:  # the test's own client, in a failover
+            return False
+        return all(counted.get(post, collections.Counter()) >= want
+                   for post, want in expected.items())
+    wait_until(covered, max(deadline - time.monotonic(), 0), what, interval=0.5)
+
+
 def test_a_master_killed_mid_load_loses_and_doubles_nothing(services, redis_servers):
     total = 20_000
     bucket = contracts.bucket_of("p0")
     slot = services.redis.keyslot(contracts.top_key(bucket))
     victim = redis_servers.master_of_slot(slot)
+    (successor,) = redis_servers.replicas_of(victim)
+    node = "127.0.0.1:{}".format(successor)
     with BatchLoad(services.base_url, total) as load:
         load.wait_sent(total // 4)
         killed = time.monotonic()
         redis_servers.kill_node(victim)
         took = redis_servers.wait_failover(victim, slot)
-        # back as a replica of its successor, so that WAIT is answered again
+        # the successor, with no replica, acks on its own meanwhile
+        wait_until(lambda: reduced_nodes(services) == [node], 30,
+                   "the successor reported with reduced durability")
+        # back as a replica of its successor, whose writes wait for it again
         redis_servers.restart_node(victim)
         redis_servers.wait_ok()
         print("\n[failover] master :{} killed after {} votes sent; cluster ok "
               "{:.1f} s later; roles now {}".format(
                   victim, total // 4, took, redis_servers.roles()))
         assert time.monotonic() - killed < 60
+        wait_until(lambda: reduced_nodes(services) == [], 30,
+                   "no master reported with reduced durability")
         load.wait_sent(total)
     assert load.sent() == total
     assert redis_servers.roles()[victim] == "slave"
     check(services, load, "failover")
+    assert len(log_lines(services.votes, "Redis master {} has 0 replica(s) in sync, "
+                                         "1 wanted".format(node))) == 1
+    assert len(log_lines(services.votes, "Redis master {} has 1 replica(s) in sync "
+                                         "again".format(node))) == 1
+
+
+def test_a_master_and_a_replica_killed_for_good_leave_counting_exact(
+        services, redis_servers):
+    """No node is started again: the promoted replica has no replica, nor
+    has the master whose replica died; both ack writes on their own
+    (reduced durability, reported), and every vote accepted before the
+    failures is counted within 60 s of them, every vote after by the end."""
+    total = 20_000
+    slot = services.redis.keyslot(contracts.top_key(contracts.bucket_of("p0")))
+    victim = redis_servers.master_of_slot(slot)
+    (successor,) = redis_servers.replicas_of(victim)
+    other = next(port for port in redis_servers.masters() if port != victim)
+    (orphan,) = redis_servers.replicas_of(other)
+    with BatchLoad(services.base_url, total) as load:
+        load.wait_sent(total // 4)
+        before = load.accepted()
+        killed = time.monotonic()
+        redis_servers.kill_node(victim)
+        redis_servers.kill_node(orphan)
+        redis_servers.wait_failover(victim, slot)
+        counted_within(services, before, killed + 60,
+                       "the votes accepted before the failures counted")
+        print("\n[for good] master :{} and replica :{} killed after {} votes "
+              "accepted; those counted {:.1f} s later".format(
+                  victim, orphan, len(before), time.monotonic() - killed))
+        load.wait_sent(total)
+    assert redis_servers.master_of_slot(slot) == successor
+    check(services, load, "for good")
+
+    reduced = ["127.0.0.1:{}".format(port) for port in sorted((successor, other))]
+    assert reduced_nodes(services) == reduced
+    samples = services.metrics(services.votes)
+    for node in reduced:
+        assert samples[("votes_store_unreplicated_writes_total", (("node", node),))] > 0
+        assert len(log_lines(services.votes, "Redis master {} has 0 replica(s) in "
+                                             "sync, 1 wanted".format(node))) == 1
+    ready = requests.get(services.base_url + "/ready", timeout=10)
+    assert (ready.status_code, ready.json()["checks"]["durability"],
+            ready.json()["checks"]["reducedNodes"]) == (200, "reduced", reduced)
 
 
 def test_resharding_under_load_counts_exactly(services, redis_servers):

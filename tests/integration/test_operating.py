@@ -32,6 +32,7 @@ def test_health_and_ready(services, web_session):
     assert (response.status_code, response.json()) == (200, {
         "status": "ready",
         "checks": {"broker": "ok", "votes": "ok", "redis": "ok",
+                   "durability": "unreplicated",
                    "queue": {"waiting": 0, "consumers": 1}}})
 
 

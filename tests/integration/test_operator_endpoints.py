@@ -14,7 +14,7 @@ NOT_FOUND = {"error": "NOT_FOUND", "message": "no such resource"}
 TOKEN_REQUIRED = {"error": "OPERATOR_TOKEN_REQUIRED",
                   "message": "this needs the operator's bearer token"}
 READY = {"status": "ready", "checks": {
-    "broker": "ok", "votes": "ok", "redis": "ok",
+    "broker": "ok", "votes": "ok", "redis": "ok", "durability": "unreplicated",
     "queue": {"waiting": 0, "consumers": 1}}}
 
 
