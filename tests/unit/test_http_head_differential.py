@@ -21,7 +21,7 @@ import h11
 import pytest
 from eventlet import wsgi
 from eventlet.semaphore import Semaphore
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 from services.platform.http_server import EdgeWebServer, Limits
@@ -199,6 +199,7 @@ def request_heads(draw):
 def test_edge_and_h11_agree_on_request_heads(edge, head):
     request_line, lines = head
     data = request_line + b"".join(lines) + b"\r\n"
+    note(repr(data))
     request = h11_reads(data)
     refusal = None if request is None else deliberate_refusal(
         request, [line[:-2] for line in lines])
