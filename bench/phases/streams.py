@@ -195,8 +195,10 @@ def run(bench):
     connections = bench.p["levels"][-1]
     window = bench.p["window"]
     env = bench.env
-    limit = count + 1000
-    env.restart_service("gateway", HTTP_MAX_CONNECTIONS=limit)
+    # streams may hold half the connections at most; none may end mid-phase
+    limit = max(count + 1000, 2 * count)
+    env.restart_service("gateway", HTTP_MAX_CONNECTIONS=limit,
+                        HTTP_MAX_STREAMS=count, HTTP_STREAM_LIFETIME=86400)
     gateway = env.services["gateway"]
     gateway.wait_http("/vote-counts?postId=bench-ready", 60, {404})
     host, port = bench.host_port("gateway")
