@@ -52,15 +52,22 @@ def redis_servers(tmp_path):
     servers.stop()
 
 
-@pytest.fixture
-def services(request, tmp_path, rabbit_config, redis_servers):
+def services_on(request, tmp_path, rabbit_config, servers):
+    """A services fixture's body: the votes service and a gateway on
+    ``servers`` (harness.redis_cluster or harness.redis_sentinel), their
+    logs shown if the test failed."""
     cluster = OnRedisCluster(tmp_path, rabbit_config["AMQP_URI"],
-                             rabbit_config["vhost"], redis_servers)
+                             rabbit_config["vhost"], servers)
     cluster.votes = cluster.start_votes()
     cluster.start_gateway()
     yield cluster
     report = getattr(request.node, "report_call", None)
     cluster.close(show_logs=report is None or report.failed)
+
+
+@pytest.fixture
+def services(request, tmp_path, rabbit_config, redis_servers):
+    yield from services_on(request, tmp_path, rabbit_config, redis_servers)
 
 
 class BatchLoad(Load):

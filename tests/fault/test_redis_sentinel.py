@@ -15,9 +15,9 @@ from harness.redis_sentinel import RedisSentinelServers
 from tests.fault.harness import wait_until
 from tests.fault.test_redis_cluster import (
     BatchLoad,
-    OnRedisCluster,
     check,
     counted_within,
+    services_on,
 )
 
 
@@ -35,13 +35,7 @@ def sentinel_servers(tmp_path):
 
 @pytest.fixture
 def services(request, tmp_path, rabbit_config, sentinel_servers):
-    cluster = OnRedisCluster(tmp_path, rabbit_config["AMQP_URI"],
-                             rabbit_config["vhost"], sentinel_servers)
-    cluster.votes = cluster.start_votes()
-    cluster.start_gateway()
-    yield cluster
-    report = getattr(request.node, "report_call", None)
-    cluster.close(show_logs=report is None or report.failed)
+    yield from services_on(request, tmp_path, rabbit_config, sentinel_servers)
 
 
 def test_the_master_killed_mid_load_fails_over_and_counts_exactly(

@@ -6,6 +6,7 @@ import logging
 import pytest
 import redis
 from nameko.exceptions import ConfigurationError
+from redis.sentinel import MasterNotFoundError
 
 from services.platform import redis_nodes
 from services.platform.redis_nodes import (
@@ -303,3 +304,14 @@ def test_a_sentinel_master_is_named_by_its_service():
         assert redis_nodes.node_clients(client) == [("votes-main", client)]
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("exc, kind", [
+    (MasterNotFoundError("No master found for 'mymaster'"), "CONNECTION"),
+    (redis.ConnectionError("The previous master is now a slave"), "CONNECTION"),
+    (redis.exceptions.ReadOnlyError("You can't write against a read only replica."),
+     "READONLY"),
+    (NotReplicated("NOREPLICAS WAIT saw 0 of 1 replicas in 1000 ms"), "NOREPLICAS"),
+])
+def test_errors_of_a_sentinel_failover_are_retried_later(exc, kind):
+    assert store_error_kind(exc) == kind
