@@ -16,7 +16,7 @@ from services.platform.redis_nodes import (
     WriteRouter,
     parse_sentinel_uri,
 )
-from services.votes.dependencies import store_error_kind
+from services.votes.dependencies import read_limits, store_error_kind
 
 
 @pytest.mark.parametrize("uri, target", [
@@ -315,3 +315,17 @@ def test_a_sentinel_master_is_named_by_its_service():
 ])
 def test_errors_of_a_sentinel_failover_are_retried_later(exc, kind):
     assert store_error_kind(exc) == kind
+
+
+@pytest.mark.parametrize("value, read", [(None, "continue"), ("", "continue"),
+                                         ("continue", "continue"), ("hold", "hold")])
+def test_replica_loss_setting(value, read):
+    assert read_limits({"REDIS_REPLICA_LOSS": value}).replica_loss == read
+
+
+@pytest.mark.parametrize("value", ["wait", "HOLD", 1, True])
+def test_replica_loss_setting_refused(value):
+    with pytest.raises(ConfigurationError) as raised:
+        read_limits({"REDIS_REPLICA_LOSS": value})
+    assert str(raised.value) == (
+        "REDIS_REPLICA_LOSS must be continue or hold (got {!r})".format(value))
