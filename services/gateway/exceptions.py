@@ -59,14 +59,14 @@ class VoteByGetOff(Exception):
 
 
 class RateLimited(Exception):
-    """A vote request over a rate limit (services.gateway.rate_limits);
+    """A vote or read request over a rate limit (services.gateway.rate_limits);
     ``headers``: Retry-After and the IETF RateLimit headers (draft 7's
     separate fields)."""
 
     def __init__(self, rate, used, ttl_ms):
-        super().__init__("more than {} votes in {} s from this {}".format(
-            rate.limit, rate.seconds,
-            "client address" if rate.name == "address" else "voter"))
+        super().__init__("more than {} {} in {} s from this {}".format(
+            rate.limit, "reads" if rate.name == "read" else "votes", rate.seconds,
+            "voter" if rate.name == "voter" else "client address"))
         reset = str(max(1, math.ceil(ttl_ms / 1000)))
         self.headers = {
             "Retry-After": reset,
@@ -75,6 +75,11 @@ class RateLimited(Exception):
             "RateLimit-Reset": reset,
             "RateLimit-Policy": "{};w={}".format(rate.limit, rate.seconds),
         }
+
+
+class RateLimitsUnavailable(ServiceUnavailable):
+    """Redis is up but did not answer a rate limit check in time: that
+    request is refused (503), not let through unchecked."""
 
 
 # The gateway's answers: exception -> (status, error code), matched with

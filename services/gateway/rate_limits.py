@@ -13,11 +13,30 @@ The client address is the socket's peer, or, when that peer is one of
 TRUSTED_PROXIES, the nearest address in ``X-Forwarded-For`` that is not a
 trusted proxy. IPv6 clients are counted per /64, the block one host gets.
 
-If Redis does not answer, votes are let through (fail-open): a limit is a
-brake, not the guard of the counts. Each failure is counted in
-``gateway_rate_limit_errors_total`` and logged at most every 10 s; for a
-second after one, Redis is not asked, so an unreachable Redis costs no
-vote a timeout.
+A request's cost is bounded: with RATE_LIMIT_PER_VOTER set, one request
+may name at most RATE_LIMIT_MAX_VOTERS different voters (past that it is
+refused with 400 before any check), and one Redis call carries at most
+MAX_GROUP_KEYS limits. The limits of a request are checked in order,
+address first, and the check stops at the first that refuses it; a limit
+that refused is remembered here until its window ends, so that a client
+known to be over it is refused again without asking Redis.
+
+Only a Redis outage lets votes through (fail-open): a limit is a brake, not
+the guard of the counts. A connection refused or dropped is an outage; a
+call that is merely slow (a timeout, or a check queued behind others for
+longer than WAIT_TIMEOUT) is one only if Redis then does not answer a PING
+within SOCKET_TIMEOUT. Otherwise that request alone is refused with 503 and
+Retry-After, and the limit holds for everyone else. Each failure is
+counted in ``gateway_rate_limit_errors_total`` and logged at most every
+10 s; for a second after an outage, Redis is not asked, so an unreachable
+Redis costs no vote a timeout.
+
+Reads (GET /vote-counts and GET /posts/top) have a limit per client
+address of their own, RATE_LIMIT_READS_PER_ADDRESS (same form; on by
+default, 0 turns it off), counted in each gateway process's memory: a read
+costs no Redis call, and a client gets at most that many reads from each
+process. A page of /posts/top counts one read per TOP_POSTS_PER_READ posts
+asked for.
 
 Not the ``limits`` library: its fixed window counts refused hits too, its
 Redis storages build their own client from a URI (``redis+cluster://``
@@ -33,30 +52,43 @@ import re
 import time
 from collections import namedtuple
 
+import redis
+from eventlet.event import Event
 from nameko.exceptions import ConfigurationError
 from nameko.extensions import DependencyProvider
 from redis.cluster import RedisCluster
 
 from services import contracts
 from services.gateway import metrics
-from services.gateway.exceptions import RateLimited
+from services.gateway.exceptions import RateLimited, RateLimitsUnavailable
+from services.gateway.exceptions import ValidationError as InvalidRequest
 from services.platform import redis_nodes
-from services.platform.batching import Expired, GroupCommit
+from services.platform.batching import GroupCommit
 from services.platform.proxies import client_address, parse_networks
 from services.platform.proxies import parse_ip as _address
+from services.settings import number
 
 _log = logging.getLogger(__name__)
 
 PER_ADDRESS_CONFIG_KEY = "RATE_LIMIT_PER_ADDRESS"
 PER_VOTER_CONFIG_KEY = "RATE_LIMIT_PER_VOTER"
 TRUSTED_PROXIES_CONFIG_KEY = "TRUSTED_PROXIES"
+MAX_VOTERS_CONFIG_KEY = "RATE_LIMIT_MAX_VOTERS"
+DEFAULT_MAX_VOTERS = 100
+READS_CONFIG_KEY = "RATE_LIMIT_READS_PER_ADDRESS"
+DEFAULT_READS = "1000/second"
 REDIS_KEY = "votes"  # the entry of REDIS_URIS: the votes service's Redis
 PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 SOCKET_TIMEOUT = 0.5  # seconds: a Redis that hangs costs a vote this at most
-WAIT_TIMEOUT = 1.0    # seconds a check may wait for its group, then fail-open
-PAUSE_AFTER_ERROR = 1.0  # seconds Redis is not asked after a failure
+WAIT_TIMEOUT = 1.0    # seconds a check may wait for its answer
+ANSWERED_FOR = 1.0    # seconds a PING that was answered stands for
+PAUSE_AFTER_ERROR = 1.0  # seconds Redis is not asked after an outage
 LOG_INTERVAL = 10.0
-MAX_GROUP = 200       # checks per Redis call
+MAX_GROUP_KEYS = 4000  # limits (keys) per Redis call: its time stays short
+MAX_KNOWN = 10_000     # identities whose refusals this process keeps
+TOP_POSTS_PER_READ = 10  # /posts/top?limit=100 counts 10 reads
+MAX_READ_CLIENTS = 100_000  # read windows kept; the oldest goes first
+READ_CHARGED_ENVIRON_KEY = "gateway.read_charged"
 ADDRESS_CACHE = 4096  # parsed client addresses kept
 # An accepted check of an identity that has voted before in the window
 # also takes a lease on each such limit: up to LEASE_SHARE of what is left
@@ -72,12 +104,14 @@ MAX_LEASE = 50
 MAX_LEASES = 10_000  # identities whose leases this process keeps
 
 # ARGV[1]: [[[key index, limit, window ms, cost], ...], ...]: checks, each
-# all-or-nothing over its limits; ARGV[2], ARGV[3]: the share of a limit's
+# all-or-nothing over its limits, read in order up to the first that
+# refuses; ARGV[2], ARGV[3]: the share of a limit's
 # headroom leased with an accepted check (of a limit already used in its
 # window), and the most leased. Returns per
 # check: the position of the limit that refused it (0: accepted), that
 # limit's count, and the milliseconds left in its window; then, per limit,
-# the votes leased to the caller and the milliseconds its window has left.
+# the votes leased to the caller and the milliseconds its window has left
+# (0 for the limits after the one that refused).
 CHECK_SCRIPT = """
 local share, most = tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
@@ -90,8 +124,9 @@ for _, check in ipairs(cjson.decode(ARGV[1])) do
     local ttl = redis.call('PTTL', key)
     if ttl < 0 then count, ttl = 0, limit[3] end
     used[i], ttls[i] = count, ttl
-    if refused == 0 and count + limit[4] > limit[2] then
+    if count + limit[4] > limit[2] then
       refused, refused_used, refused_ttl = i, count, ttl
+      break
     end
   end
   out[#out + 1] = refused
@@ -110,15 +145,15 @@ for _, check in ipairs(cjson.decode(ARGV[1])) do
       end
     end
     out[#out + 1] = lease
-    out[#out + 1] = ttls[i]
+    out[#out + 1] = ttls[i] or 0
   end
 end
 return out
 """
 
 Rate = namedtuple("Rate", "name limit seconds")
-Rate.__doc__ = """``limit`` votes per ``seconds``; ``name`` is the
-setting's kind (address or voter), in keys and metrics."""
+Rate.__doc__ = """``limit`` votes (or reads) per ``seconds``; ``name`` is
+the setting's kind (address, voter or read), in keys and messages."""
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)?\s*(second|minute|hour|day)s?\s*$")
 
@@ -136,6 +171,16 @@ def parse_rate(name, key, text):
     return Rate(name, int(match.group(1)), seconds)
 
 
+def parse_reads(text):
+    """RATE_LIMIT_READS_PER_ADDRESS: DEFAULT_READS when unset or empty, None
+    (off) for 0."""
+    if text is None or str(text).strip() == "":
+        text = DEFAULT_READS
+    if str(text).strip() == "0":
+        return None
+    return parse_rate("read", READS_CONFIG_KEY, text)
+
+
 @functools.lru_cache(maxsize=ADDRESS_CACHE)
 def address_identity(address):
     """IPv6 addresses by their /64, the block one host gets."""
@@ -146,25 +191,32 @@ def address_identity(address):
 
 
 class RateLimits:
-    """Checks each vote request against the configured limits; raises
-    RateLimited over one."""
+    """Checks each vote request against the configured limits, and each
+    read against the read limit; raises RateLimited over one."""
 
-    def __init__(self, per_address, per_voter, trusted, submit):
+    def __init__(self, per_address, per_voter, trusted, submit,
+                 max_voters=DEFAULT_MAX_VOTERS, reads=None):
         self.per_address, self.per_voter = per_address, per_voter
         self.trusted = trusted
         self.submit = submit  # submit(check) -> (position, used, ttl_ms)
+        self.max_voters = max_voters
+        self.reads = None if reads is None else ReadWindows(reads)
 
     def check(self, environ, votes):
         limits = []  # (Rate, identity, cost)
-        if self.per_address is not None:
-            limits.append((self.per_address, address_identity(
-                client_address(environ, self.trusted)), len(votes)))
         if self.per_voter is not None:
             voters = {}
             for vote in votes:
                 if vote.voterId is not None:
                     voters[vote.voterId] = voters.get(vote.voterId, 0) + 1
-            limits += [(self.per_voter, voter, cost) for voter, cost in voters.items()]
+            if len(voters) > self.max_voters:
+                raise InvalidRequest(
+                    "votes: name at most {} different voterIds in one request".format(
+                        self.max_voters))
+            limits = [(self.per_voter, voter, cost) for voter, cost in voters.items()]
+        if self.per_address is not None:
+            limits.insert(0, (self.per_address, address_identity(
+                client_address(environ, self.trusted)), len(votes)))
         if not limits:
             return
         position, used, ttl_ms = self.submit(limits)
@@ -172,13 +224,54 @@ class RateLimits:
             rate = limits[position - 1][0]
             raise RateLimited(rate, used, ttl_ms)
 
+    def read(self, environ, cost=1):
+        """Count a read of ``cost`` against its client's read limit, once
+        per request (a read the inline path left to a worker is not
+        counted twice)."""
+        if self.reads is None or environ.get(READ_CHARGED_ENVIRON_KEY):
+            return
+        environ[READ_CHARGED_ENVIRON_KEY] = True
+        self.reads.take(address_identity(client_address(environ, self.trusted)), cost)
+
+
+class ReadWindows:
+    """A fixed window per client, in memory: ``rate.limit`` reads per
+    ``rate.seconds``, from the client's first read. At most ``most``
+    windows are kept, in the order they began, so the oldest (the first to
+    end) goes first."""
+
+    def __init__(self, rate, clock=time.monotonic, most=MAX_READ_CLIENTS):
+        self.rate = rate
+        self.clock = clock
+        self.most = most
+        self.windows = {}  # identity -> [reads, monotonic end]
+
+    def take(self, identity, cost):
+        now = self.clock()
+        window = self.windows.get(identity)
+        if window is None or window[1] <= now:
+            self.windows.pop(identity, None)
+            while self.windows and (len(self.windows) >= self.most
+                                    or next(iter(self.windows.values()))[1] <= now):
+                del self.windows[next(iter(self.windows))]
+            window = self.windows[identity] = [0, now + self.rate.seconds]
+        if window[0] + cost > self.rate.limit:
+            raise RateLimited(self.rate, window[0], (window[1] - now) * 1000)
+        window[0] += cost
+
+
+def top_read_cost(limit):
+    """What a page of ``limit`` posts of /posts/top counts."""
+    return -(-limit // TOP_POSTS_PER_READ)
+
 
 def _key(rate, identity):
     return contracts.rate_key(rate.name, rate.seconds, identity)
 
 
 class RateLimiter(DependencyProvider):
-    """Injects the configured RateLimits, or None when no limit is set.
+    """Injects the configured RateLimits (its checks do nothing when no
+    limit is set).
 
     On one Redis, the checks of concurrent requests go in one script call
     (services.platform.batching), each all-or-nothing. On a Redis Cluster,
@@ -192,21 +285,28 @@ class RateLimiter(DependencyProvider):
                                  config.get(PER_ADDRESS_CONFIG_KEY))
         per_voter = parse_rate("voter", PER_VOTER_CONFIG_KEY,
                                config.get(PER_VOTER_CONFIG_KEY))
+        max_voters = number(config, MAX_VOTERS_CONFIG_KEY, DEFAULT_MAX_VOTERS,
+                            1, 1000, integer=True)
+        reads = parse_reads(config.get(READS_CONFIG_KEY))
         trusted = parse_networks(config.get(TRUSTED_PROXIES_CONFIG_KEY))
-        self.limits = None
         self.client = None
+        self.group = None
+        self.limits = RateLimits(per_address, per_voter, trusted, self._submit,
+                                 max_voters, reads)
         if per_address is None and per_voter is None:
             return
         self.uri = config["REDIS_URIS"][REDIS_KEY]
         self.paused_until = 0.0
+        self.answered_until = 0.0  # a PING was answered: Redis is up
+        self.probing = None  # the Event of the PING in flight
         self.logged_at = 0.0
         self.leases = {}  # key -> [votes left, monotonic end of its window]
-        self.group = GroupCommit(self._flush, max_weight=MAX_GROUP,
+        self.refused = {}  # key -> [count when it refused, monotonic end of its window]
+        self.group = GroupCommit(self._flush, max_weight=MAX_GROUP_KEYS, weigh=len,
                                  max_wait=WAIT_TIMEOUT, deadline=WAIT_TIMEOUT)
-        self.limits = RateLimits(per_address, per_voter, trusted, self._submit)
 
     def start(self):
-        if self.limits is not None:
+        if self.group is not None:
             self.container.spawn_managed_thread(self.group.run)
 
     def stop(self):
@@ -231,8 +331,9 @@ class RateLimiter(DependencyProvider):
 
     def _submit(self, limits):
         """(position, used, ttl_ms) of the check; (0, 0, 0), and the error
-        counted and logged, when Redis does not answer. A check that this
-        process's leases cover takes from them and asks nothing."""
+        counted and logged, when Redis is out. A check that this process's
+        leases cover takes from them and asks nothing; one that a limit
+        known to be spent refuses is refused without asking."""
         now = time.monotonic()
         check = [(_key(rate, identity), rate, cost) for rate, identity, cost in limits]
         leases = [self.leases.get(key) for key, _, _ in check]
@@ -241,23 +342,67 @@ class RateLimiter(DependencyProvider):
             for lease, (_, _, cost) in zip(leases, check, strict=True):
                 lease[0] -= cost
             return 0, 0, 0
+        for position, (key, rate, cost) in enumerate(check, 1):
+            known = self.refused.get(key)
+            # the count only grows until its window ends
+            if known is not None and known[1] > now and known[0] + cost > rate.limit:
+                return position, known[0], (known[1] - now) * 1000
         if now < self.paused_until:
             metrics.rate_limit_errors.inc()
             return 0, 0, 0
         try:
             return self.group.submit(check)
         except Exception as exc:
-            self._failed(exc)
-            return 0, 0, 0
+            return self._failed(exc)
 
     def _failed(self, exc):
+        """(0, 0, 0) for a Redis that is out; raises RateLimitsUnavailable
+        for one that is up but did not answer this check in time."""
         metrics.rate_limit_errors.inc()
+        outage = self._outage(exc)
         now = time.monotonic()
-        if not isinstance(exc, Expired):
+        if outage:
             self.paused_until = now + PAUSE_AFTER_ERROR
         if now - self.logged_at >= LOG_INTERVAL:
             self.logged_at = now
-            _log.warning("rate limits not checked, votes let through: %r", exc)
+            _log.warning("rate limits not checked, %s: %r",
+                         "votes let through (Redis is out)" if outage
+                         else "a vote refused with 503 (Redis is slow)", exc)
+        if not outage:
+            raise RateLimitsUnavailable(
+                "the rate limits could not be checked in time; try again")
+        return 0, 0, 0
+
+    def _outage(self, exc):
+        """Whether Redis is out: the connection refused or dropped, or, after
+        any other failure (a timeout, a check that waited too long), no
+        answer to a PING."""
+        if isinstance(exc, redis.ConnectionError):
+            return True
+        return not self._answers_ping()
+
+    def _answers_ping(self):
+        """One PING at a time: the checks that fail meanwhile wait for its
+        answer, which then stands for ANSWERED_FOR seconds."""
+        if time.monotonic() < self.answered_until:
+            return True
+        if self.probing is not None:
+            return self.probing.wait()
+        self.probing = Event()
+        answered = False
+        try:
+            self._connect().ping()
+            answered = True
+        except redis.ResponseError:  # BUSY and the like: it is there
+            answered = True
+        except Exception:
+            pass
+        finally:
+            if answered:
+                self.answered_until = time.monotonic() + ANSWERED_FOR
+            probing, self.probing = self.probing, None
+            probing.send(answered)
+        return answered
 
     def _flush(self, checks):
         self._connect()
@@ -271,6 +416,9 @@ class RateLimiter(DependencyProvider):
         results, at = [], 0
         for check in checks:
             results.append(tuple(replies[at:at + 3]))
+            if replies[at]:
+                self._refused(check[replies[at] - 1][0], replies[at + 1],
+                              replies[at + 2], sent)
             at += 3
             for key, _, _ in check:
                 self._leased(key, replies[at], replies[at + 1], sent)
@@ -290,15 +438,26 @@ class RateLimiter(DependencyProvider):
             lease = [0, 0.0]
         lease[0] += votes
         lease[1] = sent + ttl_ms / 1000
-        if len(self.leases) >= MAX_LEASES:  # the oldest goes, unspent
-            del self.leases[next(iter(self.leases))]
-        self.leases[key] = lease
+        _keep(self.leases, key, lease, MAX_LEASES)  # the oldest goes, unspent
+
+    def _refused(self, key, used, ttl_ms, sent):
+        """Remember a limit that refused a check, until its window ends."""
+        self.refused.pop(key, None)
+        _keep(self.refused, key, [used, sent + ttl_ms / 1000], MAX_KNOWN)
 
     def _run_apart(self, check):
         for position, (key, rate, cost) in enumerate(check, 1):
             sent = time.monotonic()
             got = self._call([key], [[[1, rate.limit, rate.seconds * 1000, cost]]])
             if got[0]:
+                self._refused(key, got[1], got[2], sent)
                 return position, got[1], got[2]
             self._leased(key, got[3], got[4], sent)
         return 0, 0, 0
+
+
+def _keep(table, key, entry, most):
+    """table[key] = entry, the oldest entry dropped when ``most`` are kept."""
+    if len(table) >= most:
+        del table[next(iter(table))]
+    table[key] = entry

@@ -13,15 +13,22 @@ from services.gateway.exceptions import (
     ERRORS,
     IdempotencyKeyReused,
     PostNotFound,
+    RateLimited,
     VoteByGetOff,
 )
 from services.gateway.live import Closed, LiveCounts
 from services.gateway.operator import ADDRESS_CONFIG_KEY, OperatorGate
 from services.gateway.policy import VotePolicyProvider
-from services.gateway.rate_limits import RateLimiter
+from services.gateway.rate_limits import RateLimiter, top_read_cost
 from services.gateway.tokens import VoterTokenChecker
 from services.platform.container import Waiting
-from services.platform.web import event_stream, json_http, json_response, sse_event
+from services.platform.web import (
+    event_stream,
+    json_http,
+    json_response,
+    response_for_exception,
+    sse_event,
+)
 
 OPENAPI_PATH = os.path.join(os.path.dirname(__file__), "openapi.json")
 with open(OPENAPI_PATH, "rb") as _spec:
@@ -77,6 +84,10 @@ def counts_from_copy(providers, request):
     match = _PLAIN_READ.fullmatch(request.environ.get("QUERY_STRING", ""))
     if match is None:
         return None
+    try:
+        providers["rate_limits"].limits.read(request.environ)
+    except RateLimited as exc:
+        return response_for_exception(exc, ERRORS)
     cache = providers["live"].cache
     post_id = match.group(1)
     counts = cache.held(post_id) if cache.enabled else None
@@ -179,6 +190,7 @@ class GatewayService:
 
     @http("GET", "/vote-counts", inline=counts_from_copy)
     def vote_counts(self, request):
+        self.rate_limits.read(request.environ)
         query = schemas.counts_query(request.args)
         self.voter_tokens.check_voter(request.environ, query.voterId)
         cache = self.live.cache
@@ -200,6 +212,7 @@ class GatewayService:
     @http("GET", "/posts/top")
     def top(self, request):
         limit = schemas.top_query(request.args)
+        self.rate_limits.read(request.environ, top_read_cost(limit))
         page = schemas.page_query(request.args)
         if page is None:  # as before rankings: no sort, no cursor, no next
             return json_response(200, {"posts": self.votes_rpc.top(limit)})

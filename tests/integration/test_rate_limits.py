@@ -3,12 +3,26 @@ headers, no 429 changes a count, X-Forwarded-For trusted only from a
 trusted proxy, one count shared by two gateway processes, and votes let
 through when Redis does not answer. The tests marked ``stores`` run on one
 Redis and on a Redis Cluster."""
+import collections
+import itertools
+import json
+import signal
+
 import eventlet
 import pytest
+import redis
 import requests
 
 from harness import rabbit
-from harness.process import GATEWAY, START_TIMEOUT, Process, free_port, write_config
+from harness.process import (
+    GATEWAY,
+    START_TIMEOUT,
+    Process,
+    free_port,
+    wait_until,
+    write_config,
+)
+from harness.redis_server import RedisServer
 from services import contracts
 from services.gateway.service import GatewayService
 from services.votes.service import VotesService
@@ -235,3 +249,188 @@ def test_two_gateway_processes_share_one_limit(
     finally:
         for gateway in gateways:
             gateway.stop()
+
+
+FLOODERS = 120
+
+
+@pytest.fixture
+def gateway_process(config, redis_uri, tmp_path):
+    """start(settings, redis_uri=...) -> a gateway `nameko run` process on
+    the test's vhost, stopped at the end."""
+    started = []
+
+    def start(settings, uri=redis_uri):
+        port = free_port()
+        path = write_config(tmp_path / "gateway.yml", config["AMQP_URI"], uri, port,
+                            settings=settings)
+        gateway = Process.nameko("gateway", GATEWAY, path, tmp_path / "gateway.log",
+                                 port=port).start()
+        started.append(gateway)
+        gateway.wait_http("/health", START_TIMEOUT)
+        gateway.session = WebSession("http://127.0.0.1:{}/".format(port))
+        return gateway
+    yield start
+    for gateway in started:
+        gateway.stop()
+
+
+def batch(voters, fill=None):
+    """A batch of one vote per voter (``fill`` votes, when more, by the last)."""
+    votes = [{"postId": "f", "score": 1, "voterId": "v{}".format(n)} for n in range(voters)]
+    votes += [votes[-1]] * ((fill or voters) - voters)
+    return {"votes": votes}
+
+
+TOO_MANY_VOTERS = {"error": "VALIDATION_ERROR",
+                   "message": "votes: name at most 100 different voterIds in one request"}
+LIMITS_UNAVAILABLE = {"error": "SERVICE_UNAVAILABLE",
+                      "message": "the rate limits could not be checked in time; try again"}
+
+
+def test_a_flood_of_many_voter_batches_does_not_open_the_limits(
+        gateway_process, rabbit_config, redis_client):
+    """Batches naming 1,000 voters each, sent from ever new addresses as
+    fast as 120 clients can, while clients already over their limit (in
+    Redis: as another gateway process counted them) keep voting: none of
+    it is let through. Before, each refused batch cost Redis its 1,001
+    keys, the limiter's calls timed out and it let every vote through."""
+    gateway = gateway_process({"RATE_LIMIT_PER_ADDRESS": "5/hour",
+                               "RATE_LIMIT_PER_VOTER": "1000/hour",
+                               "TRUSTED_PROXIES": "127.0.0.1",
+                               "RATE_LIMIT_READS_PER_ADDRESS": 0})
+    url = gateway.session.base_url
+    victims = ["203.0.113.{}".format(n) for n in range(1, 41)]
+    for victim in victims:
+        redis_client.set(contracts.rate_key("address", 3600, victim), 5, px=3600 * 1000)
+    flooding = [True]
+    answers = collections.Counter()
+    addresses = itertools.count()
+
+    # most name 1,000 voters; some 100 (as many as may be named), from
+    # fresh addresses over their limit of 5 at once
+    bodies = [json.dumps(batch(100)).encode(), json.dumps(batch(1000)).encode()]
+
+    def flood(n):
+        session = requests.Session()
+        while flooding[0]:
+            address = next(addresses)
+            many = int(n % 6 != 0)
+            response = session.post(url + "votes", data=bodies[many], timeout=30, headers={
+                "Content-Type": "application/json",
+                "X-Forwarded-For": "198.18.{}.{}".format(address // 250, address % 250)})
+            answers[many, response.status_code, response.text] += 1
+        session.close()
+
+    pool = eventlet.GreenPool(FLOODERS)
+    for n in range(FLOODERS):
+        pool.spawn(flood, n)
+    try:
+        wait_until(lambda: sum(answers.values()) >= FLOODERS, 60, "the flood to start")
+        refused = collections.Counter()
+        for victim in victims:
+            response = gateway.session.get("/vote?postId=v&score=1",
+                                           headers={"X-Forwarded-For": victim})
+            if response.status_code == 429:
+                assert_limited(response, ADDRESS_LIMITED_5, 5, 3600)
+            refused[response.status_code, response.text] += 1
+            if sum(refused.values()) >= 8 and sum(answers.values()) >= 800:
+                break
+    finally:
+        flooding[0] = False
+        pool.waitall()
+    # nothing let through: no vote queued, no victim's count changed
+    assert [status for _, status, _ in answers if status == 202] == []
+    assert [status for status, _ in refused if status == 202] == []
+    assert rabbit.queue_messages(rabbit_config["vhost"], contracts.VOTES_QUEUE) == 0
+    for victim in victims:
+        assert redis_client.get(contracts.rate_key("address", 3600, victim)) == "5"
+    # each victim refused by its limit, or with a 503 while the limiter was
+    # slow to answer (the gateway's CPU spent on the flood), never let in
+    assert set(refused) <= {(429, json.dumps(ADDRESS_LIMITED_5, separators=(",", ":"))),
+                            (503, json.dumps(LIMITS_UNAVAILABLE, separators=(",", ":")))}
+    # the flood: 1,000 voters refused at once, before any check; the
+    # 100-vote batches by their fresh address's limit of 5 (or a 503)
+    assert {(many, status, text) for many, status, text in answers if many} == {
+        (1, 400, json.dumps(TOO_MANY_VOTERS, separators=(",", ":")))}
+    assert {(status, json.loads(text)["error"]) for many, status, text in answers
+            if not many} <= {(429, "RATE_LIMITED"), (503, "SERVICE_UNAVAILABLE")}
+
+
+ADDRESS_LIMITED_5 = {
+    "error": "RATE_LIMITED",
+    "message": "more than 5 votes in 3600 s from this client address",
+}
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A redis-server of the test's own, which answers BUSY to others once
+    a script has run for 100 ms."""
+    server = RedisServer(tmp_path, "--busy-reply-threshold", "100")
+    server.start()
+    yield server
+    server.process.signal(signal.SIGCONT)
+    server.kill()
+
+
+def test_a_busy_redis_refuses_the_vote_and_lets_nothing_through(
+        gateway_process, private_redis):
+    """Redis up but not answering the check (here: BUSY, a script running
+    on): that vote is refused with 503 and Retry-After, the limit holds.
+    Before, any failure let every vote through for a second."""
+    gateway = gateway_process({"RATE_LIMIT_PER_ADDRESS": "5/hour"}, private_redis.uri)
+    session = gateway.session
+    assert session.get("/vote?postId=b&score=1").status_code == 202
+    blocker = redis.Redis.from_url(private_redis.uri)  # no timeout: it waits for the script
+    running = eventlet.spawn(blocker.eval, "while true do end", 0)
+
+    def busy():
+        try:
+            private_redis.client().ping()
+        except redis.ResponseError as exc:
+            return str(exc).startswith("BUSY")
+        return False
+    wait_until(busy, 10, "Redis to answer BUSY", interval=0.05)
+    try:
+        for _ in range(3):
+            response = session.get("/vote?postId=b&score=1")
+            assert (response.status_code, response.json()) == (503, LIMITS_UNAVAILABLE)
+            assert response.headers["Retry-After"] == "1"
+    finally:
+        private_redis.client().script_kill()
+        with pytest.raises(redis.ResponseError):
+            running.wait()
+    # the refused votes took nothing: four more, then the limit
+    for _ in range(4):
+        assert session.get("/vote?postId=b&score=1").status_code == 202
+    assert_limited(session.get("/vote?postId=b&score=1"), ADDRESS_LIMITED_5, 5, 3600)
+
+
+def test_a_frozen_redis_is_an_outage_and_votes_go_through(gateway_process, private_redis):
+    """No answer at all, not even to a PING (the server stopped): the
+    limiter fails open, as when Redis refuses connections; a client this
+    process saw refused is still refused until its window ends."""
+    gateway = gateway_process({"RATE_LIMIT_PER_ADDRESS": "2/hour",
+                               "TRUSTED_PROXIES": "127.0.0.1"}, private_redis.uri)
+
+    def vote(client):
+        return gateway.session.get("/vote?postId=z&score=1",
+                                   headers={"X-Forwarded-For": client})
+    for _ in range(2):
+        assert vote("198.51.100.1").status_code == 202
+    assert_limited(vote("198.51.100.1"), ADDRESS_LIMITED_2, 2, 3600)
+    private_redis.process.signal(signal.SIGSTOP)
+    try:
+        assert_limited(vote("198.51.100.1"), ADDRESS_LIMITED_2, 2, 3600)
+        for _ in range(3):
+            response = vote("198.51.100.2")
+            assert (response.status_code, response.json()["success"]) == (202, True)
+    finally:
+        private_redis.process.signal(signal.SIGCONT)
+
+
+ADDRESS_LIMITED_2 = {
+    "error": "RATE_LIMITED",
+    "message": "more than 2 votes in 3600 s from this client address",
+}
