@@ -29,6 +29,11 @@ REDIS_OPTIONS = ("--appendonly", "yes", "--appendfsync", "everysec",
                  "--latency-monitor-threshold", "10", "--slowlog-log-slower-than", "10000")
 
 
+# wrk is one client address standing for many clients: the read limit per
+# client address would measure itself, not the services
+BENCH_SETTINGS = {"RATE_LIMIT_READS_PER_ADDRESS": 0}
+
+
 class SetupError(Exception):
     pass
 
@@ -116,7 +121,7 @@ class Environment:
         return write_config(self.tmp / (name + ".yml"), self.amqp_uris[name],
                             self.redis_uri, port, base=self.config_path,
                             log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-                            settings=settings)
+                            settings={**BENCH_SETTINGS, **(settings or {})})
 
     def restart_service(self, name, **settings):
         """Stop the service and start it again, on the same port, with
