@@ -665,6 +665,8 @@ def test_redis_sentinel_and_replication_info():
         "self", "service_name", "redis_class"]
     assert "for sentinel in self.sentinels:" in source(redis.sentinel.Sentinel.close)
     assert "are not closed here" in source(redis.sentinel.Sentinel.close)
+    # no master during a failover: a connection error, retried by the store
+    assert issubclass(redis.sentinel.MasterNotFoundError, redis.ConnectionError)
     info = redis._parsers.helpers.parse_info(
         "# Replication\r\nrole:master\r\nconnected_slaves:1\r\n"
         "slave0:ip=127.0.0.1,port=6380,state=online,offset=1,lag=0\r\n")
