@@ -173,3 +173,26 @@ def test_top_limit_refused(value):
     with pytest.raises(ValidationError) as error:
         schemas.top_query(MultiDict({"limit": value}))
     assert str(error.value) == "limit: must be an integer from 1 to 100"
+
+
+@pytest.mark.parametrize("bad", ["1\n2", "12\n", "\n12", "1\r\n2", "1\x002", "1\u20282",
+                                 "١٢", "a" * 65, ""])
+def test_an_id_with_a_newline_or_any_other_foreign_character_is_refused_everywhere(bad):
+    """The gateway's readers of an id follow rules.ID_PATTERN through
+    pydantic, whose "$" is the end of the text (not before a final newline)."""
+    readers = [
+        ("postId", lambda: schemas.vote_from_query(MultiDict({"postId": bad, "score": "1"}))),
+        ("voterId", lambda: schemas.vote_from_query(MultiDict({"postId": "1", "score": "0",
+                                                              "voterId": bad}))),
+        ("postId", lambda: schemas.vote_from_json({"postId": bad, "score": 1})),
+        ("votes[1].postId", lambda: schemas.batch_from_json(
+            {"votes": [{"postId": "1", "score": 1}, {"postId": bad, "score": 1}]})),
+        ("postId", lambda: schemas.counts_query(MultiDict({"postId": bad}))),
+        ("voterId", lambda: schemas.counts_query(MultiDict({"postId": "1", "voterId": bad}))),
+        ("postId", lambda: schemas.post_id(bad)),
+        ("postId", lambda: schemas.stream_query(MultiDict([("postId", "1"), ("postId", bad)]))),
+    ]
+    for field, read in readers:
+        with pytest.raises(ValidationError) as refused:
+            read()
+        assert str(refused.value) == "{}: {}".format(field, ID_RULE)
