@@ -36,8 +36,8 @@ idempotent_replays = Counter(
     "key, without a publish.")
 rate_limit_errors = Counter(
     "gateway_rate_limit_errors_total",
-    "Vote requests let through unchecked because Redis did not answer the "
-    "rate limiter (fail-open).")
+    "Vote requests whose rate limit check Redis did not answer: let through "
+    "unchecked while Redis is out (fail-open), else refused with 503.")
 read_cache = Counter(
     "gateway_read_cache_total",
     "GET /vote-counts reads without a voterId, by result: hit (answered from "
