@@ -59,6 +59,13 @@ def test_the_master_killed_mid_load_fails_over_and_counts_exactly(
     assert new in sentinel_servers.ports[1:]
     check(services, load, "sentinel")
     assert services.votes.alive
+    # writes met the failover, and were retried, none dead-lettered
+    samples = services.metrics(services.votes)
+    errors = {labels[0][1]: value for (name, labels), value in samples.items()
+              if name == "votes_store_errors_total"}
+    print("[sentinel] store errors met {}".format(errors))
+    assert sum(errors.values()) > 0 and errors.get("OTHER", 0) == 0
+    assert samples.get(("votes_dead_lettered_total", ()), 0) == 0
     # the other replica follows the new master, and writes wait for it
     sentinel_servers.wait_replicated(new, 1)
     wait_until(lambda: ready_checks(services)["durability"] == "replicated", 10,
