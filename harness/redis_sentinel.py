@@ -10,7 +10,7 @@ from services.platform.redis_nodes import replicas_in_sync
 
 SERVICE = "mymaster"
 QUORUM = 2
-DOWN_AFTER_MS = 1000     # a master that does not answer for this is down
+DOWN_AFTER_MS = 2000     # a master that does not answer for this is down
 FAILOVER_TIMEOUT_MS = 5000
 FAILOVER_TIMEOUT = 60    # seconds: a replica promoted and the sentinels agree
 
