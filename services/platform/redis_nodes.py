@@ -303,6 +303,8 @@ class WriteRouter:
         now = time.monotonic()
         if known is not None and not again and now - known.looked < REPLICA_LOOK:
             return known.in_sync
+        if known is not None:  # the next look in a second, even if this one fails
+            self.replicas[name] = known._replace(looked=now)
         role, in_sync = replicas_in_sync(node)
         known = self.replicas.get(name)  # another green thread may have looked
         if role != "master":  # demoted: its writes are refused anyway

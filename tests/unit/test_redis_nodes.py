@@ -2,6 +2,7 @@
 durability rule of WriteRouter (how many replicas a write waits for) over
 a stand-in for one Redis server."""
 import logging
+from types import SimpleNamespace
 
 import pytest
 import redis
@@ -329,3 +330,23 @@ def test_replica_loss_setting_refused(value):
         read_limits({"REDIS_REPLICA_LOSS": value})
     assert str(raised.value) == (
         "REDIS_REPLICA_LOSS must be continue or hold (got {!r})".format(value))
+
+
+def test_a_master_that_does_not_answer_is_asked_at_most_once_a_second(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(redis_nodes, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    server, seen = Server(in_sync=1), Seen()
+    router = seen.router(server, min_replicas=None)
+    assert router.durability() == (1, {})
+    server.info = lambda section: (_ for _ in ()).throw(
+        redis.ConnectionError("Timeout connecting to server"))
+    now[0] += redis_nodes.REPLICA_LOOK
+    for _ in range(5):  # /ready asking while the master is gone
+        assert router.durability() == (1, {})  # what was known is kept
+    calls = []
+    server.info = lambda section: calls.append(section) or {"role": "master"}
+    assert router.durability() == (1, {})
+    assert calls == []
+    now[0] += redis_nodes.REPLICA_LOOK
+    assert router.durability() == (1, {"single": 0})
+    assert calls == ["replication"]
