@@ -30,13 +30,13 @@ import uuid
 
 import eventlet
 from eventlet.event import Event
-from kombu import Connection, Consumer, Exchange, Queue
+from kombu import Exchange, Queue
 from nameko.constants import AMQP_URI_CONFIG_KEY, HEARTBEAT_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 
 from services import contracts
 from services.gateway.read_cache import CountsCache
-from services.platform import brokers
+from services.platform.amqp_layer import ConsumeLoop
 from services.platform.web import sse_event
 
 _log = logging.getLogger(__name__)
@@ -44,8 +44,6 @@ _log = logging.getLogger(__name__)
 MAX_POSTS = 100        # posts one subscriber may follow
 MAX_TOP = 100          # the largest top N
 QUEUE_MAX_LENGTH = 10000   # announcements the broker keeps for a slow process
-RECONNECT_INTERVAL = 1.0
-DRAIN_TIMEOUT = 1.0    # seconds between looks at the heartbeat and at stop
 
 COUNTS = "counts"
 TOP = "top"
@@ -242,10 +240,8 @@ class LiveCounts(DependencyProvider):
     def __init__(self):
         self.fanout = Fanout()
         self.identifier = uuid.uuid4().hex
-        self.connected = False
+        self.loop = None
         self._thread = None
-        self._running = False
-        self._quiet = brokers.Quiet()  # since the last announcement
 
     # the subscriber API
     def subscribe(self, post_ids=(), top_n=0, top=None):
@@ -253,6 +249,11 @@ class LiveCounts(DependencyProvider):
 
     def unsubscribe(self, subscription):
         self.fanout.unsubscribe(subscription)
+
+    @property
+    def connected(self):
+        """Consuming the announcements now."""
+        return self.loop is not None and self.loop.consuming
 
     @property
     def last_id(self):
@@ -275,14 +276,23 @@ class LiveCounts(DependencyProvider):
             # a process that cannot keep up loses the oldest, not memory
             queue_arguments={"x-max-length": QUEUE_MAX_LENGTH,
                              "x-overflow": "drop-head"})
+        self.loop = self.feed_loop()
+
+    def feed_loop(self):
+        """The consumer of the announcements, watched for stalls
+        (amqp_layer.ConsumeLoop)."""
+        return ConsumeLoop(
+            self.amqp_uri, self.queue, self._on_message, heartbeat=self.heartbeat,
+            label="evt-votes-counts_changed--gateway.live_counts",
+            what="live counts consumer", on_consuming=self._consuming)
 
     def start(self):
-        self._running = True
-        self._thread = self.container.spawn_managed_thread(
-            self._consume, identifier="live_counts")
+        self._thread = self.loop.start(functools.partial(
+            self.container.spawn_managed_thread, identifier="live_counts"))
 
     def stop(self):
-        self._running = False
+        if self.loop is not None:
+            self.loop.stop()
         self.fanout.close_all()
         if self._thread is not None:
             self._thread.kill()
@@ -294,54 +304,14 @@ class LiveCounts(DependencyProvider):
     def get_dependency(self, worker_ctx):
         return self
 
+    def _consuming(self):
+        # announcements may have been missed while away
+        self.cache.clear()
+        _log.info("live counts: consuming %s", self.queue.name)
+
     def _on_message(self, body, message):
-        self._quiet.heard()
         try:
             if isinstance(body, dict):
                 self.cache.announced(self.fanout.announce(body), body.get("at"))
         except Exception:
             _log.exception("could not fan out a counts_changed event")
-
-    def _consume(self):
-        while self._running:
-            try:
-                with Connection(self.amqp_uri, connect_timeout=2,
-                                heartbeat=self.heartbeat) as connection:
-                    brokers.connect(connection)  # any node of AMQP_URI
-                    with Consumer(connection, queues=[self.queue],
-                                  callbacks=[self._on_message], no_ack=True,
-                                  accept=["json"]):
-                        self.connected = True
-                        # announcements may have been missed while away
-                        self.cache.clear()
-                        _log.info("live counts: consuming %s", self.queue.name)
-                        self._drain(connection)
-            except Exception as exc:
-                if self._running:
-                    _log.warning("live counts: broker lost (%r), retrying", exc)
-            finally:
-                self.connected = False
-            if self._running:
-                eventlet.sleep(RECONNECT_INTERVAL)
-
-    def _drain(self, connection):
-        self._quiet = brokers.Quiet()
-        while self._running:
-            try:
-                connection.drain_events(timeout=DRAIN_TIMEOUT)
-            except TimeoutError:
-                pass
-            connection.heartbeat_check()
-            self._check_served(connection.default_channel)
-
-    def _check_served(self, channel):
-        """After STALL_AFTER seconds without an announcement: raise if the
-        broker is not serving this consumer (brokers.unserved), so that it
-        consumes anew."""
-        if not self._quiet.due():
-            return
-        reason = brokers.unserved(channel, self.queue.name, brokers.STALL_AFTER,
-                                  brokers.STALL_ANSWER_TIMEOUT,
-                                  label="evt-votes-counts_changed--gateway.live_counts")
-        if reason is not None:
-            raise ConnectionError("live counts consumer not served: " + reason)

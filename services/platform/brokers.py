@@ -19,7 +19,7 @@ their queues when they start, so that a mismatch stops them at once with
 that message instead of retrying for ever.
 
 ``unserved()`` tells a consumer the broker has stopped serving (see
-services.platform.events, STALL_AFTER).
+services.platform.consumers and services.platform.amqp_layer, STALL_AFTER).
 """
 import copy
 import logging
@@ -136,7 +136,7 @@ class Quiet:
     broker whether it still serves the consumer (unserved()). The votes
     service's consumers keep their own per-queue times, which also wait for
     a free prefetch slot, with one look for all queues per turn of their
-    loop (services.platform.events)."""
+    loop (services.platform.consumers)."""
 
     def __init__(self):
         self.since = time.monotonic()

@@ -3,92 +3,31 @@
 nameko's ``EventDispatcher`` publishes on a pooled connection with kombu's
 retry policy: a worker may wait as long as the broker takes to come back,
 and publishes are neither mandatory nor grouped. ConfirmedPublisher keeps
-one long-lived connection per round trip in flight, groups concurrent
-callers into one message (services.platform.batching), and answers within a
-fixed deadline: confirmed, or an error.
+one Link (services.platform.amqp_layer) per round trip in flight, groups
+concurrent callers into one message (services.platform.batching), and
+answers within a fixed deadline: confirmed, or an error.
 """
 import logging
 import time
 from functools import partial
 
 import eventlet
-from eventlet.semaphore import Semaphore
-from kombu import Connection, Producer, Queue
+from kombu import Queue
 from kombu.exceptions import ChannelError
-from nameko.constants import (
-    AMQP_URI_CONFIG_KEY,
-    DEFAULT_MAX_WORKERS,
-    MAX_WORKERS_CONFIG_KEY,
-)
+from nameko.constants import DEFAULT_MAX_WORKERS, MAX_WORKERS_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 from nameko.standalone.events import get_event_exchange
 
 from services.platform import brokers
+from services.platform.amqp_layer import Link
 from services.platform.batching import Expired, GroupCommit
 from services.settings import number
 
 _log = logging.getLogger(__name__)
 
-RECONNECT_PAUSE = 0.5  # after a failed connect, fail fast for this long
 # a caller waits in the group queue at most this share of the deadline, and
 # the round trip takes at most the rest
 QUEUED_SHARE = 0.4
-
-
-class Link:
-    """One AMQP connection, made on demand; hold ``lock`` to use it, since
-    frames of two threads must not interleave on one socket. kombu's own
-    ``Connection`` would reconnect inside a publish with its retry policy,
-    past any deadline; this one fails at once and reconnects on next use,
-    to the first node of ``amqp_uri`` that answers (brokers.connect).
-    ``queue_type`` (the configured one) is named in a QueueTypeMismatch
-    raised if a queue of ``declare`` exists as another type."""
-
-    def __init__(self, amqp_uri, declare=(), confirms=False, queue_type=None):
-        self.lock = Semaphore()
-        self.amqp_uri = amqp_uri
-        self.declare = declare
-        self.confirms = confirms
-        self.queue_type = queue_type
-        self.connection = None
-        self.producer = None
-        self._failed_at = 0.0
-
-    def get_producer(self):
-        """The producer, connecting first if needed; raises on failure."""
-        if self.producer is not None:
-            return self.producer
-        if time.monotonic() - self._failed_at < RECONNECT_PAUSE:
-            raise ConnectionError("broker unreachable a moment ago")
-        connection = Connection(
-            # no heartbeat: nothing reads this connection between publishes;
-            # a dead one fails the next publish, which reconnects once
-            self.amqp_uri, connect_timeout=2, heartbeat=0,
-            transport_options={"confirm_publish": self.confirms},
-        )
-        try:
-            brokers.connect(connection)
-            channel = connection.channel()
-            brokers.declare(self.declare, channel, self.queue_type)
-        except BaseException:
-            self._failed_at = time.monotonic()
-            close_quietly(connection)
-            raise
-        self.connection = connection
-        self.producer = Producer(channel)
-        return self.producer
-
-    def reset(self):
-        close_quietly(self.connection)
-        self.connection = self.producer = None
-
-
-def close_quietly(connection):
-    if connection is not None:
-        try:
-            connection.close()
-        except Exception:  # already broken: nothing to release
-            pass
 
 
 class ConfirmedPublisher(DependencyProvider):
@@ -138,7 +77,7 @@ class ConfirmedPublisher(DependencyProvider):
                 durable=True, auto_delete=False, exclusive=False,
                 queue_arguments=brokers.queue_arguments(config)))
         self.connections = [
-            Link(config[AMQP_URI_CONFIG_KEY], declare=declare, confirms=True,
+            Link(config, declare=declare, confirms=True,
                  queue_type=brokers.queue_type(config))
             for _ in range(self.links)
         ]
@@ -204,21 +143,16 @@ class ConfirmedPublisher(DependencyProvider):
             was_open = link.producer is not None
             left = deadline - time.monotonic()
             try:
-                with eventlet.Timeout(left):
-                    link.get_producer().publish(
-                        body, exchange=self.exchange, routing_key=self.routing_key,
-                        serializer="json", delivery_mode=self.delivery_mode,
-                        mandatory=True,
-                        retry=False, confirm_timeout=left,
-                    )
+                link.publish(body, exchange=self.exchange,
+                             routing_key=self.routing_key, timeout=left,
+                             delivery_mode=self.delivery_mode, mandatory=True)
                 return [None] * groups
             except (ChannelError, brokers.QueueTypeMismatch) as exc:
-                link.reset()
                 _log.error("%s publish refused: %s", self.routing_key, exc)
                 raise self.unavailable(
                     "RabbitMQ refused {}".format(self.what)) from exc
             except (Exception, eventlet.Timeout) as exc:
-                link.reset()
+                # the link is closed already: the retry reconnects
                 if not was_open or attempt == 2 or time.monotonic() >= deadline:
                     _log.warning("%s publish failed: %r", self.routing_key, exc)
                     raise self.unavailable("RabbitMQ is unavailable") from None

@@ -5,17 +5,17 @@ timeout in nameko 2), sends one request per call, and starts its reply
 consumer inside the container's QueueConsumer, whose reconnects are
 kombu's. RpcClient speaks the same wire protocol (requests to nameko's RPC
 exchange with ``reply_to`` and ``correlation_id``, JSON ``{"args",
-"kwargs"}`` in, ``{"result", "error"}`` out) on connections of its own,
-fails every call within its timeout, drops requests nobody took in time
-(per-message expiry), and can group concurrent calls of one method into
-one request (services.platform.batching).
+"kwargs"}`` in, ``{"result", "error"}`` out) on a Link and a ConsumeLoop
+of its own (services.platform.amqp_layer), fails every call within its
+timeout, drops requests nobody took in time (per-message expiry), and can
+group concurrent calls of one method into one request
+(services.platform.batching).
 """
 import logging
-import socket
 import uuid
 
 import eventlet
-from kombu import Connection, Consumer, Queue
+from kombu import Queue
 from nameko.constants import (
     AMQP_URI_CONFIG_KEY,
     DEFAULT_HEARTBEAT,
@@ -24,15 +24,12 @@ from nameko.constants import (
 from nameko.extensions import DependencyProvider
 from nameko.rpc import get_rpc_exchange
 
-from services.platform import brokers
+from services.platform.amqp_layer import ConsumeLoop, Link
 from services.platform.batching import Expired, GroupCommit
-from services.platform.container import RABBITMQ, done_waiting, waiting_for
-from services.platform.publisher import QUEUED_SHARE, Link, close_quietly
+from services.platform.publisher import QUEUED_SHARE
 from services.settings import number
 
 _log = logging.getLogger(__name__)
-
-LISTEN_RETRY = 1.0  # seconds between attempts of the reply listener
 
 
 class RpcClient(DependencyProvider):
@@ -63,23 +60,42 @@ class RpcClient(DependencyProvider):
             self.container.service_name, uuid.uuid4())
         self.link = Link(self.amqp_uri, declare=(self.exchange,))
         self.replies = {}  # correlation id -> Event
-        self.listening = False
-        self._quiet = brokers.Quiet()  # since the last reply
-        self._running = True
+        self.replies_loop = self.reply_loop()
         self.group = GroupCommit(
             self._call_group, max_weight=self.max_group,
             max_wait=self.timeout * QUEUED_SHARE, deadline=self.timeout,
         )
 
+    def reply_loop(self):
+        """The reply listener: a consumer of the reply queue, watched for
+        stalls while calls wait (amqp_layer.ConsumeLoop)."""
+        queue = Queue(
+            self.reply_queue_name, exchange=self.exchange,
+            routing_key=self.reply_queue_name, exclusive=True, auto_delete=True,
+        )
+        return ConsumeLoop(
+            self.amqp_uri, queue, self._on_reply, heartbeat=self.heartbeat,
+            label="rpc.reply-{}".format(self.container.service_name),
+            what="reply consumer", watch=lambda: bool(self.replies),
+            container=self.container, who="rpc replies")
+
+    @property
+    def listening(self):
+        """Replies can come: a call sent now can be answered."""
+        return self.replies_loop.consuming
+
+    @listening.setter
+    def listening(self, value):
+        self.replies_loop.consuming = value
+
     def start(self):
-        self._running = True
-        self.container.spawn_managed_thread(self._listen)
+        self.replies_loop.start(self.container.spawn_managed_thread)
         if self.group_method is not None:
             for _ in range(self.readers):
                 self.container.spawn_managed_thread(self.group.run)
 
     def stop(self):
-        self._running = False
+        self.replies_loop.stop()
         self.link.reset()
 
     kill = stop
@@ -125,18 +141,16 @@ class RpcClient(DependencyProvider):
     def _request(self, method, args, correlation_id, timeout):
         try:
             with self.link.lock:
-                self.link.get_producer().publish(
-                    {"args": args, "kwargs": {}},
-                    exchange=self.exchange,
+                self.link.publish(
+                    {"args": args, "kwargs": {}}, exchange=self.exchange,
                     routing_key="{}.{}".format(self.target_service, method),
-                    serializer="json", delivery_mode=1, retry=False,
+                    timeout=timeout, delivery_mode=1,
                     reply_to=self.reply_queue_name,
                     correlation_id=correlation_id,
                     # a request nobody took in time is dropped by the broker
                     expiration=timeout,
                 )
         except Exception as exc:
-            self.link.reset()
             raise self.unavailable("no connection to RabbitMQ") from exc
 
     def queue_state(self, queue):
@@ -152,61 +166,7 @@ class RpcClient(DependencyProvider):
             raise
 
     def _on_reply(self, body, message):
-        self._quiet.heard()
         # a reply to a call that gave up (or never was) finds no Event
         reply = self.replies.get(message.properties.get("correlation_id"))
         if reply is not None and not reply.ready():
             reply.send(body)
-
-    def _check_served(self, channel):
-        """While calls wait, replies that stopped coming for STALL_AFTER
-        seconds: raise if the broker is not serving the reply consumer
-        (brokers.unserved), so that it listens anew."""
-        if not self.replies or not self._quiet.due():
-            return
-        reason = brokers.unserved(
-            channel, self.reply_queue_name, brokers.STALL_AFTER,
-            brokers.STALL_ANSWER_TIMEOUT,
-            label="rpc.reply-{}".format(self.container.service_name))
-        if reason is not None:
-            raise ConnectionError("reply consumer not served: " + reason)
-
-    def _listen(self):
-        """Consume replies for as long as the service runs, reconnecting."""
-        while self._running:
-            queue = Queue(
-                self.reply_queue_name, exchange=self.exchange,
-                routing_key=self.reply_queue_name, exclusive=True,
-                auto_delete=True,
-            )
-            connection = Connection(
-                self.amqp_uri, connect_timeout=2, heartbeat=self.heartbeat)
-            try:
-                try:
-                    brokers.connect(connection)
-                except connection.recoverable_connection_errors as exc:
-                    waiting_for(self.container, RABBITMQ, "rpc replies",
-                                brokers.redact(self.amqp_uri), exc)
-                    raise
-                done_waiting(self.container, RABBITMQ, "rpc replies",
-                             brokers.redact(self.amqp_uri))
-                channel = connection.channel()
-                with Consumer(channel, queues=[queue],
-                              callbacks=[self._on_reply], accept=["json"],
-                              no_ack=True):
-                    self.listening = True
-                    self._quiet = brokers.Quiet()
-                    while self._running:
-                        try:
-                            connection.drain_events(timeout=1)
-                        except socket.timeout:
-                            pass
-                        connection.heartbeat_check()
-                        self._check_served(channel)
-            except Exception as exc:
-                if self.listening:
-                    _log.warning("lost the RPC reply connection: %r", exc)
-                eventlet.sleep(LISTEN_RETRY)
-            finally:
-                self.listening = False
-                close_quietly(connection)

@@ -52,10 +52,10 @@ import time
 
 import amqp
 import redis
-from kombu import Connection
 
 from services import contracts
-from services.platform import brokers, events
+from services.platform import amqp_layer, brokers, dead_lettering
+from services.platform.amqp_layer import Link
 from services.settings import number, read_config
 from services.votes.dependencies import (
     APPLIED_MARK_HEADER,
@@ -70,15 +70,16 @@ from services.votes.dependencies import (
     read_buckets,
 )
 
-REASON = events.REASON_HEADER
-ORIGIN_EXCHANGE = events.ORIGIN_EXCHANGE_HEADER
-ORIGIN_ROUTING_KEY = events.ORIGIN_ROUTING_KEY_HEADER
-DEAD_LETTERED_AT = events.DEAD_LETTERED_AT_HEADER
+REASON = dead_lettering.REASON_HEADER
+ORIGIN_EXCHANGE = dead_lettering.ORIGIN_EXCHANGE_HEADER
+ORIGIN_ROUTING_KEY = dead_lettering.ORIGIN_ROUTING_KEY_HEADER
+DEAD_LETTERED_AT = dead_lettering.DEAD_LETTERED_AT_HEADER
 OUR_HEADERS = (REASON, ORIGIN_EXCHANGE, ORIGIN_ROUTING_KEY, DEAD_LETTERED_AT,
                EVENT_ID_HEADER, APPLIED_MARK_HEADER)
 # reasons of messages that never reached a worker
 NEVER_APPLIED = ("invalid payload", "undecodable body")
 CONFIRM_TIMEOUT = 10  # seconds the broker has to confirm one replay
+CONNECT_TIMEOUT = 5
 
 
 def _take_all(channel, queue):
@@ -180,18 +181,18 @@ def why_not(message, store, mark_ttl, now, buckets=contracts.DEFAULT_BUCKETS):
     return None
 
 
-class ConfirmedPublisher:
-    """basic.publish, mandatory, waiting for the broker's confirm.
-
-    A channel in confirm mode (confirm_select) does not make py-amqp's
-    basic_publish wait for anything; basic_publish_confirm does. The broker
-    sends basic.return for an unroutable message before its basic.ack, so
-    a return is known once the ack is in."""
+class Republisher:
+    """Publishes a dead-lettered message back on a Link of its own, with
+    ``mandatory`` and a publisher confirm. The broker sends basic.return
+    for an unroutable message before its basic.ack, so a return is known
+    once the confirm is in."""
 
     def __init__(self, connection, confirm_timeout=CONFIRM_TIMEOUT):
-        self.connection = connection
+        # the nodes the tool's connection was made to
+        uri = ";".join(connection.alt) or connection.as_uri(include_password=True)
+        self.link = Link(uri, confirms=True, connect_timeout=CONNECT_TIMEOUT,
+                         on_return=self._on_return)
         self.confirm_timeout = confirm_timeout
-        self.channel = None
         self.returned = None
 
     def _on_return(self, exc, exchange, routing_key, message):
@@ -200,30 +201,25 @@ class ConfirmedPublisher:
     def publish(self, message, exchange, routing_key, headers):
         """None once confirmed and routed, else why not (the message may
         then not be anywhere). A lost connection or a timeout raises."""
-        if self.channel is None:
-            self.channel = self.connection.channel()
-            self.channel.events["basic_return"].add(self._on_return)
         self.returned = None
-        properties = {"content_type": message.content_type or "application/json",
-                      "content_encoding": message.content_encoding or "utf-8"}
-        outgoing = amqp.Message(message.body, application_headers=headers,
-                                delivery_mode=2, **properties)
         try:
-            self.channel.basic_publish_confirm(
-                outgoing, exchange=exchange, routing_key=routing_key,
-                mandatory=True, confirm_timeout=self.confirm_timeout)
+            with self.link.lock:
+                self.link.publish(
+                    message.body, exchange=exchange, routing_key=routing_key,
+                    timeout=self.confirm_timeout, headers=headers,
+                    content_type=message.content_type or "application/json",
+                    content_encoding=message.content_encoding or "utf-8",
+                    delivery_mode=2, mandatory=True)
         except amqp.exceptions.MessageNacked:
             return "nacked by the broker"
         except amqp.exceptions.ChannelError as exc:
-            self.channel = None  # the broker closed it
             return "refused by the broker: {}".format(exc)
         if self.returned is not None:
             return "unroutable, returned by the broker: {}".format(self.returned)
         return None
 
     def close(self):
-        if self.channel is not None:
-            self.channel.close()
+        self.link.reset()
 
 
 def replay(connection, store=None, mark_ttl=DEFAULT_MARK_TTL, force=False,
@@ -233,7 +229,7 @@ def replay(connection, store=None, mark_ttl=DEFAULT_MARK_TTL, force=False,
     Returns (replayed, kept back)."""
     now = time.time() if now is None else now
     channel = connection.channel()
-    publisher = ConfirmedPublisher(connection, confirm_timeout)
+    publisher = Republisher(connection, confirm_timeout)
     replayed = kept = 0
     try:
         for message in _take_all(channel, queue):
@@ -276,8 +272,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     config = read_config(args.config)
     queue = brokers.typed(DEAD_LETTER_QUEUE, config)
-    with Connection(config["AMQP_URI"], connect_timeout=5) as connection:
-        brokers.connect(connection)
+    with amqp_layer.connect(config, connect_timeout=CONNECT_TIMEOUT) as connection:
         if args.action == "show":
             count = show(connection, queue=queue)
             print("{} dead-lettered message(s)".format(count), file=sys.stderr)

@@ -49,7 +49,7 @@ from services.platform import redis_nodes
 from services.platform.batching import GroupCommit
 from services.platform.brokers import redact
 from services.platform.container import REDIS, done_waiting, waiting_for
-from services.platform.events import dead_letter_queue
+from services.platform.dead_lettering import dead_letter_queue
 from services.settings import number
 from services.votes import metrics
 from services.votes.exceptions import NotFound, StoreUnavailable

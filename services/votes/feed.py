@@ -23,12 +23,11 @@ import logging
 import time
 
 import eventlet
-from kombu import Connection, Exchange, Producer
-from nameko.constants import AMQP_URI_CONFIG_KEY
+from kombu import Exchange
 from nameko.extensions import DependencyProvider
 
 from services import contracts
-from services.platform import brokers
+from services.platform.amqp_layer import Link
 from services.settings import number
 
 _log = logging.getLogger(__name__)
@@ -91,51 +90,20 @@ class Coalescer:
         return payload
 
 
-class EventLink:
-    """One AMQP connection for the announcements, made on demand; a publish
-    that fails drops the connection, and no new one is tried for
+def announcer(config):
+    """A Link for the announcements, and ``publish(payload)`` on it: not
+    persistent, not mandatory, no confirm, within PUBLISH_TIMEOUT seconds;
+    a publish that fails drops the connection, and no new one is tried for
     RECONNECT_PAUSE seconds."""
+    link = Link(config, declare=(EXCHANGE,), connect_timeout=PUBLISH_TIMEOUT,
+                reconnect_pause=RECONNECT_PAUSE, pause_after_failure=True)
 
-    def __init__(self, amqp_uri, timeout=PUBLISH_TIMEOUT):
-        self.amqp_uri = amqp_uri
-        self.timeout = timeout
-        self.connection = None
-        self.producer = None
-        self.failed_at = 0.0
-
-    def _producer(self):
-        if self.producer is None:
-            if time.monotonic() - self.failed_at < RECONNECT_PAUSE:
-                raise ConnectionError("broker unreachable a moment ago")
-            connection = Connection(self.amqp_uri, connect_timeout=self.timeout,
-                                    heartbeat=0)
-            self.connection = connection
-            brokers.connect(connection)  # any node of AMQP_URI
-            channel = connection.channel()
-            EXCHANGE.bind(channel).declare()
-            self.producer = Producer(channel)
-        return self.producer
-
-    def publish(self, payload):
-        try:
-            with eventlet.Timeout(self.timeout):
-                self._producer().publish(
-                    payload, exchange=EXCHANGE,
-                    routing_key=contracts.COUNTS_CHANGED,
-                    serializer="json", delivery_mode=1,  # not persistent
-                    mandatory=False, retry=False)
-        except BaseException:
-            self.failed_at = time.monotonic()
-            self.close()
-            raise
-
-    def close(self):
-        connection, self.connection, self.producer = self.connection, None, None
-        if connection is not None:
-            try:
-                connection.release()
-            except Exception:
-                pass
+    def publish(payload):
+        with link.lock:
+            link.publish(payload, exchange=EXCHANGE,
+                         routing_key=contracts.COUNTS_CHANGED,
+                         timeout=PUBLISH_TIMEOUT, delivery_mode=1, mandatory=False)
+    return link, publish
 
 
 def _storage(container):
@@ -167,8 +135,7 @@ class CountsFeed(DependencyProvider):
                                DEFAULT_FLUSH_INTERVAL, 0.01, 60)
         publish = self._publish
         if publish is None:
-            self.link = EventLink(self.container.config[AMQP_URI_CONFIG_KEY])
-            publish = self.link.publish
+            self.link, publish = announcer(self.container.config)
         self.coalescer = Coalescer(self._read_counts or self.read_counts,
                                    self._read_top or self.read_top, publish)
 
@@ -205,12 +172,12 @@ class CountsFeed(DependencyProvider):
                 self.coalescer.flush()
         finally:
             if self.link is not None:
-                self.link.close()
+                self.link.reset()
 
     def kill(self):
         self._halt()
         if self.link is not None:
-            self.link.close()
+            self.link.reset()
 
     def get_dependency(self, worker_ctx):
         return self.coalescer.changed

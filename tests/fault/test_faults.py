@@ -11,7 +11,7 @@ import requests
 from nameko.testing.utils import find_free_port
 
 from harness.process import wait_until
-from services.platform.events import (
+from services.platform.brokers import (
     STALL_AFTER,
     STALL_ANSWER_TIMEOUT,
     STALL_CHECK_INTERVAL,

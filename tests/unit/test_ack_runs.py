@@ -4,7 +4,7 @@ import eventlet
 import kombu
 import pytest
 
-from services.platform.events import DeadLetteringQueueConsumer
+from services.platform.consumers import DeadLetteringQueueConsumer
 
 PROVIDER = object()  # the entrypoint a message is for
 

@@ -5,8 +5,8 @@ from unittest import mock
 import pytest
 
 from services import contracts
-from services.platform import events
-from services.platform.events import BatchEventHandler
+from services.platform import handlers
+from services.platform.handlers import BatchEventHandler
 from services.votes.exceptions import StoreUnavailable
 from tests.conftest import make_event, make_vote
 from tests.unit.handlers import bound_event_handler
@@ -89,7 +89,7 @@ def test_an_event_that_failed_is_retried_alone_and_the_rest_acked(handler, mock_
 
 
 def test_a_retried_event_joins_a_later_batch(handler, mock_container, monkeypatch):
-    monkeypatch.setattr(events.eventlet, "sleep", lambda seconds: None)
+    monkeypatch.setattr(handlers.eventlet, "sleep", lambda seconds: None)
     outcomes = iter([[StoreUnavailable("down")], [None, None]])
     batches = worker_returns(mock_container, lambda events: next(outcomes))
     ((first_id, first),) = deliver(handler, 1)
@@ -109,7 +109,7 @@ def test_an_event_that_keeps_failing_is_dead_lettered_with_its_reason(handler, m
     ((_, message),) = deliver(handler, 1)
     (payload, _, _), = handler.batches.drain()
 
-    handler._run_batch([(payload, message, events.MAX_UNEXPECTED_FAILURES)])
+    handler._run_batch([(payload, message, handlers.MAX_UNEXPECTED_FAILURES)])
 
     _, kwargs = handler.dead_letter_publisher.publish.call_args
     assert kwargs["headers"]["x-dead-letter-reason"] == (

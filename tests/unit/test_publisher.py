@@ -46,7 +46,7 @@ class FakeProducer:
 
 
 class FakeLink:
-    """services.platform.publisher.Link without a socket: ``outcomes`` is
+    """services.platform.amqp_layer.Link without a socket: ``outcomes`` is
     what each publish does in turn (None: confirmed; a number: seconds it
     hangs; an exception: raised)."""
 
@@ -62,7 +62,18 @@ class FakeLink:
             self.producer = FakeProducer(self)
         return self.producer
 
-    def reset(self):
+    def publish(self, body, *, exchange, routing_key, timeout, **options):
+        # as amqp_layer.Link.publish: bounded, confirmed, reset on failure
+        try:
+            with eventlet.Timeout(timeout):
+                self.get_producer().publish(
+                    body, exchange=exchange, routing_key=routing_key,
+                    retry=False, confirm_timeout=timeout, **options)
+        except BaseException:
+            self.reset()
+            raise
+
+    def reset(self, failed=False):
         self.resets += 1
         self.producer = None
 

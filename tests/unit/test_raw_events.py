@@ -9,7 +9,7 @@ from unittest import mock
 import kombu
 
 from services import rules
-from services.platform.events import DeadLetteringQueueConsumer
+from services.platform.consumers import DeadLetteringQueueConsumer
 from services.votes import schemas
 from services.votes.schemas import MAX_CREATED_AT
 from tests.conftest import make_event, make_vote

@@ -132,16 +132,17 @@ def test_a_call_waits_for_the_reply_listener_within_its_timeout(client):
 
 
 def test_no_connection_is_unavailable_and_resets_the_link(client):
-    client.link = mock.Mock()
-    client.link.get_producer.side_effect = ConnectionRefusedError()
+    # the client's amqp_layer.Link, its connect refused
+    client.link.get_producer = mock.Mock(side_effect=ConnectionRefusedError())
+    client.link.reset = mock.Mock()
     with pytest.raises(Unavailable, match="^no connection to RabbitMQ$"):
         client.call("top", 1)
-    client.link.reset.assert_called_once_with()
+    client.link.reset.assert_called_once_with(failed=False)
 
 
 def test_the_request_follows_nameko_rpc(client):
-    client.link = mock.MagicMock()
-    producer = client.link.get_producer.return_value
+    producer = mock.MagicMock()
+    client.link.get_producer = lambda: producer
     with pytest.raises(Unavailable):
         client.call("top", 5, timeout=0.05)
     (body,), kwargs = producer.publish.call_args

@@ -1,6 +1,7 @@
 """ResilientQueueConsumer (the RPC consumer), DeadLetteringQueueConsumer
 (the events'), RpcClient's reply listener and the gateway's live counts
-replace a consumer the broker stopped serving: after STALL_AFTER seconds
+replace a consumer the broker stopped serving (the last two through one
+loop, amqp_layer.ConsumeLoop): after STALL_AFTER seconds
 with room for more and no delivery, each asks the broker on the
 consumer's channel how many messages are ready, and consumes anew (a
 connection error for its loop) if some are or no answer comes. The fault
@@ -18,9 +19,9 @@ from amqp.protocol import queue_declare_ok_t
 from prometheus_client import REGISTRY
 
 from services.gateway.live import LiveCounts
-from services.platform import brokers, events
-from services.platform.events import (
-    STALL_AFTER,
+from services.platform import brokers, consumers
+from services.platform.brokers import STALL_AFTER
+from services.platform.consumers import (
     DeadLetteringQueueConsumer,
     ResilientQueueConsumer,
 )
@@ -54,7 +55,7 @@ class FakeChannel:
 def quiet(seconds):
     """A brokers.Quiet whose last delivery was ``seconds`` ago."""
     watch = brokers.Quiet()
-    watch.since = events.time.monotonic() - seconds
+    watch.since = consumers.time.monotonic() - seconds
     return watch
 
 
@@ -77,7 +78,7 @@ def make(request):
                          for tag in range(1, in_flight + 1)]
         for message in consumer.held:
             consumer._delivered(provider, message)
-        consumer._quiet_since = {provider: events.time.monotonic() - quiet_for}
+        consumer._quiet_since = {provider: consumers.time.monotonic() - quiet_for}
         return consumer, channel
     return make
 
@@ -124,7 +125,7 @@ def test_ready_messages_and_no_delivery_mean_consume_anew(make, caplog):
 
 
 def test_no_answer_means_consume_anew(make, caplog, monkeypatch):
-    monkeypatch.setattr(events, "STALL_ANSWER_TIMEOUT", 0.05)
+    monkeypatch.setattr(consumers, "STALL_ANSWER_TIMEOUT", 0.05)
     consumer, channel = make(answer=False)
     stalls_before = stalls("no_answer")
     with caplog.at_level(logging.WARNING, logger=brokers.__name__):
@@ -174,19 +175,21 @@ def replies(request):
     def make(ready, waiting=1, quiet_for=STALL_AFTER):
         client = Replies()
         client.container = SimpleNamespace(service_name="gateway")
+        client.amqp_uri, client.heartbeat, client.exchange = "memory://", 0, None
         client.reply_queue_name = "rpc.reply-gateway-1"
         client.replies = {str(n): eventlet.event.Event() for n in range(waiting)}
-        client._quiet = quiet(quiet_for)
+        loop = client.reply_loop()
+        loop.quiet = quiet(quiet_for)
         channel = FakeChannel(ready)
         request.addfinalizer(channel.close)
-        return client, channel
+        return loop, channel
     return make
 
 
 def test_replies_that_stop_coming_while_calls_wait_mean_listen_anew(replies):
-    client, channel = replies(ready=2)
+    loop, channel = replies(ready=2)
     with pytest.raises(ConnectionError) as raised:
-        client._check_served(channel)
+        loop.check_served(channel)
     assert str(raised.value) == ("reply consumer not served: 2 messages ready "
                                  "and none delivered for {}s".format(STALL_AFTER))
     assert channel.declared == [("rpc.reply-gateway-1", True)]
@@ -196,29 +199,38 @@ def test_replies_that_stop_coming_while_calls_wait_mean_listen_anew(replies):
 
 def test_the_reply_queue_is_asked_only_while_calls_wait_and_replies_stop(replies):
     for ready, waiting, quiet_for in ((2, 0, STALL_AFTER), (2, 1, STALL_AFTER - 1)):
-        client, channel = replies(ready, waiting, quiet_for)
-        client._check_served(channel)
+        loop, channel = replies(ready, waiting, quiet_for)
+        loop.check_served(channel)
         assert channel.declared == []
-    client, channel = replies(ready=0)
-    client._check_served(channel)
-    client._check_served(channel)  # once per STALL_AFTER
+    loop, channel = replies(ready=0)
+    loop.check_served(channel)
+    loop.check_served(channel)  # once per STALL_AFTER
     assert channel.declared == [("rpc.reply-gateway-1", True)]
+
+
+def test_a_delivery_restarts_the_reply_listener_quiet_time(replies):
+    loop, channel = replies(ready=2)
+    loop._delivered({"result": 1}, mock.Mock(properties={"correlation_id": "x"}))
+    loop.check_served(channel)
+    assert channel.declared == []
 
 
 def test_live_counts_ask_after_stall_after_without_an_announcement(request):
     live = LiveCounts()
+    live.amqp_uri, live.heartbeat = "memory://", 0
     live.queue = SimpleNamespace(name="evt-votes-counts_changed--gateway.live_counts-1")
+    loop = live.feed_loop()
     quiet_channel, ready = FakeChannel(ready=0), FakeChannel(ready=4)
     request.addfinalizer(quiet_channel.close)
     request.addfinalizer(ready.close)
-    live._quiet = quiet(STALL_AFTER - 1)
-    live._check_served(ready)
+    loop.quiet = quiet(STALL_AFTER - 1)
+    loop.check_served(ready)
     assert ready.declared == []
-    live._quiet = quiet(STALL_AFTER)
-    live._check_served(quiet_channel)
+    loop.quiet = quiet(STALL_AFTER)
+    loop.check_served(quiet_channel)
     assert quiet_channel.declared == [(live.queue.name, True)]
-    live._quiet = quiet(STALL_AFTER)
+    loop.quiet = quiet(STALL_AFTER)
     with pytest.raises(ConnectionError) as raised:
-        live._check_served(ready)
+        loop.check_served(ready)
     assert str(raised.value) == ("live counts consumer not served: 4 messages "
                                  "ready and none delivered for {}s".format(STALL_AFTER))

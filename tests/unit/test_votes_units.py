@@ -7,8 +7,8 @@ import pytest
 from nameko.testing.services import worker_factory
 
 from services import contracts, rules
-from services.platform import events
-from services.platform.events import ReliableEventHandler, backoff
+from services.platform import handlers
+from services.platform.handlers import ReliableEventHandler, backoff
 from services.votes import schemas
 from services.votes.dependencies import Applied
 from services.votes.exceptions import InvalidVote, StoreUnavailable
@@ -182,7 +182,7 @@ def test_transient_failure_is_retried_not_acked(handler, mock_container):
 def test_repeated_unexpected_failure_is_dead_lettered(handler):
     message = mock.Mock(headers={}, delivery_info={"routing_key": contracts.VOTE_CAST})
     handler._handle_result(
-        message, events.MAX_UNEXPECTED_FAILURES, mock.Mock(args=("p",)),
+        message, handlers.MAX_UNEXPECTED_FAILURES, mock.Mock(args=("p",)),
         exc_info=(KeyError, KeyError("bug"), None))
 
     _, kwargs = handler.dead_letter_publisher.publish.call_args
@@ -200,7 +200,7 @@ def test_retry_after_stop_requeues(handler, mock_container):
 
 
 def test_failed_dead_letter_copy_requeues(handler, monkeypatch):
-    monkeypatch.setattr(events.eventlet, "sleep", lambda seconds: None)
+    monkeypatch.setattr(handlers.eventlet, "sleep", lambda seconds: None)
     handler.dead_letter_publisher.publish.side_effect = ConnectionError("down")
     message = mock.Mock(headers={}, delivery_info={})
     handler.dead_letter(message, "why")

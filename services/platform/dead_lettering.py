@@ -1,0 +1,44 @@
+"""Dead letters: a message a service will not handle is copied, with
+headers that say why and where it came from, to a durable queue of its own
+(read and replayed by services.votes.dead_letters), then acked.
+"""
+import time
+
+from kombu import Exchange, Queue
+
+# headers of a dead-lettered message (read by a replay tool)
+REASON_HEADER = "x-dead-letter-reason"
+ORIGIN_EXCHANGE_HEADER = "x-original-exchange"
+ORIGIN_ROUTING_KEY_HEADER = "x-original-routing-key"
+DEAD_LETTERED_AT_HEADER = "x-dead-lettered-at"
+
+
+def dead_letter_queue(exchange, queue, routing_key):
+    """A durable dead-letter queue on a direct exchange of its own."""
+    return Queue(queue, exchange=Exchange(exchange, type="direct", durable=True),
+                 routing_key=routing_key, durable=True, auto_delete=False)
+
+
+def copy_to_dead_letters(publisher, queue, message, reason, extra=None):
+    """Publish a copy of ``message`` to the dead-letter ``queue`` with
+    headers that say why (``reason``) and where it came from; raises what
+    the publish raises."""
+    delivery = message.delivery_info
+    headers = dict(message.headers or {})
+    headers.update({
+        REASON_HEADER: reason[:1000],
+        ORIGIN_EXCHANGE_HEADER: delivery.get("exchange"),
+        ORIGIN_ROUTING_KEY_HEADER: delivery.get("routing_key"),
+        DEAD_LETTERED_AT_HEADER: int(time.time()),
+    })
+    headers.update(extra or {})
+    publisher.publish(
+        message.body,
+        exchange=queue.exchange,
+        routing_key=queue.routing_key,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        retry=False,
+    )
+
