@@ -22,9 +22,9 @@ def promtool(*args):
 
 
 def watch_list():
-    """The items of "What to watch:" in docs/operations.md."""
+    """The items of "What to watch" in docs/operations.md."""
     text = (ROOT / "docs" / "operations.md").read_text()
-    section = text.split("What to watch:", 1)[1].split("\n## ", 1)[0]
+    section = text.split("### What to watch\n", 1)[1].split("\n#", 1)[0]
     items = re.split(r"\n- ", "\n" + section.strip())
     return [item for item in items if item.strip()]
 
