@@ -11,6 +11,7 @@ named, so never touched.
 
 No pytest here: the bench uses it too.
 """
+import itertools
 import json
 import os
 import pwd
@@ -38,6 +39,8 @@ class RabbitCluster:
                        first_port and first_port + i - 1,
                        first_dist_port and first_dist_port + i - 1, base=self.base)
             for i in range(1, size + 1)]
+        self.prefix = prefix
+        self.serial = itertools.count(size + 1)  # names of nodes added later
         self.boot_seconds = None
 
     def uri(self, vhost="", nodes=None):
@@ -55,11 +58,8 @@ class RabbitCluster:
             node.launch()
         for node in self.nodes:
             node.await_boot()
-        first = self.nodes[0]
         for node in self.nodes[1:]:
-            node.ctl("stop_app")
-            node.ctl("join_cluster", first.name)
-            node.ctl("start_app")
+            node.join(self.nodes[0])
         self.await_all_running()
         self.boot_seconds = time.monotonic() - began
         return self
@@ -97,6 +97,37 @@ class RabbitCluster:
             elif not node.app_running:
                 node.start_app()
         self.await_all_running()
+
+    # --- a node lost for good, and its replacement ------------------------
+
+    def forget(self, lost):
+        """``rabbitmqctl forget_cluster_node`` of a node that is down, from
+        a running one (it also drops the lost node from every quorum
+        queue's members); then the lost node's files go, so it can never
+        come back, and it leaves ``nodes``."""
+        if lost.alive:
+            raise AssertionError(lost.name + " is running: stop it first")
+        self.any_running().ctl("forget_cluster_node", lost.name)
+        lost.stop()
+        self.nodes.remove(lost)
+
+    def add_node(self):
+        """A new node (next name, free ports) booted and joined to the
+        cluster; it holds no queue replica until ``grow()``."""
+        node = RabbitNode("{}{}".format(self.prefix, next(self.serial)),
+                          base=self.base)
+        via = self.any_running()
+        self.nodes.append(node)  # stopped by close() whatever happens next
+        node.start()
+        node.join(via)
+        self.await_all_running()
+        return node
+
+    def grow(self, node):
+        """``rabbitmq-queues grow <node> all``: a member on ``node`` for
+        every quorum queue of every vhost that has none there. The output
+        (a line per queue)."""
+        return self.any_running().queues("grow", node.name, "all").stdout
 
     # --- what the cluster holds --------------------------------------------
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from harness.process import free_port, wait_until
-from harness.rabbit import amqp_uri, rabbitmqctl
+from harness.rabbit import RabbitmqctlError, amqp_uri, rabbitmqctl
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 USER = "rabbitmq"
@@ -55,6 +55,16 @@ class RabbitNode:
 
     def ctl(self, *args, **kwargs):
         return rabbitmqctl(*args, node=self.name, **kwargs)
+
+    def queues(self, *args, timeout=60):
+        """``rabbitmq-queues`` through this node (``grow``,
+        ``quorum_status``, ...); RabbitmqctlError if it fails."""
+        done = subprocess.run(["rabbitmq-queues", "-q", "-n", self.name, *args],
+                              capture_output=True, text=True, timeout=timeout)
+        if done.returncode:
+            raise RabbitmqctlError("rabbitmq-queues {} failed: {}".format(
+                " ".join(args[:2]), (done.stderr or done.stdout).strip()))
+        return done
 
     # --- life cycle -------------------------------------------------------
 
@@ -145,6 +155,12 @@ class RabbitNode:
         shutil.rmtree(self.base if self.own_base else self.dir, ignore_errors=True)
 
     # --- faults -----------------------------------------------------------
+
+    def join(self, via):
+        """Into the cluster of the running node ``via`` (this one booted)."""
+        self.stop_app()
+        self.ctl("join_cluster", via.name)
+        self.start_app()
 
     def kill(self):
         """kill -9 the VM; its files stay, for ``launch()``."""
