@@ -5,7 +5,7 @@ Every response, errors included, is JSON with ``Cache-Control: no-store``:
 unknown routes (404), wrong methods (405, also HEAD where GET is declared),
 oversized bodies (413), and any unexpected error, answered with a generic
 500 that reveals nothing. The server underneath, with its limits, is
-services.platform.http_server.
+services.platform.http.
 
 The service's table of exception -> (status, CODE) alone decides 4xx/503
 against 500: a route declares no ``expected_exceptions`` (the table's
@@ -27,12 +27,12 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from services.platform.cors import Cors
-from services.platform.http_server import (
+from services.platform.http.protocol import (
     ERROR_CODES,
     STREAM_ENDS_ENVIRON_KEY,
     STREAMING_ENVIRON_KEY,
-    EdgeWebServer,
 )
+from services.platform.http.server import EdgeWebServer
 
 _log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def _refuse_large_forms(request, environ):
 
 
 class JsonWebServer(EdgeWebServer):
-    """The hardened server (services.platform.http_server) with nameko's
+    """The hardened server (services.platform.http.server) with nameko's
     WSGI application replaced by JsonWsgiApp; ``errors`` is the service's
     table."""
 

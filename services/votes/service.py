@@ -8,9 +8,9 @@ from werkzeug.wrappers import Response
 from services import contracts, rules
 from services.platform.container import Waiting
 from services.platform.handlers import BatchEventHandler
-from services.platform.rpc import RequestId, rpc
 from services.platform.operator import ERRORS as OPERATOR_ERRORS
 from services.platform.operator import OperatorGate
+from services.platform.rpc import RequestId, rpc
 from services.platform.web import json_response, metrics_http
 from services.votes import metrics, schemas
 from services.votes.dependencies import (

@@ -24,7 +24,8 @@ from eventlet.semaphore import Semaphore
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
-from services.platform.http_server import EdgeWebServer, Limits
+from services.platform.http.limits import Limits
+from services.platform.http.server import EdgeWebServer
 
 LIMITS = Limits.from_config({})
 TCHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"

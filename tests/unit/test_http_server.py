@@ -1,12 +1,13 @@
-"""services.platform.http_server without sockets: its settings, its escaping, and the
+"""services.platform.http without sockets: its settings, its escaping, and the
 upstream internals it relies on (checked in test_upstream.py)."""
 import io
 
 import pytest
 from nameko.exceptions import ConfigurationError
 
-from services.platform import http_server
-from services.platform.http_server import Limits, escape_controls
+from services.platform.http import protocol
+from services.platform.http.access_log import escape_controls
+from services.platform.http.limits import Limits
 
 
 def test_defaults():
@@ -59,8 +60,8 @@ def test_control_characters_escaped(text, escaped):
 
 
 def test_header_budget_counts_all_lines():
-    budget = http_server._HeaderBudget(io.BytesIO(b"A: 1234\r\nB: 5678\r\n\r\n"), 12)
+    budget = protocol._HeaderBudget(io.BytesIO(b"A: 1234\r\nB: 5678\r\n\r\n"), 12)
     assert budget.readline(65537) == b"A: 1234\r\n"
-    with pytest.raises(http_server._HeadersTooLarge):
+    with pytest.raises(protocol._HeadersTooLarge):
         budget.readline(65537)
 

@@ -8,6 +8,7 @@ services/platform/UPSTREAM.md lists each behaviour changed and its guard."""
 import hashlib
 import http.client
 import http.server
+import importlib
 import importlib.metadata
 import inspect
 import io
@@ -59,7 +60,7 @@ def source(function):
     return inspect.getsource(function)
 
 
-# -- eventlet: EdgeProtocol, EdgeWsgiServer (http_server.py) ---------------
+# -- eventlet: EdgeProtocol, EdgeWsgiServer (http/protocol.py, http/server.py)
 
 @pytest.mark.parametrize("name", [
     # overridden by EdgeProtocol
@@ -100,7 +101,7 @@ def test_eventlet_server_shape():
     assert params(wsgi.Server.process_request) == ["self", "conn_state"]
 
 
-# -- nameko's web server and entrypoint: http_server.py, web.py -------------
+# -- nameko's web server and entrypoint: http/server.py, web.py -----------
 
 def test_nameko_web_server_internals():
     server = WebServer()
@@ -189,7 +190,7 @@ def test_container_logs_worker_errors_as_the_filter_and_web_expect():
     assert containers._log.name == "nameko.containers"
 
 
-# -- nameko's consumers: events.py -------------------------------------------
+# -- nameko's consumers: consumers.py ----------------------------------------
 
 def test_queue_consumer_internals():
     consumer = QueueConsumer()
@@ -227,6 +228,14 @@ def test_kombu_connection_and_consumer_shapes():
     assert "on_decode_error" in params(kombu.Consumer.__init__)
     assert "confirm_timeout" in params(kombu.Producer.publish)
     assert "expiration" in source(kombu.Producer.publish)
+    # amqp_layer.Link's on_return (the dead-letter replay): kombu adds it to
+    # the channel's basic_return handlers, which py-amqp calls instead of
+    # raising, before the publish's confirm comes
+    assert "on_return" in params(kombu.Producer.__init__)
+    assert "self._channel.events['basic_return'].add(self.on_return)" in source(
+        kombu.Producer.revive)
+    assert "handlers = self.events.get('basic_return')" in source(
+        amqp.Channel._on_basic_return)
     # ReliableEventHandler drops a message's decoded body once it is parsed
     # (the raw body stays, for a dead letter); payload decodes it again
     assert "_decoded_cache" in kombu.message.Message.__slots__
@@ -239,7 +248,7 @@ def test_kombu_connection_and_consumer_shapes():
 
 
 def test_amqp_errors_as_the_consumers_catch_them():
-    """events.LOST_CONNECTION (an ack or reply on a dead connection) is
+    """consumers.LOST_CONNECTION (an ack or reply on a dead connection) is
     amqp's connection and channel errors, socket errors among them; the
     stall watch raises ConnectionForced from on_iteration, which kombu's
     consume loop takes for a lost connection and consumes anew; a queue of
@@ -269,7 +278,7 @@ def test_event_handler_and_rpc_hooks():
     assert "declare" in params(Publisher.__init__)
 
 
-# -- nameko's wire protocol: publisher.py, rpc_client.py ----------------------
+# -- nameko's wire protocol: amqp_layer.py, publisher.py, rpc_client.py -------
 
 def test_exchanges():
     exchange = get_event_exchange(contracts.GATEWAY_SERVICE, {})
@@ -335,7 +344,7 @@ def test_installed_versions_are_the_pinned_ones():
     assert installed == {name: pinned[name] for name in GUARDED}
 
 
-# -- nameko's QueueConsumer: its start, stop and kill (events.py) -----------
+# -- nameko's QueueConsumer: its start, stop and kill (consumers.py) --------
 
 def test_queue_consumer_providers_starting_and_thread():
     consumer = QueueConsumer()
@@ -392,23 +401,23 @@ def test_provider_collector_and_cancel_requests_behave_as_relied_on():
 COPIED = {
     # upstream function: (sha256 of its source, first 16; where the copy is)
     ServiceContainer.start: ("04c956912a66530e", "container.DeadlineContainer.start"),
-    QueueConsumer.start: ("81a30fc044699e9a", "events.ResilientQueueConsumer.start"),
+    QueueConsumer.start: ("81a30fc044699e9a", "consumers.ResilientQueueConsumer.start"),
     QueueConsumer.unregister_provider: (
-        "613f717e0e551164", "events.ResilientQueueConsumer.unregister_provider"),
-    QueueConsumer.kill: ("bef982a090b3cc2c", "events.ResilientQueueConsumer.kill"),
+        "613f717e0e551164", "consumers.ResilientQueueConsumer.unregister_provider"),
+    QueueConsumer.kill: ("bef982a090b3cc2c", "consumers.ResilientQueueConsumer.kill"),
     QueueConsumer.on_connection_error: (
-        "93154c9c79e4a652", "events.ResilientQueueConsumer.on_connection_error"),
+        "93154c9c79e4a652", "consumers.ResilientQueueConsumer.on_connection_error"),
     ConsumerMixin.establish_connection: (
-        "81f1b607c2d2fc30", "events.ResilientQueueConsumer.establish_connection"),
+        "81f1b607c2d2fc30", "consumers.ResilientQueueConsumer.establish_connection"),
     rpc.RpcConsumer.handle_result: (
-        "25b95fd9dfce82c2", "events.ResilientRpcConsumer.handle_result"),
+        "25b95fd9dfce82c2", "rpc.ResilientRpcConsumer.handle_result"),
     HttpRequestHandler.handle_request: ("4a686b5b8268669f", "web.JsonHttp._answer_by_worker"),
     WsgiApp.__call__: ("2909d54e61f1f9a0", "web.JsonWsgiApp.respond"),
-    WebServer.run: ("f54a220ccb817633", "http_server.EdgeWebServer.run"),
-    WebServer.process_request: ("db14039dd40bfd72", "http_server.EdgeWebServer._serve"),
-    WebServer.stop: ("2c812bcfd906d3fb", "http_server.EdgeWebServer._stop_accepting"),
+    WebServer.run: ("f54a220ccb817633", "http.server.EdgeWebServer.run"),
+    WebServer.process_request: ("db14039dd40bfd72", "http.server.EdgeWebServer._serve"),
+    WebServer.stop: ("2c812bcfd906d3fb", "http.server.EdgeWebServer._stop_accepting"),
     WebServer.get_wsgi_server: (
-        "040239d82b5108dc", "http_server.EdgeWebServer.get_wsgi_server"),
+        "040239d82b5108dc", "http.server.EdgeWebServer.get_wsgi_server"),
 }
 
 
@@ -422,6 +431,36 @@ def test_copied_upstream_functions_unchanged():
     got = {name(function): hashlib.sha256(source(function).encode()).hexdigest()[:16]
            for function in COPIED}
     assert got == {name(function): pin for function, (pin, _) in COPIED.items()}
+
+
+def platform_attribute(path):
+    """The object ``path`` (``module.Class.method`` under services.platform)
+    names, or None."""
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            found = importlib.import_module(
+                "services.platform." + ".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for name in parts[cut:]:
+            found = getattr(found, name, None)
+        return found
+    return None
+
+
+def test_copies_are_where_upstream_md_says():
+    """Each copy named in COPIED and in UPSTREAM.md's table of copies exists
+    under that name: a module split or a rename that leaves the list behind
+    fails here."""
+    text = (Path(__file__).resolve().parents[2] / "services" / "platform"
+            / "UPSTREAM.md").read_text()
+    section = text.split("## Copied and modified upstream functions", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    listed = set(re.findall(r"^\| `[^`]+` `[^`]+` \| `([\w.]+)` \|", section, re.M))
+    # the table also has the copies pinned by their own guards
+    assert {where for _, where in COPIED.values()} - listed == set()
+    assert [where for where in sorted(listed) if platform_attribute(where) is None] == []
 
 
 # -- eventlet: a stream's writes (web.event_stream) ----------------------------
@@ -472,7 +511,7 @@ def test_eventlet_writes_each_chunk_at_once_with_zero_minimum():
 
 
 def test_eventlet_logs_as_escaping_log_expects():
-    """http_server.EscapingLog takes eventlet's traceback of an answer it
+    """http.access_log.EscapingLog takes eventlet's traceback of an answer it
     could not write (logged at info, while the exception is handled), and
     EdgeProtocol.get_client_address names the client of each access line."""
     answer = source(wsgi.HttpProtocol.handle_one_response)
@@ -518,7 +557,7 @@ def test_setup_yaml_parser(monkeypatch):
     assert loaded == {"a": 8, "b": 7, "c": None, "d": "0010", "e": "x-y"}
 
 
-# -- nameko's RPC responder: events.JsonFallbackResponder -------------------------
+# -- nameko's RPC responder: rpc.JsonFallbackResponder ----------------------------
 
 def test_responder_answers_in_the_request_content_type():
     send = source(rpc.Responder.send_response)
@@ -530,7 +569,7 @@ def test_responder_answers_in_the_request_content_type():
         "self", "amqp_uri", "exchange", "serializer", "message", "ssl", "login_method"]
 
 
-# -- kombu: a raw body past its decoding (events.DeadLetteringQueueConsumer) ----
+# -- kombu: a raw body past its decoding (consumers.DeadLetteringQueueConsumer) -
 
 def test_kombu_on_message_skips_decoding():
     receive = source(kombu.Consumer._receive_callback)
