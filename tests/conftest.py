@@ -18,6 +18,10 @@ from nameko.testing.utils import find_free_port
 
 from harness.rabbit import VhostPool, amqp_uri
 from harness.redis_cluster import RedisClusterServers, free_ports_in
+from services import __version__
+
+# what /health answers while the process has its servers
+HEALTH_OK = {"status": "ok", "version": __version__}
 
 AMQP_HOST = os.environ.get("TEST_AMQP_HOST", "127.0.0.1:5672")
 REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1:6379")

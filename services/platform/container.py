@@ -18,6 +18,7 @@ from nameko.extensions import DependencyProvider
 from nameko.log_helpers import make_timing_logger
 from nameko.utils.concurrency import SpawningSet
 
+from services import __version__
 from services.settings import number
 
 _log = logging.getLogger(__name__)
@@ -187,13 +188,13 @@ def servers_awaited(container):
 
 def health(container):
     """The body of a /health answer: {"status": "ok"}, or {"status":
-    "waiting", "waiting_for": [server, ...]}. Always a 200: /health is the
+    "waiting", "waiting_for": [server, ...]}, each with the "version". Always a 200: /health is the
     liveness probe, and a process that waits for a server is alive (a
     restart would not bring the server back); /ready tells readiness."""
     waiting = servers_awaited(container)
     if waiting:
-        return {"status": "waiting", "waiting_for": waiting}
-    return {"status": "ok"}
+        return {"status": "waiting", "waiting_for": waiting, "version": __version__}
+    return {"status": "ok", "version": __version__}
 
 
 class Waiting(DependencyProvider):

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from harness.process import VOTES, free_port, wait_until
+from services import __version__
 from tests.deploy.test_kubernetes import app, pod_spec
 from tests.edge.conftest import start_service
 
@@ -41,7 +42,7 @@ def readiness_passes(edge, name):
 
 def waits_for(edge, server):
     body = requests.get(edge.base_url + "/health", timeout=3).json()
-    return body == {"status": "waiting", "waiting_for": [server]}
+    return body == {"status": "waiting", "waiting_for": [server], "version": __version__}
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from kombu import Connection
 
 from harness.process import wait_until
 from harness.redis_server import RedisServer
+from tests.conftest import HEALTH_OK
 from tests.edge.conftest import EDGE_LIMITS, log_with, start_service
 from tests.fault.harness import (
     SIGTERM_BOUND,
@@ -59,7 +60,7 @@ def assert_serving(edge):
     started = time.monotonic()
     health = edge.get("/health")
     took = time.monotonic() - started
-    assert (health.status_code, health.json()) == (200, {"status": "ok"})
+    assert (health.status_code, health.json()) == (200, HEALTH_OK)
     assert took < ANSWER_BOUND, "/health took {:.2f}s".format(took)
     started = time.monotonic()
     vote = edge.get("/vote", params={"postId": "edge", "score": "1"})
@@ -235,7 +236,7 @@ def test_a_pipelining_client_does_not_starve_others(gateway):
     other.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     status, body, _ = read_answer(other)
     answered_meanwhile = answered[0]
-    assert (status, body) == (200, {"status": "ok"})
+    assert (status, body) == (200, HEALTH_OK)
     sender.wait()
     assert reader.wait() == flood_count
     flood.close()
@@ -363,7 +364,7 @@ def test_out_of_file_descriptors(tmp_path, rabbit_config, redis_uri, module, por
         assert edge.process.alive, edge.process.tail()
         wait_until(lambda: _answers(edge), 10, "the service to answer again")
         health = edge.get("/health")
-        assert (health.status_code, health.json()) == (200, {"status": "ok"})
+        assert (health.status_code, health.json()) == (200, HEALTH_OK)
         metrics = edge.get("/metrics").text
         label = "gateway" if port_key == "WEB_SERVER_ADDRESS" else "votes-metrics"
         assert 'http_accept_errors_total{error="EMFILE",server="%s"}' % label in metrics

@@ -135,7 +135,7 @@ def test_a_stream_ends_cleanly_after_its_lifetime(short_streams):
     stream.rest = b""
     health = stream.read_to_eof()
     assert health.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert health.endswith(b'{"status":"ok"}')
+    assert health.endswith(b'{"status":"ok","version":"1.0.0"}')
     again = open_stream(short_streams)
     assert again.status == 200
     again.sock.close()

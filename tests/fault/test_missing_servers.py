@@ -20,14 +20,14 @@ from harness.process import (
     wait_until,
     write_config,
 )
-from services import contracts
-from tests.conftest import make_event, make_vote
+from services import __version__, contracts
+from tests.conftest import HEALTH_OK, make_event, make_vote
 from tests.fault.harness import RPC_QUEUE, VOTES_QUEUE, rabbitmq_stopped, terminate
 from tests.fault.test_malformed_rpc import Client, error_of, vote
 
-WAITING = {rabbitmq: {"status": "waiting", "waiting_for": [rabbitmq]}
+WAITING = {rabbitmq: {"status": "waiting", "waiting_for": [rabbitmq], "version": __version__}
            for rabbitmq in ("rabbitmq", "redis")}
-OK = {"status": "ok"}
+OK = HEALTH_OK
 LOG_LINE = {"rabbitmq": "waiting for RabbitMQ at amqp://guest:***@127.0.0.1:{}/",
             "redis": "waiting for Redis at redis://127.0.0.1:{}/0"}
 

@@ -3,6 +3,7 @@ requests from an allowed and from a refused origin, and CORS off."""
 import pytest
 
 from services.gateway.service import GatewayService
+from tests.conftest import HEALTH_OK
 
 FORUM = "https://forum.example"
 ELSEWHERE = "https://elsewhere.example"
@@ -84,7 +85,7 @@ def test_refused_origin(gateway, web_session):
     # an actual request is answered, without CORS headers: the browser
     # keeps the answer from the page
     response = web_session.get("/health", headers={"Origin": ELSEWHERE})
-    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert (response.status_code, response.json()) == (200, HEALTH_OK)
     assert cors_headers(response) == {}
     assert response.headers["Vary"] == "Origin"
 

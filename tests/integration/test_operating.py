@@ -5,6 +5,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.gateway.service import GatewayService
+from tests.conftest import HEALTH_OK
 from tests.integration.test_pipeline import counts, wait_for_counts
 
 
@@ -27,7 +28,7 @@ def delta(after, before, *key):
 
 def test_health_and_ready(services, web_session):
     response = web_session.get("/health")
-    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert (response.status_code, response.json()) == (200, HEALTH_OK)
     response = web_session.get("/ready")
     assert (response.status_code, response.json()) == (200, {
         "status": "ready",
@@ -75,4 +76,4 @@ def test_metrics_count_votes(services, web_session, config):
 
 def test_votes_health_port(services, config):
     response = requests.get("http://{}/health".format(config["METRICS_ADDRESS"]), timeout=10)
-    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert (response.status_code, response.json()) == (200, HEALTH_OK)

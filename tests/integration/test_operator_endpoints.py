@@ -8,7 +8,7 @@ import requests
 from services import contracts
 from services.gateway.service import GatewayService
 from services.votes.service import VotesService
-from tests.conftest import find_free_port
+from tests.conftest import HEALTH_OK, find_free_port
 
 NOT_FOUND = {"error": "NOT_FOUND", "message": "no such resource"}
 TOKEN_REQUIRED = {"error": "OPERATOR_TOKEN_REQUIRED",
@@ -30,7 +30,7 @@ def test_operator_address(runner_factory, config, web_session):
         response = web_session.get(path)
         assert (response.status_code, response.json()) == (404, NOT_FOUND)
     response = web_session.get("/health")
-    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert (response.status_code, response.json()) == (200, HEALTH_OK)
     operator = "http://{}".format(address)
     response = requests.get(operator + "/metrics", timeout=10)
     assert response.status_code == 200
@@ -38,7 +38,7 @@ def test_operator_address(runner_factory, config, web_session):
     response = requests.get(operator + "/ready", timeout=10)
     assert (response.status_code, response.json()) == (200, READY)
     response = requests.get(operator + "/health", timeout=10)
-    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert (response.status_code, response.json()) == (200, HEALTH_OK)
     response = requests.get(operator + "/vote?postId=1&score=1", timeout=10)
     assert (response.status_code, response.json()) == (404, NOT_FOUND)
 
@@ -58,7 +58,7 @@ def test_operator_token(runner_factory, config, web_session):
     response = web_session.get("/ready", headers=good)
     assert (response.status_code, response.json()) == (200, READY)
     response = web_session.get("/health")
-    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert (response.status_code, response.json()) == (200, HEALTH_OK)
 
 
 def test_operator_address_with_token(runner_factory, config):

@@ -7,6 +7,7 @@ import pytest
 import requests
 import yaml
 
+from tests.conftest import HEALTH_OK
 from tests.fault import conftest as fault
 from tests.fault.harness import Cluster
 
@@ -51,7 +52,7 @@ def test_the_votes_services_metrics_and_ready_need_the_operator_token(cluster):
         200, {"status": "ready", "checks": {"redis": "ok"}})
     # liveness stays open: the container's healthcheck has no token
     response = requests.get(status_url(votes, "/health"), timeout=10)
-    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    assert (response.status_code, response.json()) == (200, HEALTH_OK)
 
 
 def test_the_votes_services_ready_says_when_redis_is_down(cluster):

@@ -471,6 +471,9 @@ def test_image_labels_carry_the_version():
     assert "ARG VERSION={}".format(__version__) in text
     assert 'org.opencontainers.image.version="${VERSION}"' in text
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    openapi = json.loads((ROOT / "services" / "gateway" / "openapi.json").read_text())
+    assert openapi["info"]["version"] == __version__
+    assert "## [{}] - ".format(__version__) in (ROOT / "CHANGELOG.md").read_text()
 
 
 # --- services.healthcheck ------------------------------------------------

@@ -220,22 +220,24 @@ def test_waits_show_on_health_and_are_logged_once_per_error(caplog, monkeypatch)
     monkeypatch.setattr(container_module.time, "monotonic", lambda: now[0])
     container = DeadlineContainer(Service, {"AMQP_URI": "memory://"})
     caplog.set_level(logging.INFO, logger="services.platform.container")
-    assert health(container) == {"status": "ok"}
+    assert health(container) == {"status": "ok", "version": "1.0.0"}
 
     for _ in range(3):
         waiting_for(container, RABBITMQ, "events", "amqp://guest:***@mq/", OSError("refused"))
     waiting_for(container, RABBITMQ, "rpc", "amqp://guest:***@mq/", OSError("refused"))
     waiting_for(container, REDIS, "store", "redis://db/0", OSError("down"))
-    assert health(container) == {"status": "waiting", "waiting_for": ["rabbitmq", "redis"]}
+    assert health(container) == {"status": "waiting", "waiting_for": ["rabbitmq", "redis"],
+                                 "version": "1.0.0"}
     waiting_for(container, REDIS, "store", "redis://db/0", OSError("timed out"))
     now[0] += WAIT_LOG_INTERVAL
     waiting_for(container, REDIS, "store", "redis://db/0", OSError("timed out"))
     done_waiting(container, RABBITMQ, "events", "amqp://guest:***@mq/")
-    assert health(container) == {"status": "waiting", "waiting_for": ["rabbitmq", "redis"]}
+    assert health(container) == {"status": "waiting", "waiting_for": ["rabbitmq", "redis"],
+                                 "version": "1.0.0"}
     done_waiting(container, RABBITMQ, "rpc", "amqp://guest:***@mq/")
     done_waiting(container, REDIS, "store", "redis://db/0")
     done_waiting(container, REDIS, "store", "redis://db/0")  # not waiting: no line
-    assert health(container) == {"status": "ok"}
+    assert health(container) == {"status": "ok", "version": "1.0.0"}
     assert [record.getMessage() for record in caplog.records] == [
         "waiting for RabbitMQ at amqp://guest:***@mq/: refused",
         "waiting for RabbitMQ at amqp://guest:***@mq/: refused",
