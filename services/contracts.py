@@ -50,7 +50,21 @@ DEAD_LETTER_EXCHANGE = "votes.dead-letter"
 DEAD_LETTER_QUEUE = "votes.dead-letter"
 DEAD_LETTER_ROUTING_KEY = "votes.dead-letter"
 
-# Redis: every key starts with "votes:" (layout in services/votes/dependencies.py).
+# the most posts a top or a ranking page holds (the votes service's top
+# RPC, the gateway's /posts/top and the live counts' top)
+MAX_TOP = 100
+
+# an Idempotency-Key counts once for this long (seconds): the gateway
+# remembers it, the votes service keeps its claim and marks
+IDEMPOTENCY_TTL_CONFIG_KEY = "IDEMPOTENCY_TTL"
+DEFAULT_IDEMPOTENCY_TTL = 24 * 60 * 60
+
+# the entry of REDIS_URIS naming the votes service's Redis (the gateway's
+# rate limits keep their counts in it too)
+VOTES_REDIS = VOTES_SERVICE
+
+# Redis: every key starts with "votes:" (docs/architecture.md, Redis layout;
+# the keys each script names: services/votes/store/layout.py).
 # Each post lives in one of ``buckets`` buckets (VOTE_BUCKETS, the same for
 # every process on one database), and every key of a bucket carries the
 # bucket's hash tag, so that Redis Cluster keeps a bucket in one hash slot

@@ -21,7 +21,7 @@ from harness import rabbit
 from harness.process import ROOT
 from harness.redis_server import RedisServer
 from services.votes import schemas
-from services.votes.dependencies import APPLY_GROUP_VOTES, Limits, VoteStorage, _sha, connect
+from services.votes.store import APPLY_GROUP_VOTES, Limits, VoteStorage, connect, scripts
 
 BASELINE = "556c710"  # the last commit before rankings
 SORTS = ("top", "best", "controversial", "hot")
@@ -88,7 +88,7 @@ class _Before(VoteStorage):
 
     def _command(self, parts):
         command = super()._command(parts)
-        return command._replace(args=("EVALSHA", _sha(self.script), *command.args[2:]),
+        return command._replace(args=("EVALSHA", scripts.sha(self.script), *command.args[2:]),
                                 script=self.script)
 
     def _part_results(self, reply, count):

@@ -1,4 +1,6 @@
-"""Look at the dead-letter queue, and replay it.
+"""The votes service's dead letters: the headers its event handler gives
+an event it cannot apply (failed_event_headers), and the tool that looks
+at the dead-letter queue and replays it:
 
     python -m services.votes.dead_letters show [--config config.yml]
     python -m services.votes.dead_letters replay [--config config.yml] [--force]
@@ -47,6 +49,7 @@ message was kept back, else 0.
 """
 import argparse
 import json
+import logging
 import sys
 import time
 
@@ -57,18 +60,61 @@ from services import contracts
 from services.platform import amqp_layer, brokers, dead_lettering
 from services.platform.amqp_layer import Link
 from services.settings import number, read_config
-from services.votes.dependencies import (
-    APPLIED_MARK_HEADER,
-    DEAD_LETTER_QUEUE,
+from services.votes.store import (
     DEFAULT_MARK_TTL,
-    EVENT_ID_HEADER,
-    MARK_ABSENT,
-    MARK_PRESENT,
     MARK_TTL_CONFIG_KEY,
     REDIS_KEY,
     connect,
     read_buckets,
+    storage_of,
 )
+
+_log = logging.getLogger(__name__)
+
+# -- what the votes service's event handler does with what it cannot apply --
+
+DEAD_LETTER_QUEUE = dead_lettering.dead_letter_queue(
+    contracts.DEAD_LETTER_EXCHANGE, contracts.DEAD_LETTER_QUEUE,
+    contracts.DEAD_LETTER_ROUTING_KEY)
+DEAD_LETTER_EXCHANGE = DEAD_LETTER_QUEUE.exchange
+# headers of an event dead-lettered after its handler kept failing (read
+# by replay below)
+EVENT_ID_HEADER = "x-event-id"
+APPLIED_MARK_HEADER = "x-applied-mark"
+MARK_PRESENT = "present"  # applied (perhaps in part); the mark is kept for good
+MARK_ABSENT = "absent"    # no mark: not applied, as far as Redis could tell
+MARK_UNKNOWN = "unknown"  # Redis could not be asked
+
+
+def seal_applied_mark(storage, event):
+    """Whether the event's exactly-once marks exist (any of them: it may
+    have been applied in part), each kept for good with PERSIST: an applied
+    event that is dead-lettered keeps its marks, so that a replay, however
+    late, applies no part twice."""
+    if storage is None:
+        return MARK_UNKNOWN
+    try:
+        found = storage.seal_marks(event.id, [vote.postId for vote in event.votes])
+    except redis.RedisError as exc:
+        _log.error("could not look up the marks of dead-lettered event %s: %r",
+                   event.id, exc)
+        return MARK_UNKNOWN
+    return MARK_PRESENT if found else MARK_ABSENT
+
+
+def failed_event_headers(container, event):
+    """The event handler's ``failed_headers``: an event whose handler kept
+    failing may have been applied, so its mark is looked up and sealed
+    (seal_applied_mark) in the container's store, and the answer goes with
+    it for the replay."""
+    event_id = getattr(event, "id", None)
+    if event_id is None:
+        return {}
+    return {EVENT_ID_HEADER: event_id,
+            APPLIED_MARK_HEADER: seal_applied_mark(storage_of(container), event)}
+
+
+# -- show and replay --
 
 REASON = dead_lettering.REASON_HEADER
 ORIGIN_EXCHANGE = dead_lettering.ORIGIN_EXCHANGE_HEADER

@@ -29,12 +29,13 @@ from nameko.extensions import DependencyProvider
 from services import contracts
 from services.platform.amqp_layer import Link
 from services.settings import number
+from services.votes.store import storage_of
 
 _log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_CONFIG_KEY = "COUNTS_FLUSH_INTERVAL"
 DEFAULT_FLUSH_INTERVAL = 0.25
-TOP_SIZE = 100           # the largest top=N a page may follow
+TOP_SIZE = contracts.MAX_TOP  # the largest top=N a page may follow
 PUBLISH_TIMEOUT = 2.0    # seconds a publish may take before it is dropped
 RECONNECT_PAUSE = 1.0    # after a failed publish, none tried for this long
 
@@ -106,15 +107,6 @@ def announcer(config):
     return link, publish
 
 
-def _storage(container):
-    """The VoteStorage of the container's VoteStore (started or not)."""
-    from services.votes.dependencies import VoteStore
-    for provider in container.dependencies:
-        if isinstance(provider, VoteStore):
-            return provider.storage
-    return None
-
-
 class CountsFeed(DependencyProvider):
     """Injects ``changed(post_ids)``: note posts whose counts changed; they
     are announced within COUNTS_FLUSH_INTERVAL seconds as one
@@ -140,13 +132,13 @@ class CountsFeed(DependencyProvider):
                                    self._read_top or self.read_top, publish)
 
     def read_counts(self, post_ids):
-        return _storage(self.container).counts_many(
+        return storage_of(self.container).counts_many(
             [(post_id, None) for post_id in post_ids])
 
     def read_top(self):
         # read once: under load its order and counts rarely agree in three
         # reads either, and the next flush reads it again
-        return _storage(self.container).top(TOP_SIZE, reads=1)
+        return storage_of(self.container).top(TOP_SIZE, reads=1)
 
     def start(self):
         self._running = True

@@ -7,7 +7,7 @@ The old layout (``votes:post:<postId>``, ``votes:voters:<postId>``,
 ``votes:retracted:<postId>``, ``votes:top``, ``votes:applied:<eventId>``,
 ``votes:once:<keyId>``) is read with SCAN from ``--from`` (by default the
 config's ``REDIS_URIS.votes``) and written in the layout of
-services/votes/dependencies.py to ``REDIS_URIS.votes``, with the config's
+services/contracts.py to ``REDIS_URIS.votes``, with the config's
 ``VOTE_BUCKETS``; that may be one Redis or any node of a Redis Cluster.
 
 Run it while no votes service runs on either database (stop the gateway,
@@ -39,7 +39,7 @@ import redis
 from services import contracts
 from services.platform import redis_nodes
 from services.settings import read_config
-from services.votes.dependencies import REDIS_KEY, connect, read_buckets, rebuild_command
+from services.votes.store import REDIS_KEY, connect, read_buckets, rebuild_command
 
 BATCH = 500  # keys per SCAN and per write pipeline
 DONE = "done"

@@ -13,16 +13,12 @@ from services.platform.operator import OperatorGate
 from services.platform.rpc import RequestId, rpc
 from services.platform.web import json_response, metrics_http
 from services.votes import metrics, schemas
-from services.votes.dependencies import (
-    APPLY_GROUP_VOTES,
-    DEAD_LETTER_QUEUE,
-    VoteStore,
-    failed_event_headers,
-)
+from services.votes.dead_letters import DEAD_LETTER_QUEUE, failed_event_headers
 from services.votes.exceptions import InvalidVote, NotFound, StoreUnavailable
 from services.votes.feed import CountsFeed
+from services.votes.store import APPLY_GROUP_VOTES, VoteStore
 
-MAX_TOP = 100
+MAX_TOP = contracts.MAX_TOP
 
 # the platform's batching event handler with this service's dead-letter
 # queue, its metrics, and the mark lookup of an event whose handler kept
@@ -126,7 +122,7 @@ class VotesService:
         ...], "next": cursor or None}. Without ``sort`` and ``after``, the
         top ``limit`` by score as a plain list, as before rankings."""
         if type(limit) is not int or not 1 <= limit <= MAX_TOP:
-            raise InvalidVote("limit: must be an integer from 1 to 100")
+            raise InvalidVote("limit: must be an integer from 1 to {}".format(MAX_TOP))
         if sort is None and after is None:
             return self.store.top(limit)
         sort, after = schemas.parse_page(sort, after)

@@ -15,7 +15,7 @@ import sys
 import redis
 
 from services.votes import schemas
-from services.votes.dependencies import Limits, VoteStorage
+from services.votes.store import Limits, VoteStorage
 
 EVENTS = [
     ("e1", [{"postId": "348", "score": 1}, {"postId": "348", "score": 1},

@@ -14,14 +14,10 @@ from nameko.testing.utils import find_free_port
 
 from services import contracts
 from services.votes import schemas
-from services.votes.dead_letters import replay
-from services.votes.dependencies import (
-    DEAD_LETTER_EXCHANGE,
-    DEAD_LETTER_QUEUE,
-    VoteStore,
-)
+from services.votes.dead_letters import DEAD_LETTER_EXCHANGE, DEAD_LETTER_QUEUE, replay
 from services.votes.exceptions import StoreUnavailable
 from services.votes.service import VotesService, event_handler
+from services.votes.store import VoteStore
 from tests.conftest import make_event, make_vote
 
 EVENTS = Exchange(contracts.EVENTS_EXCHANGE, type="topic", durable=True)

@@ -10,7 +10,7 @@ import yaml
 
 from services import contracts
 from services.votes import migrate, schemas
-from services.votes.dependencies import Limits, VoteStorage, connect
+from services.votes.store import Limits, VoteStorage, connect
 from tests.conftest import make_vote
 
 pytestmark = pytest.mark.stores

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services import contracts, rules
-from services.votes import dependencies, migrate, schemas
-from services.votes.dependencies import Limits, VoteStorage, connect, counts_dict
+from services.votes import migrate, schemas
+from services.votes.store import Applied, Limits, VoteStorage, connect, counts_dict, scripts
 from tests.conftest import make_vote
 from tests.integration.test_pipeline import counts
 
@@ -456,11 +456,11 @@ def test_events_applied_in_groups_end_as_applied_one_by_one(storage):
 class _OtherScript(VoteStorage):
     """The store with a changed apply script (``script``)."""
 
-    script = dependencies.APPLY_SCRIPT
+    script = scripts.APPLY.text
 
     def _command(self, parts):
         command = super()._command(parts)
-        return command._replace(args=("EVALSHA", dependencies._sha(self.script),
+        return command._replace(args=("EVALSHA", scripts.sha(self.script),
                                       *command.args[2:]), script=self.script)
 
 
@@ -468,7 +468,7 @@ class _Poisoned(_OtherScript):
     """A script that fails on a part with the post 'poison', before the
     part's first write: an error it does not foresee, in a shared call."""
 
-    script = dependencies.APPLY_SCRIPT.replace(
+    script = scripts.APPLY.text.replace(
         "  local mark = KEYS[part[1]]\n",
         "  local mark = KEYS[part[1]]\n"
         "  for _, v in ipairs(part[3]) do if v[1] == 'poison' then error('poisoned') end end\n",
@@ -484,8 +484,7 @@ def test_an_event_the_script_cannot_apply_fails_alone(storage):
     events = [("a", good[:3]), ("p", [good[3], schemas.parse_vote(make_vote(postId="poison"))]),
               ("b", good[4:])]
     results = poisoned.apply_group(events)
-    assert [type(r) for r in results] == [dependencies.Applied, redis.ResponseError,
-                                          dependencies.Applied]
+    assert [type(r) for r in results] == [Applied, redis.ResponseError, Applied]
     if not storage.writes.cluster:
         # one call, which failed and so wrote nothing: each innocent
         # event's Applied counts all of its votes (on a cluster the calls
@@ -508,7 +507,7 @@ class _FailsPartWay(_OtherScript):
     """A script with a bug that strikes part way through a part: its
     mark, a keyed vote and a voter's vote worked out, then an error."""
 
-    script = dependencies.APPLY_SCRIPT.replace(
+    script = scripts.APPLY.text.replace(
         "      if fresh then\n        applied = applied + 1\n",
         "      if fresh then\n        if post_id == 'poison' then error('a bug') end\n"
         "        applied = applied + 1\n",

@@ -15,9 +15,10 @@ from nameko.testing.services import entrypoint_waiter
 from services import contracts, rules
 from services.votes import dead_letters as dead_letter_tool
 from services.votes import schemas
-from services.votes.dependencies import DEAD_LETTER_EXCHANGE, Limits, VoteStorage
-from services.votes.dependencies import DEAD_LETTER_QUEUE as DEAD_LETTERS
+from services.votes.dead_letters import DEAD_LETTER_EXCHANGE
+from services.votes.dead_letters import DEAD_LETTER_QUEUE as DEAD_LETTERS
 from services.votes.service import VotesService
+from services.votes.store import Limits, VoteStorage
 from tests.conftest import make_event, make_vote
 
 DEAD_LETTER_QUEUE = contracts.DEAD_LETTER_QUEUE

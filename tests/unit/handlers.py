@@ -4,7 +4,7 @@ from unittest import mock
 
 from services import contracts
 from services.votes import schemas
-from services.votes.dependencies import DEAD_LETTER_QUEUE
+from services.votes.dead_letters import DEAD_LETTER_QUEUE
 from services.votes.exceptions import StoreUnavailable
 
 

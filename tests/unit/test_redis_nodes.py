@@ -17,7 +17,7 @@ from services.platform.redis_nodes import (
     WriteRouter,
     parse_sentinel_uri,
 )
-from services.votes.dependencies import read_limits, store_error_kind
+from services.votes.store import read_limits, store_error_kind
 
 
 @pytest.mark.parametrize("uri, target", [

@@ -8,14 +8,14 @@ import redis
 from redis._parsers.base import BaseParser
 
 from services.votes import metrics
-from services.votes.dependencies import (
+from services.votes.exceptions import StoreUnavailable
+from services.votes.schemas import parse_event
+from services.votes.store import (
     OTHER_ERROR,
     Limits,
     VoteStorage,
     store_error_kind,
 )
-from services.votes.exceptions import StoreUnavailable
-from services.votes.schemas import parse_event
 from tests.conftest import make_event
 
 # the replies as Redis 7 words them

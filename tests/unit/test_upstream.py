@@ -609,7 +609,7 @@ def test_werkzeug_as_web_expects():
         request.get_data()
 
 
-# -- nameko-redis: services/votes/dependencies.py VoteStore ---------------------
+# -- nameko-redis: services/votes/store/provider.py VoteStore -------------------
 
 def test_nameko_redis_provider_internals():
     """VoteStore subclasses nameko-redis's Redis: it reads ``redis_uri``
@@ -630,7 +630,7 @@ def test_nameko_redis_provider_internals():
     assert "self.client" in source(nameko_redis.Redis.get_dependency)
 
 
-# -- redis-py: services/platform/redis_nodes.py, services/votes/dependencies.py ---
+# -- redis-py: services/platform/redis_nodes.py, services/votes/store ------------
 
 def test_redis_cluster_internals():
     """WriteRouter routes each command itself: the slot of its key, the

@@ -10,9 +10,9 @@ from services import contracts, rules
 from services.platform import handlers
 from services.platform.handlers import ReliableEventHandler, backoff
 from services.votes import schemas
-from services.votes.dependencies import Applied
 from services.votes.exceptions import InvalidVote, StoreUnavailable
 from services.votes.service import VotesService
+from services.votes.store import Applied
 from tests.conftest import make_event, make_vote
 from tests.unit.handlers import bound_event_handler
 
