@@ -113,7 +113,8 @@ class CountsFeed(DependencyProvider):
     ``counts_changed`` event (see the module docstring)."""
 
     def __init__(self, read_counts=None, read_top=None, publish=None):
-        # the three may be given (tests); by default Redis and RabbitMQ
+        # the three may be given (tests); by default the container's
+        # VoteStore (storage_of) and RabbitMQ
         self._read_counts = read_counts
         self._read_top = read_top
         self._publish = publish

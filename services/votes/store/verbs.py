@@ -61,8 +61,8 @@ def _voter_score(entry):
 
 
 class VoteStorage:
-    """The domain verbs over one Redis client (a plain one or a
-    RedisCluster); safe to share among workers."""
+    """The domain verbs over one Redis client (a plain one, a RedisCluster
+    or a Sentinel master); safe to share among workers."""
 
     def __init__(self, client, limits):
         self.client = client
@@ -355,7 +355,8 @@ class VoteStorage:
 
     def seal_marks(self, event_id, post_ids):
         """Whether any part of the event has its exactly-once mark, each
-        mark made to last for good (PERSIST): see seal_applied_mark."""
+        mark made to last for good (PERSIST): see
+        services.votes.dead_letters.seal_applied_mark."""
         keys = layout.applied_keys(event_id, post_ids, self.buckets)
         with self.client.pipeline(transaction=False) as pipe:
             for key in keys:
