@@ -4,7 +4,8 @@ On the three-node cluster (conftest.py), the services' AMQP_URI naming all
 three nodes and their queues quorum queues, the node that leads the votes
 queue is killed with kill -9 under load and never started again. Votes
 keep flowing (a 503, answered within 5 s, only while connections move) and
-every vote accepted by then is counted within 60 s of the failure. Then,
+every vote accepted by then is counted within 60 s of the failure; the
+live counts (GET /stream) go on while votes flow. Then,
 still under load, the operator's walk: ``forget_cluster_node`` from a
 survivor, a new node joined, ``rabbitmq-queues grow <new> all``. The votes
 queue's members are then the two survivors and the new node, clients see
@@ -18,10 +19,12 @@ import time
 from harness.process import wait_until
 from tests.cluster.test_rabbit_cluster import VOTES_QUEUE, recovery_checks, start
 from tests.fault.harness import MAX_VOTES, tally, verify, within_recovery
+from tests.integration.test_stream import Stream
 
 RATE = 200           # votes a second: a node boots beside the load
 BEFORE = 1500        # votes answered before the failure
 AFTER = 1000         # votes answered after the walk
+LIVE_AHEAD = 200     # the load votes on the live probe's post this many votes on
 COUNTED_BOUND = 60   # every vote accepted so far is counted by then (s after the failure)
 WALK_TIMEOUT = 30    # membership changes show in list_queues within this
 
@@ -50,6 +53,25 @@ def serving(via, vhost, nodes):
     return sorted(states) == names(nodes) and sorted(states.values()) == expected and states
 
 
+def live_counts_problems(services, load):
+    """The live counts go on (GET /stream, fed by the votes service's
+    counts_changed): a post the load is about to vote on shows its vote,
+    in the snapshot or as an update. A reader waits Stream's 10 s at most
+    for each piece."""
+    probe = "p{}".format(len(load.answers) + LIVE_AHEAD)
+    stream = Stream(services.web_port, "postId=" + probe)
+    try:
+        posts = stream.event()["data"]["posts"]
+        while not posts[0]["upvote"] + posts[0]["downvote"]:
+            posts = [stream.event()["data"]]
+    except (OSError, EOFError) as exc:  # a timeout is an OSError
+        return ["no live count of {} (voted on after the failure) on GET /stream: "
+                "{!r}".format(probe, exc)]
+    finally:
+        stream.close()
+    return []
+
+
 def wait_members(rabbit_cluster, vhost, nodes, what):
     wait_until(lambda: members(rabbit_cluster, vhost) == names(nodes),
                WALK_TIMEOUT, "the votes queue's members to be {} ({}), are {}".format(
@@ -74,6 +96,7 @@ def test_votes_queue_leader_lost_for_good_then_replaced(rabbit_cluster, services
             problems.append("{}s after the failure: {}".format(COUNTED_BOUND, exc))
         print("\n[node lost] {} killed; the votes accepted by then counted {:.1f}s "
               "after".format(lost.name, time.monotonic() - failed))
+        problems += live_counts_problems(services, load)
 
         walk = time.monotonic()
         rabbit_cluster.forget(lost)
