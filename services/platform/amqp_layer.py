@@ -122,20 +122,24 @@ class Link:
         self.producer = Producer(channel, on_return=self.on_return)
         return self.producer
 
-    def publish(self, body, *, exchange, routing_key, timeout, **options):
+    def publish(self, body, exchange, routing_key, timeout, delivery_mode=None,
+                mandatory=False, **options):
         """Publish ``body`` (JSON unless ``content_type`` says it is
-        already encoded) within ``timeout`` seconds, connecting first if
-        needed; with confirms, returns once the broker has it. The caller
-        holds ``lock``. Any failure closes the connection and is raised."""
-        if self.confirms:
-            options.setdefault("confirm_timeout", timeout)
+        already encoded; ``delivery_mode`` and ``mandatory`` as kombu has
+        them) within ``timeout`` seconds, connecting first if needed; with
+        confirms, returns once the broker has it. The caller holds
+        ``lock``. Any failure closes the connection and is raised."""
         try:
             with eventlet.Timeout(timeout):
                 self.get_producer().publish(
                     body, exchange=exchange, routing_key=routing_key,
-                    serializer="json", retry=False, **options)
+                    serializer="json", delivery_mode=delivery_mode,
+                    mandatory=mandatory, retry=False,
+                    confirm_timeout=timeout if self.confirms else None, **options)
         except BaseException:
-            self.reset(failed=self.pause_after_failure)
+            # a publish refused during the pause (no producer) must not
+            # extend it, or a steady flow of publishes never reconnects
+            self.reset(failed=self.pause_after_failure and self.producer is not None)
             raise
 
     def reset(self, failed=False):

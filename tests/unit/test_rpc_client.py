@@ -151,6 +151,9 @@ def test_the_request_follows_nameko_rpc(client):
     assert kwargs["reply_to"] == client.reply_queue_name
     assert kwargs["correlation_id"]
     assert kwargs["expiration"] == 0.05  # nobody took it in time: dropped
+    # as nameko's RpcProxy: neither persistent nor mandatory, no confirm
+    assert (kwargs["delivery_mode"], kwargs["mandatory"], kwargs["confirm_timeout"]) == (
+        1, False, None)
 
 
 def test_grouped_calls_share_one_request(client):
