@@ -30,6 +30,7 @@ from harness.tmpfs import Tmpfs
 from tests.fault.harness import (
     VOTES_QUEUE,
     nothing_dead_lettered,
+    store_errors,
     store_fault,
     verify,
     wait_until,
@@ -41,6 +42,8 @@ MIN_ACCEPTED = 500      # votes answered 202 during a Redis fault, at least
 DISK_SIZE = "4m"
 FILLER = 2 << 20        # bytes set aside on the disk, freed to end the fault
 FILL_VALUE = 64 << 10   # bytes of each key Redis fills its disk with
+UNREACHABLE = ("TIMEOUT", "CONNECTION")  # the store's errors for a Redis cut off
+MIN_TRIES = 3           # the back-off (0.1 s, doubling) tries more often in FAULT_SECONDS
 ALARM_MARGIN = 1.0      # s: publishes read before the alarm may still be confirmed
 
 
@@ -175,8 +178,9 @@ def test_redis_partitioned_mid_stream(cluster, private_redis):
         load.wait_sent(400)
         net.partition()
         problems, counted, figures = store_fault(
-            cluster, votes, load, ("TIMEOUT", "CONNECTION"), FAULT_SECONDS, MIN_ACCEPTED)
+            cluster, votes, load, UNREACHABLE, FAULT_SECONDS, MIN_ACCEPTED)
         read = timed_read(cluster, load)
+        tries = sum(store_errors(cluster, votes, kind) for kind in UNREACHABLE)
         consumers = cluster.queue_state(VOTES_QUEUE)[1]
         alive = votes.alive
         net.heal()
@@ -189,6 +193,10 @@ def test_redis_partitioned_mid_stream(cluster, private_redis):
           "process alive: {}; a read: {}".format(figures, consumers, alive, read))
     if read[:2] != (503, "SERVICE_UNAVAILABLE"):
         problems.append("a read during the partition: {}".format(read))
+    if tries < MIN_TRIES:
+        problems.append("only {} failed tries in {} s cut off: writes stuck on a dead "
+                        "connection rather than timed out and retried".format(
+                            tries, FAULT_SECONDS))
     if not (alive and consumers >= 1):
         problems.append("the votes service stopped consuming during the partition: "
                         "alive {}, {} consumers".format(alive, consumers))
