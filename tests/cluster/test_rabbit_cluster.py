@@ -60,7 +60,8 @@ def load_with_fault(rabbit_cluster, services, label, fault, repair=None):
         load.wait_sent(VOTES // 3)
         began = time.monotonic()
         fault(leader)
-        problems = within_recovery(began, recovery_checks(services, load, began))
+        problems = within_recovery(began, recovery_checks(services, load, began),
+                                   label=label)
         assert rabbit_cluster.leader(services.vhost, VOTES_QUEUE) is not leader
         if repair is not None:
             # at two thirds of the votes, or now if recovery outlasted them

@@ -78,7 +78,7 @@ def test_redis_stopped_mid_stream(cluster, private_redis):
             "votes applied again": cluster.counting_beyond(
                 total(cluster.counted())),
             "GET /vote-counts answering": cluster.reading(load),
-        })
+        }, label="Redis stopped")
         load.wait_sent(800)
     verify("Redis stopped", cluster, load, problems)
 
@@ -95,7 +95,7 @@ def test_rabbitmq_stopped_mid_stream(cluster):
             "the gateway accepting votes": load.accepting_since(outage.back),
             "the votes service consuming": cluster.consuming(),
             "GET /vote-counts answering": cluster.reading(load),
-        })
+        }, label="RabbitMQ stopped")
         load.wait_sent(800)
     verify("RabbitMQ stopped", cluster, load, problems, refusals=True,
            in_doubt=load.refused_in_flight(outage.going, outage.gone))
