@@ -6,6 +6,9 @@ import time
 
 from kombu import Exchange, Queue
 
+from services.platform import brokers
+from services.platform.amqp_layer import Link
+
 # headers of a dead-lettered message (read by a replay tool)
 REASON_HEADER = "x-dead-letter-reason"
 ORIGIN_EXCHANGE_HEADER = "x-original-exchange"
@@ -19,10 +22,19 @@ def dead_letter_queue(exchange, queue, routing_key):
                  routing_key=routing_key, durable=True, auto_delete=False)
 
 
-def copy_to_dead_letters(publisher, queue, message, reason, extra=None):
-    """Publish a copy of ``message`` to the dead-letter ``queue`` with
-    headers that say why (``reason``) and where it came from; raises what
-    the publish raises."""
+def dead_letter_link(config, queue):
+    """The Link a service's dead letters to ``queue`` go out on: confirmed,
+    the queue and its exchange declared on every connect (as nameko's
+    Publisher did on its pooled connections)."""
+    return Link(config, declare=[queue.exchange, queue], confirms=True,
+                queue_type=brokers.queue_type(config))
+
+
+def copy_to_dead_letters(link, queue, message, reason, extra=None):
+    """Publish a copy of ``message`` to the dead-letter ``queue`` on
+    ``link`` (persistent, confirmed, waiting for the confirm as long as it
+    takes, as nameko's Publisher did) with headers that say why
+    (``reason``) and where it came from; raises what the publish raises."""
     delivery = message.delivery_info
     headers = dict(message.headers or {})
     headers.update({
@@ -32,13 +44,15 @@ def copy_to_dead_letters(publisher, queue, message, reason, extra=None):
         DEAD_LETTERED_AT_HEADER: int(time.time()),
     })
     headers.update(extra or {})
-    publisher.publish(
-        message.body,
-        exchange=queue.exchange,
-        routing_key=queue.routing_key,
-        headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        retry=False,
-    )
+    with link.lock:
+        link.publish(
+            message.body,
+            exchange=queue.exchange,
+            routing_key=queue.routing_key,
+            timeout=None,
+            delivery_mode=2,
+            headers=headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+        )
 

@@ -23,14 +23,12 @@ from functools import partial
 
 import eventlet
 from eventlet.event import Event
-from nameko.amqp.publish import Publisher
-from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import EventHandler
 
 from services.platform import brokers
 from services.platform.batching import GroupCommit
 from services.platform.consumers import DeadLetteringQueueConsumer
-from services.platform.dead_lettering import copy_to_dead_letters
+from services.platform.dead_lettering import copy_to_dead_letters, dead_letter_link
 
 _log = logging.getLogger(__name__)
 
@@ -89,14 +87,15 @@ class ReliableEventHandler(EventHandler):
         self.queue = brokers.typed(self.queue, config)
         self.dead_letter_queue = brokers.typed(self.dead_letter_queue, config)
         self.also_declares = (self.dead_letter_queue,)
-        self.dead_letter_publisher = Publisher(
-            config[AMQP_URI_CONFIG_KEY],
-            declare=[self.dead_letter_queue.exchange, self.dead_letter_queue],
-        )
+        self.dead_letter_publisher = dead_letter_link(config, self.dead_letter_queue)
 
     def stop(self):
         self._stopping = True
         super().stop()
+
+    def kill(self):
+        super().kill()
+        self.dead_letter_publisher.reset()
 
     def handle_message(self, body, message):
         try:

@@ -13,7 +13,6 @@ import eventlet
 import nameko.rpc
 from kombu.exceptions import OperationalError
 from kombu.serialization import registry
-from nameko.amqp.publish import Publisher
 from nameko.constants import (
     AMQP_SSL_CONFIG_KEY,
     AMQP_URI_CONFIG_KEY,
@@ -28,7 +27,11 @@ from prometheus_client import Counter
 
 from services.platform import brokers
 from services.platform.consumers import LOST_CONNECTION, ResilientQueueConsumer
-from services.platform.dead_lettering import copy_to_dead_letters, dead_letter_queue
+from services.platform.dead_lettering import (
+    copy_to_dead_letters,
+    dead_letter_link,
+    dead_letter_queue,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -86,9 +89,11 @@ class ResilientRpcConsumer(nameko.rpc.RpcConsumer):
         self.dead_letter_queue = brokers.typed(
             dead_letter_queue(RPC_DEAD_LETTER_EXCHANGE, name, name), config)
         self.also_declares = (self.dead_letter_queue,)
-        self.dead_letter_publisher = Publisher(
-            config[AMQP_URI_CONFIG_KEY],
-            declare=[self.dead_letter_queue.exchange, self.dead_letter_queue])
+        self.dead_letter_publisher = dead_letter_link(config, self.dead_letter_queue)
+
+    def kill(self):
+        super().kill()
+        self.dead_letter_publisher.reset()
 
     def handle_message(self, body, message):
         problem = unanswerable(message)

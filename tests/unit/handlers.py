@@ -21,5 +21,5 @@ def bound_event_handler(container, cls, setup=False, **options):
     handler.queue_consumer = mock.Mock()
     if setup:
         handler.setup()
-    handler.dead_letter_publisher = mock.Mock()
+    handler.dead_letter_publisher = mock.MagicMock()  # an amqp_layer.Link
     return handler
