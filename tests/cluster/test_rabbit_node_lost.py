@@ -21,6 +21,7 @@ from tests.cluster.test_rabbit_cluster import VOTES_QUEUE, recovery_checks, star
 from tests.fault.harness import MAX_VOTES, tally, verify, within_recovery
 from tests.integration.test_stream import Stream
 
+LABEL = "leader node lost for good"
 RATE = 200           # votes a second: a node boots beside the load
 BEFORE = 1500        # votes answered before the failure
 AFTER = 1000         # votes answered after the walk
@@ -85,7 +86,8 @@ def test_votes_queue_leader_lost_for_good_then_replaced(rabbit_cluster, services
         load.wait_sent(BEFORE)
         failed = time.monotonic()
         lost.kill()
-        problems = within_recovery(failed, recovery_checks(services, load, failed))
+        problems = within_recovery(failed, recovery_checks(services, load, failed),
+                                   label=LABEL)
         accepted = tally(load.accepted())
         try:
             wait_until(lambda: covered(services.counted(), accepted),
@@ -135,6 +137,6 @@ def test_votes_queue_leader_lost_for_good_then_replaced(rabbit_cluster, services
             min(a.started for a in load.refused()) - failed,
             max(a.started + a.latency for a in load.refused()) - failed))
     # a refused vote may still have been enqueued: it may be counted
-    verify("leader node lost for good", services, load, problems,
+    verify(LABEL, services, load, problems,
            in_doubt=load.refused(), refusals=True)
     assert len(services.processes) == 2  # no restart
