@@ -38,6 +38,7 @@ CONNECT_TIMEOUT = 2.0
 RECONNECT_PAUSE = 0.5  # after a failed connect, a link fails fast for this long
 CONSUME_RETRY = 1.0    # seconds between two attempts of a consume loop
 DRAIN_TIMEOUT = 1.0    # seconds between its looks at the heartbeat and at stop
+SETUP_TIMEOUT = 5.0    # connect, declare and consume of a consume loop, at most
 
 
 def uri_of(config_or_uri):
@@ -209,10 +210,17 @@ class ConsumeLoop:
         while self.running:
             conn = connection(self.amqp_uri, heartbeat=self.heartbeat)
             try:
-                self._connect(conn)
-                channel = conn.channel()
-                with Consumer(channel, queues=[self.queue], callbacks=[self._delivered],
-                              accept=["json"], no_ack=True):
+                # a broker that has just lost a node can leave a declare or
+                # a consume unanswered for long: bound them, then try anew
+                with eventlet.Timeout(SETUP_TIMEOUT, ConnectionError(
+                        "no consumer set up within {:g}s".format(SETUP_TIMEOUT))):
+                    self._connect(conn)
+                    channel = conn.channel()
+                    consumer = Consumer(channel, queues=[self.queue],
+                                        callbacks=[self._delivered],
+                                        accept=["json"], no_ack=True)
+                    consumer.consume()
+                with consumer:  # consume() again is a no-op; cancels on exit
                     self.consuming = True
                     self.quiet = brokers.Quiet()
                     if self.on_consuming is not None:
