@@ -5,7 +5,9 @@ Chromium missing is installed with apt-get when this runs as root (as CI
 does); otherwise this says how to get it, and exits 1. Playwright's own
 browser download (``playwright install``) is never used: it needs the
 internet. Then Chromium is launched once, so that a Playwright too old for
-it shows here and not as a failing test.
+it shows here and not as a failing test. axe-core (the accessibility check,
+pinned in package.json and package-lock.json) is installed into
+node_modules with `npm ci` when it is missing.
 """
 import os
 import shutil
@@ -14,6 +16,8 @@ import sys
 
 CHROMIUM = os.environ.get("CHROMIUM", "chromium")
 PACKAGE = "chromium"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+AXE = os.path.join(ROOT, "node_modules", "axe-core", "axe.min.js")
 
 
 def chromium_path():
@@ -57,7 +61,27 @@ def launches(path):
     return None
 
 
+def npm_ci():
+    """axe-core from the npm registry, as package-lock.json pins it; None
+    when it is there, else why not."""
+    if os.path.exists(AXE):
+        return None
+    npm = shutil.which("npm")
+    if npm is None:
+        return "npm is missing (Debian/Ubuntu: sudo apt-get install npm)"
+    command = [npm, "ci", "--no-audit", "--no-fund"]
+    print("axe-core is missing: {}".format(" ".join(command)), flush=True)
+    if subprocess.run(command, cwd=ROOT).returncode != 0 or not os.path.exists(AXE):
+        return "npm ci did not install axe-core"
+    return None
+
+
 def main():
+    problem = npm_ci()
+    if problem:
+        print("The accessibility test needs axe-core: {}".format(problem),
+              file=sys.stderr)
+        return 1
     path = chromium_path()
     if path is None and apt_install():
         path = chromium_path()

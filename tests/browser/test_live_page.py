@@ -1,10 +1,12 @@
 """The live page in a real Chromium against real `nameko run` processes of
 both services (fixtures in conftest.py).
 
-SAVE_SCREENSHOT=1 writes the screenshot to docs/live.png (commit it when
-the page changes); otherwise it goes to the test's tmp_path.
+SAVE_SCREENSHOT=1 writes the screenshots to docs/ (live.png and
+live-desktop.png at desktop width, live-phone.png at phone width; commit
+them when the page changes); otherwise they go to the test's tmp_path.
 """
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -16,10 +18,15 @@ from playwright.sync_api import expect
 from services import contracts
 
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOT = ROOT / "docs" / "live.png"
+DOCS = ROOT / "docs"
 UPDATE_BOUND = 2.0      # seconds from a 202 to the page showing it
 RECONNECT_BOUND = 20.0  # seconds for the page to be live again after a restart
 PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1000, "height": 900}
+# records the page's CSP violations from its first script on
+CSP_WATCH = ("window.cspViolations = []; document.addEventListener("
+             "'securitypolicyviolation', function (e) {"
+             " window.cspViolations.push(e.violatedDirective); });")
 
 
 def vote(cluster, post_id, score, voter_id=None):
@@ -57,15 +64,13 @@ def test_live_page(cluster, browser, tmp_path):
 
     page = browser.new_page(viewport=PHONE)
     # the page's Content-Security-Policy must let the page do all it does
-    page.add_init_script("window.cspViolations = []; document.addEventListener("
-                         "'securitypolicyviolation', function (e) {"
-                         " window.cspViolations.push(e.violatedDirective); });")
+    page.add_init_script(CSP_WATCH)
     response = page.goto(cluster.base_url + "/")
     assert response.status == 200
     assert response.headers["content-type"].startswith("text/html")
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     status = page.locator("#status")
-    expect(status).to_have_text("live", timeout=10000)
+    expect(status).to_have_attribute("data-state", "live", timeout=10000)
     expect(row(page, "alpha").locator(".upvote")).to_have_text("3")
     expect(row(page, "beta").locator(".upvote")).to_have_text("1")
     # readable at phone width: nothing wider than the screen
@@ -109,13 +114,14 @@ def test_live_page(cluster, browser, tmp_path):
     # the gateway dies: the page says so, votes land meanwhile (through
     # the votes service's RPC), and once it is back the page shows them
     gateway.kill()
-    expect(status).to_have_text("reconnecting", timeout=10000)
+    expect(status).to_have_attribute("data-state", "reconnecting", timeout=10000)
+    expect(status).to_contain_text("disconnected")
     with ServiceRpcProxy("votes", {"AMQP_URI": cluster.amqp_uri},
                          timeout=10) as votes:
         for _ in range(4):
             votes.vote("gamma", 1)
     cluster.start_gateway()
-    expect(status).to_have_text("live", timeout=RECONNECT_BOUND * 1000)
+    expect(status).to_have_attribute("data-state", "live", timeout=RECONNECT_BOUND * 1000)
     expect(row(page, "gamma").locator(".upvote")).to_have_text("5")
     expect(row(page, "alpha").locator(".upvote")).to_have_text("5")
     expect(page.locator("#top li").first).to_have_attribute("data-post", "gamma")
@@ -131,13 +137,32 @@ def test_live_page(cluster, browser, tmp_path):
     page.keyboard.press("Enter")
     followed = page.locator('#followed li[data-post="alpha"]')
     expect(followed.locator(".upvote")).to_have_text("5")
-    expect(status).to_have_text("live", timeout=10000)
-    vote(cluster, "alpha", 1)
-    expect(followed.locator(".upvote")).to_have_text(
-        "6", timeout=UPDATE_BOUND * 1000)
+    expect(status).to_have_attribute("data-state", "live", timeout=10000)
+    # its chart: a point now, one more for each change of its score
+    chart = followed.locator("svg.spark")
+    expect(chart).to_have_attribute("data-points", "1")
+    for expected in (6, 7, 8):
+        vote(cluster, "alpha", 1)
+        expect(followed.locator(".upvote")).to_have_text(
+            str(expected), timeout=UPDATE_BOUND * 1000)
+    expect(chart).to_have_attribute("data-points", "4")
+    assert len(chart.locator("polyline").get_attribute("points").split()) >= 4
+    # the votes per second the page saw: some, with a bar
+    expect(page.locator("#rate rect.bar").first).to_be_attached()
+    expect(page.locator("#rate-text")).not_to_have_text(re.compile(r"^0(\.0)? "))
+
+    # a post nobody voted on: said plainly
+    page.locator("#follow-id").fill("no-such-post")
+    page.keyboard.press("Enter")
+    expect(page.locator('#followed li[data-post="no-such-post"] .missing')).to_have_text(
+        "There is no post no-such-post yet: nobody has voted on it. "
+        "It shows here once someone does.")
 
     assert page.evaluate("window.cspViolations") == []
-    page.set_viewport_size({"width": 800, "height": 600})
-    target = SCREENSHOT if os.environ.get("SAVE_SCREENSHOT") == "1" \
-        else tmp_path / "live.png"
-    page.screenshot(path=str(target), full_page=True)
+    save = os.environ.get("SAVE_SCREENSHOT") == "1"
+    folder = DOCS if save else tmp_path
+    page.screenshot(path=str(folder / "live-phone.png"), full_page=True)
+    page.set_viewport_size(DESKTOP)
+    page.screenshot(path=str(folder / "live-desktop.png"), full_page=True)
+    if save:
+        page.screenshot(path=str(DOCS / "live.png"), full_page=True)
