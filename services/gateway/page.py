@@ -2,7 +2,11 @@
 HTML and plain JavaScript, nothing fetched from elsewhere, and the headers
 that keep it so: a Content-Security-Policy allowing only this origin and
 the page's own inline script and style (by their SHA-256, taken from the
-file, so that the policy follows every edit of the page), no framing."""
+file, so that the policy follows every edit of the page), no framing.
+
+With voter tokens on, the page is served with ``data-voter-tokens``
+on its ``<html>`` element, so that it knows its arrows need a token before
+it sends anything (an attribute: the hashed blocks stay the same)."""
 import base64
 import hashlib
 import re
@@ -14,16 +18,20 @@ CONTENT_TYPE = "text/html; charset=utf-8"
 _INLINE = {kind: re.compile(rb"<%s>(.*?)</%s>" % (kind, kind), re.DOTALL)
            for kind in (b"script", b"style")}
 
+_TOKENS_MARK = (b'<html lang="en">', b'<html lang="en" data-voter-tokens="required">')
+
 _page = None
 _headers = None
 
 
-def index_html():
-    """The page's bytes, read once."""
+def index_html(voter_tokens=None):
+    """The page's bytes, read once; marked when ``voter_tokens`` (the
+    gateway's tokens checker) requires tokens."""
     global _page
     if _page is None:
-        _page = PAGE_PATH.read_bytes()
-    return _page
+        plain = PAGE_PATH.read_bytes()
+        _page = (plain, plain.replace(*_TOKENS_MARK, 1))
+    return _page[int(bool(getattr(voter_tokens, "enabled", False)))]
 
 
 def _hashes(html, kind):
