@@ -27,6 +27,7 @@ SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 USER = "rabbitmq"
 BOOT_TIMEOUT = 120   # the VM up and its app running
 STOP_TIMEOUT = 15    # the VM gone after SIGTERM, before SIGKILL
+TLS_FILES = ("ca.pem", "server.pem", "server.key")  # copied into the node's folder
 
 
 class RabbitNode:
@@ -35,9 +36,13 @@ class RabbitNode:
     under ``base`` (a new temporary folder if not given, removed by
     ``stop()``)."""
 
-    def __init__(self, name, amqp_port=None, dist_port=None, base=None):
+    def __init__(self, name, amqp_port=None, dist_port=None, base=None, tls=None):
         self.name = name if "@" in name else name + "@localhost"
         self.amqp_port = amqp_port or free_port()
+        # tls (harness.tls.TestCA): a TLS listener on tls_port that asks
+        # for a client certificate of that CA, and no plain one
+        self.tls = tls
+        self.tls_port = free_port() if tls is not None else None
         self.dist_port = dist_port or free_port()
         self.own_base = base is None
         self.base = Path(base or tempfile.mkdtemp(prefix="rabbit-node-"))
@@ -51,7 +56,22 @@ class RabbitNode:
         return "127.0.0.1:{}".format(self.amqp_port)
 
     def uri(self, vhost=""):
+        if self.tls is not None:
+            return amqp_uri("127.0.0.1:{}".format(self.tls_port), vhost).replace(
+                "amqp://", "amqps://", 1)
         return amqp_uri(self.host, vhost)
+
+    def _listeners(self):
+        if self.tls is None:
+            return "listeners.tcp.1 = 127.0.0.1:{}\n".format(self.amqp_port)
+        return ("listeners.tcp = none\n"
+                "listeners.ssl.1 = 127.0.0.1:{}\n"
+                "ssl_options.cacertfile = {}\n"
+                "ssl_options.certfile = {}\n"
+                "ssl_options.keyfile = {}\n"
+                "ssl_options.verify = verify_peer\n"
+                "ssl_options.fail_if_no_peer_cert = true\n").format(
+                    self.tls_port, *(self.dir / name for name in TLS_FILES))
 
     def ctl(self, *args, **kwargs):
         return rabbitmqctl(*args, node=self.name, **kwargs)
@@ -84,11 +104,15 @@ class RabbitNode:
         if not self.dir.exists():
             self.dir.mkdir(parents=True)
             (self.dir / "rabbitmq.conf").write_text(
-                "listeners.tcp.1 = 127.0.0.1:{}\n"
+                self._listeners() +
                 "loopback_users = none\n"
                 # the machine is shared: no alarm for a disk with 2 GB free
-                "disk_free_limit.absolute = 50MB\n".format(self.amqp_port))
+                "disk_free_limit.absolute = 50MB\n")
             (self.dir / "enabled_plugins").write_text("[].\n")
+            if self.tls is not None:  # where the rabbitmq user can read them
+                for name, source in zip(TLS_FILES, (
+                        self.tls.ca, self.tls.server_cert, self.tls.server_key), strict=True):
+                    shutil.copyfile(source, self.dir / name)
             for path in [self.base, self.dir, *self.dir.iterdir()]:
                 os.chown(path, user.pw_uid, user.pw_gid)
         env = {
@@ -96,14 +120,15 @@ class RabbitNode:
             "HOME": user.pw_dir,
             "RABBITMQ_NODENAME": self.name,
             "RABBITMQ_CONFIG_FILE": str(self.dir / "rabbitmq.conf"),
-            "RABBITMQ_NODE_PORT": str(self.amqp_port),
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_MNESIA_BASE": str(self.dir / "mnesia"),
             "RABBITMQ_LOG_BASE": str(self.dir / "log"),
             "RABBITMQ_PID_FILE": str(self.pid_file),
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.dir / "enabled_plugins"),
         }
+        if self.tls is None:  # else rabbitmq.conf's TLS listener alone
+            env.update(RABBITMQ_NODE_PORT=str(self.amqp_port),
+                       RABBITMQ_NODE_IP_ADDRESS="127.0.0.1")
         subprocess.run(["runuser", "-u", USER, "--", "env", "-i",
                         *("{}={}".format(k, v) for k, v in env.items()),
                         SERVER, "-detached"],

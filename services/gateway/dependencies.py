@@ -3,6 +3,7 @@ configurations of services.platform's publisher and RPC client), and the
 memory of recent Idempotency-Keys.
 """
 import itertools
+import logging
 import time
 import uuid
 
@@ -11,6 +12,7 @@ from nameko.extensions import DependencyProvider
 from services import contracts
 from services.gateway import metrics
 from services.gateway.exceptions import BrokerUnavailable, ServiceUnavailable
+from services.platform import correlation
 from services.platform.publisher import ConfirmedPublisher
 from services.platform.rpc_client import RpcClient
 from services.settings import number
@@ -45,6 +47,20 @@ class VotePublisher(ConfirmedPublisher):
 
     def on_failure(self):
         metrics.publish_failures.inc()
+
+    def on_published(self, body, groups):
+        if correlation.log.isEnabledFor(logging.INFO):
+            correlation.log.info("vote_cast %s published: %s", body["id"], "; ".join(
+                "request {} votes {}".format(group.request_id, _vote_ids(group))
+                for group in groups if isinstance(group, correlation.Tagged)))
+
+
+MOST_VOTE_IDS_LOGGED = 10  # per request, in the line of its event
+
+
+def _vote_ids(votes, most=MOST_VOTE_IDS_LOGGED):
+    ids = " ".join(vote["voteId"] for vote in votes[:most])
+    return ids if len(votes) <= most else "{} (+{} more)".format(ids, len(votes) - most)
 
 
 class VotesReader(RpcClient):

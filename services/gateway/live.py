@@ -282,7 +282,7 @@ class LiveCounts(DependencyProvider):
         """The consumer of the announcements, watched for stalls
         (amqp_layer.ConsumeLoop)."""
         return ConsumeLoop(
-            self.amqp_uri, self.queue, self._on_message, heartbeat=self.heartbeat,
+            self.container.config, self.queue, self._on_message, heartbeat=self.heartbeat,
             label="evt-votes-counts_changed--gateway.live_counts",
             what="live counts consumer", on_consuming=self._consuming)
 

@@ -21,6 +21,7 @@ from services.gateway.operator import ADDRESS_CONFIG_KEY, OperatorGate
 from services.gateway.policy import VotePolicyProvider
 from services.gateway.rate_limits import RateLimiter, top_read_cost
 from services.gateway.tokens import VoterTokenChecker
+from services.platform import correlation
 from services.platform.container import Waiting
 from services.platform.web import (
     event_stream,
@@ -145,7 +146,8 @@ class GatewayService:
                 metrics.idempotent_replays.inc()
                 return self._stamp(votes, key_id, fingerprint)
         stamped = self._stamp(votes, key_id, fingerprint)
-        self.cast_votes(stamped)
+        self.cast_votes(correlation.Tagged(
+            stamped, correlation.request_id(request.environ)))
         if key_id is not None:
             self.recent_keys.remember(key_id, fingerprint)
         metrics.votes_accepted.inc(len(stamped))

@@ -2,9 +2,11 @@
 publishing link, and one consume loop for the consumers that are not
 nameko's.
 
-* ``connection()`` / ``connect()``: the one place a connection is made
-  (TLS or login settings belong here), connected to the first node of
-  ``AMQP_URI`` that answers (brokers.connect);
+* ``connection()`` / ``connect()``: the one place a connection is made,
+  with nameko's own TLS and login settings (``AMQP_SSL``,
+  ``LOGIN_METHOD``: the ones its consumers and RPC replies read, so that
+  every connection of a process shares them), connected to the first node
+  of ``AMQP_URI`` that answers (brokers.connect);
 * ``Link``: one held connection and its producer, made on demand, with
   publisher confirms if asked, its entities declared on every connect; a
   publish fails at once (no kombu retry policy) within a deadline and the
@@ -27,7 +29,7 @@ from collections.abc import Mapping
 import eventlet
 from eventlet.semaphore import Semaphore
 from kombu import Connection, Consumer, Producer
-from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, LOGIN_METHOD_CONFIG_KEY
 
 from services.platform import brokers
 from services.platform.container import RABBITMQ, done_waiting, waiting_for
@@ -48,12 +50,31 @@ def uri_of(config_or_uri):
     return config_or_uri
 
 
+def tls_of(config_or_uri):
+    """(ssl, login_method) of a service config: ``AMQP_SSL`` as nameko
+    takes it (None, true, or a dict of ssl options: ca_certs, certfile,
+    keyfile, cert_reqs, server_hostname) and ``LOGIN_METHOD``; a bare URI
+    has neither (``amqps://`` alone is TLS with the system's CAs)."""
+    if isinstance(config_or_uri, Mapping):
+        return (config_or_uri.get(AMQP_SSL_CONFIG_KEY) or None,
+                config_or_uri.get(LOGIN_METHOD_CONFIG_KEY))
+    return None, None
+
+
 def connection(config_or_uri, *, connect_timeout=CONNECT_TIMEOUT, heartbeat=0,
                confirms=False):
     """A kombu connection (not yet connected) to the nodes of
-    ``config_or_uri``; with ``confirms``, its channels are in confirm mode
-    and a publish waits for the broker's ack."""
+    ``config_or_uri``, with its TLS settings (tls_of); with ``confirms``,
+    its channels are in confirm mode and a publish waits for the broker's
+    ack."""
     options = {"transport_options": {"confirm_publish": True}} if confirms else {}
+    ssl, login_method = tls_of(config_or_uri)
+    if ssl is not None:
+        # kombu fills in a None server_hostname per node; a copy keeps
+        # the config as nameko's own connections read it
+        options["ssl"] = dict(ssl) if isinstance(ssl, Mapping) else ssl
+    if login_method is not None:
+        options["login_method"] = login_method
     return Connection(uri_of(config_or_uri), connect_timeout=connect_timeout,
                       heartbeat=heartbeat, **options)
 
@@ -89,6 +110,7 @@ class Link:
                  connect_timeout=CONNECT_TIMEOUT, reconnect_pause=RECONNECT_PAUSE,
                  pause_after_failure=False, on_return=None):
         self.lock = Semaphore()
+        self.target = config_or_uri  # what connection() is given
         self.amqp_uri = uri_of(config_or_uri)
         self.declare = declare
         self.confirms = confirms
@@ -109,7 +131,7 @@ class Link:
             raise ConnectionError("broker unreachable a moment ago")
         # no heartbeat: nothing reads this connection between publishes;
         # a dead one fails the next publish, which reconnects once
-        conn = connection(self.amqp_uri, connect_timeout=self.connect_timeout,
+        conn = connection(self.target, connect_timeout=self.connect_timeout,
                           confirms=self.confirms)
         try:
             brokers.connect(conn)
@@ -167,6 +189,7 @@ class ConsumeLoop:
 
     def __init__(self, config_or_uri, queue, on_message, *, heartbeat, label, what,
                  watch=lambda: True, on_consuming=None, container=None, who=None):
+        self.target = config_or_uri  # what connection() is given
         self.amqp_uri = uri_of(config_or_uri)
         self.queue = queue
         self.on_message = on_message
@@ -208,7 +231,7 @@ class ConsumeLoop:
 
     def run(self):
         while self.running:
-            conn = connection(self.amqp_uri, heartbeat=self.heartbeat)
+            conn = connection(self.target, heartbeat=self.heartbeat)
             try:
                 # a broker that has just lost a node can leave a declare or
                 # a consume unanswered for long: bound them, then try anew

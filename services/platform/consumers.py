@@ -214,7 +214,7 @@ class ResilientQueueConsumer(QueueConsumer):
         """Declare every queue of the providers once: one of another type
         raises QueueTypeMismatch. A broker that does not answer is left to
         the consume loop."""
-        connection = amqp_layer.connection(self.amqp_uri)
+        connection = amqp_layer.connection(self.container.config)
         try:
             brokers.connect(connection)
             brokers.declare(self._queues(), connection.channel(),

@@ -25,7 +25,7 @@ import eventlet
 from eventlet.event import Event
 from nameko.events import EventHandler
 
-from services.platform import brokers
+from services.platform import brokers, correlation
 from services.platform.batching import GroupCommit
 from services.platform.consumers import DeadLetteringQueueConsumer
 from services.platform.dead_lettering import copy_to_dead_letters, dead_letter_link
@@ -141,10 +141,19 @@ class ReliableEventHandler(EventHandler):
                        exc_info=None):
         if exc_info is None:
             self.queue_consumer.ack_message(message)
+            self.log_requests(worker_ctx.args[0], message)
             return result, exc_info
 
         self._failed(worker_ctx.args[0], message, attempt, exc_info[1])
         return result, exc_info
+
+    def log_requests(self, payload, message):
+        """One line for a handled message that names the requests it came
+        from (correlation): the other end of the publisher's line."""
+        ids = correlation.ids_of(message.headers)
+        if ids:
+            correlation.log.info("%s %s handled: requests %s", self.event_type,
+                                 getattr(payload, "id", None), " ".join(ids))
 
     def _failed(self, payload, message, attempt, exc):
         """A transient failure is retried after a back-off; another is
@@ -179,8 +188,10 @@ class ReliableEventHandler(EventHandler):
             self.queue_consumer.requeue_message(message)
             return
         self.on_dead_letter()
-        _log.warning("dead-lettered a %s message: %s%s",
-                     delivery.get("routing_key"), reason,
+        ids = correlation.ids_of(message.headers)
+        _log.warning("dead-lettered a %s message%s: %s%s",
+                     delivery.get("routing_key"),
+                     " of requests " + " ".join(ids) if ids else "", reason,
                      " ({})".format(", ".join("{} {}".format(name, value)
                                              for name, value in extra.items()))
                      if extra else "")
@@ -270,6 +281,7 @@ class BatchEventHandler(ReliableEventHandler):
                     self._failed(payload, message, attempt, outcome)
                 else:
                     finished.append(message)
+                    self.log_requests(payload, message)
             self.queue_consumer.ack_messages(finished)
         finally:
             done.send()

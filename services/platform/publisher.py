@@ -18,7 +18,7 @@ from nameko.constants import DEFAULT_MAX_WORKERS, MAX_WORKERS_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 from nameko.standalone.events import get_event_exchange
 
-from services.platform import brokers
+from services.platform import brokers, correlation
 from services.platform.amqp_layer import Link
 from services.platform.batching import Expired, GroupCommit
 from services.settings import number
@@ -62,6 +62,18 @@ class ConfirmedPublisher(DependencyProvider):
 
     def on_failure(self):
         """Called once per failed round trip (a metric, say)."""
+
+    def on_published(self, body, groups):
+        """Called once the broker has confirmed ``body``, the message of
+        ``groups`` (a log line, say)."""
+
+    @staticmethod
+    def headers(groups):
+        """The message's headers: the request ids of the groups that carry
+        one (correlation.Tagged), or None."""
+        ids = [group.request_id for group in groups
+               if isinstance(group, correlation.Tagged)]
+        return {correlation.MESSAGE_HEADER: ids} if ids else None
 
     def setup(self):
         config = self.container.config
@@ -130,12 +142,15 @@ class ConfirmedPublisher(DependencyProvider):
         body = self.message(groups)
         try:
             with link.lock:
-                return self._publish_message(link, body, len(groups))
+                done = self._publish_message(link, body, len(groups),
+                                             self.headers(groups))
         except self.unavailable:
             self.on_failure()
             raise
+        self.on_published(body, groups)
+        return done
 
-    def _publish_message(self, link, body, groups):
+    def _publish_message(self, link, body, groups, headers=None):
         deadline = time.monotonic() + self.publish_time
         # a connection that was already open may have died while idle:
         # then reconnect once (the message's consumer must bear a double)
@@ -145,7 +160,8 @@ class ConfirmedPublisher(DependencyProvider):
             try:
                 link.publish(body, exchange=self.exchange,
                              routing_key=self.routing_key, timeout=left,
-                             delivery_mode=self.delivery_mode, mandatory=True)
+                             delivery_mode=self.delivery_mode, mandatory=True,
+                             headers=headers)
                 return [None] * groups
             except (ChannelError, brokers.QueueTypeMismatch) as exc:
                 _log.error("%s publish refused: %s", self.routing_key, exc)

@@ -58,7 +58,7 @@ class RpcClient(DependencyProvider):
         self.exchange = get_rpc_exchange(config)
         self.reply_queue_name = "rpc.reply-{}-{}".format(
             self.container.service_name, uuid.uuid4())
-        self.link = Link(self.amqp_uri, declare=(self.exchange,))
+        self.link = Link(config, declare=(self.exchange,))
         self.replies = {}  # correlation id -> Event
         self.replies_loop = self.reply_loop()
         self.group = GroupCommit(
@@ -74,7 +74,7 @@ class RpcClient(DependencyProvider):
             routing_key=self.reply_queue_name, exclusive=True, auto_delete=True,
         )
         return ConsumeLoop(
-            self.amqp_uri, queue, self._on_reply, heartbeat=self.heartbeat,
+            self.container.config, queue, self._on_reply, heartbeat=self.heartbeat,
             label="rpc.reply-{}".format(self.container.service_name),
             what="reply consumer", watch=lambda: bool(self.replies),
             container=self.container, who="rpc replies")

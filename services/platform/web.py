@@ -26,6 +26,7 @@ from nameko.web.server import WsgiApp, parse_address
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
+from services.platform import correlation
 from services.platform.cors import Cors
 from services.platform.http.protocol import (
     ERROR_CODES,
@@ -164,6 +165,7 @@ class JsonWsgiApp(WsgiApp):
             response = cors.decorate(environ, self.respond(environ))
         # no browser may run an answer as another type than it says
         response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers[correlation.HEADER] = correlation.request_id(environ)
         return response(environ, start_response)
 
     @staticmethod

@@ -55,9 +55,10 @@ import time
 
 import amqp
 import redis
+from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, LOGIN_METHOD_CONFIG_KEY
 
 from services import contracts
-from services.platform import amqp_layer, brokers, dead_lettering
+from services.platform import amqp_layer, brokers, correlation, dead_lettering
 from services.platform.amqp_layer import Link
 from services.settings import number, read_config
 from services.votes.store import (
@@ -165,6 +166,7 @@ def show(connection, out=sys.stdout, queue=DEAD_LETTER_QUEUE):
         out.write(json.dumps({
             "reason": headers.get(REASON),
             "routingKey": headers.get(ORIGIN_ROUTING_KEY),
+            "requestIds": correlation.ids_of(headers),
             "body": _text(message.body),
         }) + "\n")
     channel.close()  # all of them go back to the queue
@@ -236,7 +238,9 @@ class Republisher:
     def __init__(self, connection, confirm_timeout=CONFIRM_TIMEOUT):
         # the nodes the tool's connection was made to
         uri = ";".join(connection.alt) or connection.as_uri(include_password=True)
-        self.link = Link(uri, confirms=True, connect_timeout=CONNECT_TIMEOUT,
+        target = {AMQP_URI_CONFIG_KEY: uri, AMQP_SSL_CONFIG_KEY: connection.ssl or None,
+                  LOGIN_METHOD_CONFIG_KEY: connection.login_method}
+        self.link = Link(target, confirms=True, connect_timeout=CONNECT_TIMEOUT,
                          on_return=self._on_return)
         self.confirm_timeout = confirm_timeout
         self.returned = None

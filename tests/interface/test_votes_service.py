@@ -434,6 +434,7 @@ def test_dead_letters_shown_then_replayed(votes, dispatch, rpc, config, tmp_path
     assert [json.loads(line) for line in shown.read_text().splitlines()] == [{
         "reason": "handler failed 5 times: KeyError: 'x'",
         "routingKey": contracts.VOTE_CAST,
+        "requestIds": [],
         "body": json.dumps(good)}]
 
     with entrypoint_waiter(votes, contracts.VOTE_CAST_HANDLER):
