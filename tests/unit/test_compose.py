@@ -7,6 +7,7 @@ compose/config/compose_spec.json of docker_compose-1.29.2-py2.py3-none-any.whl,
 sha256 0dc04bd346dcfee1b1419628fff79937bbf076925f298f272a2b490e2b112bac),
 licensed Apache-2.0. It is vendored because that package pins PyYAML<6.
 """
+import collections
 import copy
 import importlib.util
 import json
@@ -325,7 +326,11 @@ def test_rabbit_nodes_are_the_pinned_image_of_docker_compose_yml(compose, cluste
         assert healthcheck_argv(node) == [
             "CMD", "rabbitmq-diagnostics", "-q", "check_running"]
         cookies.add(env_of(node)["RABBITMQ_ERLANG_COOKIE"])
-    assert cookies == {"${RABBITMQ_ERLANG_COOKIE:-change-me-votes-cluster-cookie}"}
+        assert env_of(node)["RABBITMQ_DEFAULT_USER"] == "${RABBITMQ_USER:?set RABBITMQ_USER}"
+        assert env_of(node)["RABBITMQ_DEFAULT_PASS"] == (
+            "${RABBITMQ_PASSWORD:?set RABBITMQ_PASSWORD}")
+    assert cookies == {
+        "${RABBITMQ_ERLANG_COOKIE:?set RABBITMQ_ERLANG_COOKIE (openssl rand -hex 32)}"}
     assert "rabbitmq-data" not in cluster_compose["volumes"]
 
 
@@ -354,19 +359,82 @@ def test_cluster_apps_are_the_apps_of_docker_compose_yml(compose, cluster_compos
         single.pop("depends_on")
         env = cluster["environment"]
         assert env.pop("AMQP_URI") == (
-            "amqp://guest:guest@rabbit1:5672/;amqp://guest:guest@rabbit2:5672/;"
-            "amqp://guest:guest@rabbit3:5672/")
+            "amqp://${RABBITMQ_USER:?set RABBITMQ_USER}:"
+            "${RABBITMQ_PASSWORD:?set RABBITMQ_PASSWORD}@rabbit1:5672/;"
+            "amqp://${RABBITMQ_USER}:${RABBITMQ_PASSWORD}@rabbit2:5672/;"
+            "amqp://${RABBITMQ_USER}:${RABBITMQ_PASSWORD}@rabbit3:5672/")
         assert env.pop("AMQP_QUEUE_TYPE") == "quorum"
-        assert env.pop("REDIS_URI") == "redis://redis-1:6379/0"
+        assert env.pop("REDIS_URI") == (
+            "redis://:${REDIS_PASSWORD:?set REDIS_PASSWORD}@redis-1:6379/0")
         for key in ("AMQP_URI", "REDIS_URI"):
             single["environment"].pop(key)
         assert cluster == single, name
 
 
 def test_cluster_amqp_uri_gives_kombu_the_three_nodes(cluster_compose):
-    uri = env_of(cluster_compose["services"]["votes"])["AMQP_URI"]
+    uri = interpolate(env_of(cluster_compose["services"]["votes"])["AMQP_URI"],
+                      {"RABBITMQ_USER": "votes", "RABBITMQ_PASSWORD": "s3cret"})
     assert kombu.Connection(uri).alt == [
-        "amqp://guest:guest@{}:5672/".format(name) for name in RABBIT_NODES]
+        "amqp://votes:s3cret@{}:5672/".format(name) for name in RABBIT_NODES]
+
+
+# compose's interpolation: ${NAME}, ${NAME:-default}, ${NAME-default},
+# ${NAME:?message}, ${NAME?message}
+INTERPOLATION = re.compile(r"\$\{(\w+)(?:(:?[-?])([^}]*))?\}")
+CLUSTER_SECRETS = ("RABBITMQ_ERLANG_COOKIE", "RABBITMQ_USER", "RABBITMQ_PASSWORD",
+                   "REDIS_PASSWORD")
+
+
+def interpolate(text, env):
+    """``text`` as compose interpolates it with ``env``; KeyError for a
+    required variable that is unset, as compose refuses to start."""
+    def value(match):
+        name, kind, rest = match.groups()
+        if name in env:
+            return env[name]
+        if kind in (":?", "?"):
+            raise KeyError("{}: {}".format(name, rest))
+        return rest if kind in (":-", "-") else ""
+    return INTERPOLATION.sub(value, text)
+
+
+def test_cluster_compose_has_no_default_credential(tmp_path):
+    """The production-like file: no guest login, no default for any
+    secret, each required (compose fails fast, naming it, when unset),
+    and every place that needs one is given it."""
+    text = CLUSTER_COMPOSE_FILE.read_text()
+    assert "guest" not in text
+    uses = collections.defaultdict(set)
+    for name, kind, _ in INTERPOLATION.findall(text):
+        uses[name].add(kind)
+    for name in CLUSTER_SECRETS:
+        assert ":?" in uses[name], name
+        assert not uses[name] & {":-", "-"}, name
+    for name in CLUSTER_SECRETS:
+        env = {other: "x" for other in CLUSTER_SECRETS if other != name}
+        with pytest.raises(KeyError, match=name):
+            interpolate(text, env)
+    secrets = {name: "secret-of-" + name.lower() for name in CLUSTER_SECRETS}
+    (tmp_path / "resolved.yml").write_text(interpolate(text, secrets))
+    resolved = load_compose(tmp_path / "resolved.yml")
+    services = resolved["services"]
+    for name in RABBIT_NODES:
+        env = env_of(services[name])
+        assert env["RABBITMQ_ERLANG_COOKIE"] == secrets["RABBITMQ_ERLANG_COOKIE"]
+        assert env["RABBITMQ_DEFAULT_PASS"] == secrets["RABBITMQ_PASSWORD"]
+    for name in REDIS_NODES:
+        options = dict(zip(*[iter(command_argv(services[name])[1:])] * 2, strict=True))
+        assert options["--requirepass"] == options["--masterauth"] == (
+            secrets["REDIS_PASSWORD"]), name
+        assert env_of(services[name])["REDISCLI_AUTH"] == secrets["REDIS_PASSWORD"]
+    assert env_of(services[CLUSTER_CREATE])["REDISCLI_AUTH"] == secrets["REDIS_PASSWORD"]
+    for name in APPS:
+        env = env_of(services[name])
+        assert env["REDIS_URI"] == "redis://:{}@redis-1:6379/0".format(
+            secrets["REDIS_PASSWORD"])
+        assert all(node.startswith("amqp://secret-of-rabbitmq_user:"
+                                   "secret-of-rabbitmq_password@")
+                   for node in env["AMQP_URI"].split(";"))
 
 
 def test_every_cluster_app_environment_variable_is_read_by_config_yml(cluster_compose):
