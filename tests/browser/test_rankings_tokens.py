@@ -18,7 +18,7 @@ AXE = ROOT / "node_modules" / "axe-core" / "axe.min.js"
 SECRET = "browser-test-secret-0123456789abcdef"
 OPERATOR_TOKEN = "browser-test-operator-token"
 SETTINGS = {"VOTER_TOKEN_SECRET": SECRET, "VOTER_TOKEN_ANONYMOUS": "deny",
-            "OPERATOR_TOKEN": OPERATOR_TOKEN}
+            "OPERATOR_TOKEN": OPERATOR_TOKEN, "HTTP_MAX_STREAMS": 2}
 READ_BOUND = UPDATE_BOUND + 1.5  # a ranking is read again within 1 s of news
 
 # (up, down) of each post; old ones are dated two days back, "fresh" is new
@@ -148,13 +148,35 @@ def test_token_vote_by_keyboard(cluster, browser):
     seed(cluster)
     token = voter_token("reader-7")
 
+    # every stream the gateway may hold is taken: the page's gets 503
+    # TOO_MANY_STREAMS, on which EventSource gives up for good
+    held = [requests.get(cluster.base_url + "/stream?postId=split", stream=True, timeout=10)
+            for _ in range(2)]
+    assert [r.status_code for r in held] == [200, 200]
     context = browser.new_context(viewport=PHONE)
     page = context.new_page()
     page.add_init_script(CSP_WATCH)
+    refused = []
+    page.on("response", lambda r: refused.append(r.status) if "/stream" in r.url else None)
     page.goto(cluster.base_url + "/?sort=best#token=" + token)
     # the token left the address (and so the history)
     assert page.url == cluster.base_url + "/?sort=best"
-    expect(page.locator("#status")).to_have_attribute("data-state", "live", timeout=10000)
+    status = page.locator("#status")
+    expect(status).to_have_attribute("data-state", "reconnecting", timeout=10000)
+    assert set(refused) == {503}
+    # the page tries again by itself: live once a stream is free
+    for response in held:
+        response.close()
+    # a gateway learns that a stream's reader left when it writes to it
+    # (the second write after the close fails): news of "split" until then
+    deadline = time.monotonic() + 15
+    with ServiceRpcProxy("votes", {"AMQP_URI": cluster.amqp_uri}, timeout=10) as votes:
+        while status.get_attribute("data-state") != "live" and time.monotonic() < deadline:
+            votes.vote("split", 1)
+            votes.vote("split", -1)
+            time.sleep(0.3)  # apart, so that they are announced apart
+    expect(status).to_have_attribute("data-state", "live")
+    assert len(refused) >= 2 and refused[-1] == 200  # tried again after the 503
     expect(page.locator("#vote-note")).to_be_hidden()
     expect_order(page, ORDERS["best"])
 
