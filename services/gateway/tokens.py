@@ -36,6 +36,8 @@ _POST_ID = re.compile(ID_PATTERN)
 class VoterTokens:
     """Checks the voter named by a request against its bearer token."""
 
+    enabled = True
+
     def __init__(self, key, algorithm, audience, anonymous):
         self.key, self.algorithm = key, algorithm
         self.audience, self.anonymous = audience, anonymous
@@ -125,6 +127,8 @@ class VoterTokens:
 
 class Unchecked:
     """Tokens off: every request passes, as before."""
+
+    enabled = False
 
     def check_votes(self, environ, votes):
         pass
