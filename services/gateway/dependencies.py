@@ -15,10 +15,7 @@ from services.gateway.exceptions import BrokerUnavailable, ServiceUnavailable
 from services.platform import correlation
 from services.platform.publisher import ConfirmedPublisher
 from services.platform.rpc_client import RpcClient
-from services.settings import number
-
-PUBLISH_TIMEOUT_CONFIG_KEY = "PUBLISH_TIMEOUT"
-READ_TIMEOUT_CONFIG_KEY = "READ_TIMEOUT"
+from services.settings import settings_of
 
 
 class VotePublisher(ConfirmedPublisher):
@@ -30,8 +27,7 @@ class VotePublisher(ConfirmedPublisher):
     source_service = contracts.GATEWAY_SERVICE
     routing_key = contracts.VOTE_CAST
     queue = contracts.VOTES_QUEUE
-    timeout_config_key = PUBLISH_TIMEOUT_CONFIG_KEY
-    default_timeout = 5.0
+    timeout_setting = "publish_timeout"
     max_group_weight = 1000  # votes per event
     unavailable = BrokerUnavailable
     what = "the vote"
@@ -69,8 +65,7 @@ class VotesReader(RpcClient):
     with ServiceUnavailable after READ_TIMEOUT seconds."""
 
     target_service = contracts.VOTES_SERVICE
-    timeout_config_key = READ_TIMEOUT_CONFIG_KEY
-    default_timeout = 2.0
+    timeout_setting = "read_timeout"
     group_method = contracts.RPC_GET_COUNTS_MANY
     max_group = 500
     unavailable = ServiceUnavailable
@@ -116,8 +111,6 @@ class VotesReader(RpcClient):
         return ready, checks
 
 
-IDEMPOTENCY_TTL_CONFIG_KEY = "IDEMPOTENCY_TTL"
-DEFAULT_IDEMPOTENCY_TTL = 24 * 60 * 60
 MAX_RECENT_KEYS = 50_000  # about 13 MB at most
 
 
@@ -130,9 +123,8 @@ class RecentKeys(DependencyProvider):
     key once whatever it gets."""
 
     def setup(self):
-        self.ttl = number(self.container.config, IDEMPOTENCY_TTL_CONFIG_KEY,
-                          DEFAULT_IDEMPOTENCY_TTL, 1, 366 * 24 * 60 * 60,
-                          integer=True)
+        # as long as the votes service's claims (contracts)
+        self.ttl = settings_of(self.container).idempotency_ttl
         self.entries = {}  # key id -> (expires, fingerprint), oldest first
 
     def get_dependency(self, worker_ctx):

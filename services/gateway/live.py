@@ -31,13 +31,13 @@ import uuid
 import eventlet
 from eventlet.event import Event
 from kombu import Exchange, Queue
-from nameko.constants import AMQP_URI_CONFIG_KEY, HEARTBEAT_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 
 from services import contracts
 from services.gateway.read_cache import CountsCache
 from services.platform.amqp_layer import ConsumeLoop
 from services.platform.web import sse_event
+from services.settings import settings_of
 
 _log = logging.getLogger(__name__)
 
@@ -265,10 +265,10 @@ class LiveCounts(DependencyProvider):
 
     # nameko
     def setup(self):
-        config = self.container.config
-        self.cache = CountsCache.from_config(config)
-        self.amqp_uri = config[AMQP_URI_CONFIG_KEY]
-        self.heartbeat = config.get(HEARTBEAT_CONFIG_KEY, 60)
+        settings = settings_of(self.container)
+        self.cache = CountsCache.from_settings(settings)
+        self.amqp_uri = settings.amqp_uri
+        self.heartbeat = settings.amqp_heartbeat
         self.queue = Queue(
             contracts.counts_changed_queue(self.identifier), exchange=EXCHANGE,
             routing_key=contracts.COUNTS_CHANGED, durable=False,

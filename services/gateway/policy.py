@@ -15,12 +15,9 @@ for the curl examples, and a deployment turns it off.
 """
 from nameko.extensions import DependencyProvider
 
-from services.settings import flag, number
+from services.settings import Settings, settings_of
 
-CREATED_AT_WINDOW_CONFIG_KEY = "CREATED_AT_WINDOW"
 DEFAULT_CREATED_AT_WINDOW = 300
-MAX_CREATED_AT_WINDOW = 3600
-VOTE_BY_GET_CONFIG_KEY = "VOTE_BY_GET"
 
 
 class VotePolicy:
@@ -35,18 +32,19 @@ class VotePolicy:
         return min(max(given, accepted - self.created_at_window), accepted)
 
 
+def from_settings(settings):
+    return VotePolicy(settings.created_at_window, settings.vote_by_get)
+
+
 def from_config(config):
-    return VotePolicy(
-        number(config, CREATED_AT_WINDOW_CONFIG_KEY, DEFAULT_CREATED_AT_WINDOW,
-               0, MAX_CREATED_AT_WINDOW, integer=True),
-        flag(config, VOTE_BY_GET_CONFIG_KEY, default=True))
+    return from_settings(Settings(config))
 
 
 class VotePolicyProvider(DependencyProvider):
     """Injects the configured VotePolicy."""
 
     def setup(self):
-        self.policy = from_config(self.container.config)
+        self.policy = from_settings(settings_of(self.container))
 
     def get_dependency(self, worker_ctx):
         return self.policy

@@ -48,13 +48,11 @@ import functools
 import ipaddress
 import json
 import logging
-import re
 import time
-from collections import namedtuple
+from pathlib import Path
 
 import redis
 from eventlet.event import Event
-from nameko.exceptions import ConfigurationError
 from nameko.extensions import DependencyProvider
 from redis.cluster import RedisCluster
 
@@ -64,21 +62,15 @@ from services.gateway.exceptions import RateLimited, RateLimitsUnavailable
 from services.gateway.exceptions import ValidationError as InvalidRequest
 from services.platform import redis_nodes
 from services.platform.batching import GroupCommit
-from services.platform.proxies import client_address, parse_networks
+from services.platform.proxies import client_address
 from services.platform.proxies import parse_ip as _address
-from services.settings import number
+from services.settings import Settings, settings_of
+from services.settings.kinds import Rate, parse_rate  # noqa: F401 (tests)
+from services.settings.table import GATEWAY
 
 _log = logging.getLogger(__name__)
 
-PER_ADDRESS_CONFIG_KEY = "RATE_LIMIT_PER_ADDRESS"
-PER_VOTER_CONFIG_KEY = "RATE_LIMIT_PER_VOTER"
-TRUSTED_PROXIES_CONFIG_KEY = "TRUSTED_PROXIES"
-MAX_VOTERS_CONFIG_KEY = "RATE_LIMIT_MAX_VOTERS"
 DEFAULT_MAX_VOTERS = 100
-READS_CONFIG_KEY = "RATE_LIMIT_READS_PER_ADDRESS"
-DEFAULT_READS = "1000/second"
-REDIS_KEY = "votes"  # the entry of REDIS_URIS: the votes service's Redis
-PERIODS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 SOCKET_TIMEOUT = 0.5  # seconds: a Redis that hangs costs a vote this at most
 WAIT_TIMEOUT = 1.0    # seconds a check may wait for its answer
 ANSWERED_FOR = 1.0    # seconds a PING that was answered stands for
@@ -103,82 +95,15 @@ LEASE_SHARE = 0.01
 MAX_LEASE = 50
 MAX_LEASES = 10_000  # identities whose leases this process keeps
 
-# ARGV[1]: [[[key index, limit, window ms, cost], ...], ...]: checks, each
-# all-or-nothing over its limits, read in order up to the first that
-# refuses; ARGV[2], ARGV[3]: the share of a limit's
-# headroom leased with an accepted check (of a limit already used in its
-# window), and the most leased. Returns per
-# check: the position of the limit that refused it (0: accepted), that
-# limit's count, and the milliseconds left in its window; then, per limit,
-# the votes leased to the caller and the milliseconds its window has left
-# (0 for the limits after the one that refused).
-CHECK_SCRIPT = """
-local share, most = tonumber(ARGV[2]), tonumber(ARGV[3])
-local out = {}
-for _, check in ipairs(cjson.decode(ARGV[1])) do
-  local refused, refused_used, refused_ttl = 0, 0, 0
-  local used, ttls = {}, {}
-  for i, limit in ipairs(check) do
-    local key = KEYS[limit[1]]
-    local count = tonumber(redis.call('GET', key) or '0')
-    local ttl = redis.call('PTTL', key)
-    if ttl < 0 then count, ttl = 0, limit[3] end
-    used[i], ttls[i] = count, ttl
-    if count + limit[4] > limit[2] then
-      refused, refused_used, refused_ttl = i, count, ttl
-      break
-    end
-  end
-  out[#out + 1] = refused
-  out[#out + 1] = refused_used
-  out[#out + 1] = refused_ttl
-  for i, limit in ipairs(check) do
-    local lease = 0
-    if refused == 0 then
-      if used[i] > 0 then
-        lease = math.max(0, math.min(most, math.floor((limit[2] - used[i] - limit[4]) * share)))
-      end
-      if used[i] == 0 then
-        redis.call('SET', KEYS[limit[1]], limit[4] + lease, 'PX', limit[3])
-      else
-        redis.call('INCRBY', KEYS[limit[1]], limit[4] + lease)
-      end
-    end
-    out[#out + 1] = lease
-    out[#out + 1] = ttls[i] or 0
-  end
-end
-return out
-"""
-
-Rate = namedtuple("Rate", "name limit seconds")
-Rate.__doc__ = """``limit`` votes (or reads) per ``seconds``; ``name`` is
-the setting's kind (address, voter or read), in keys and messages."""
-
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)?\s*(second|minute|hour|day)s?\s*$")
-
-
-def parse_rate(name, key, text):
-    """A Rate from ``60/minute`` or ``100/10 seconds``; None when empty."""
-    if text is None or str(text).strip() == "":
-        return None
-    match = _RATE.match(str(text))
-    if match is None or int(match.group(1)) < 1 or match.group(2) == "0":
-        raise ConfigurationError(
-            "{} must look like 60/minute or 100/10 seconds (got {!r})".format(
-                key, text))
-    seconds = int(match.group(2) or 1) * PERIODS[match.group(3)]
-    return Rate(name, int(match.group(1)), seconds)
+# the check of every limit of a batch of requests, in one call (its
+# arguments: the script's header)
+CHECK_SCRIPT = (Path(__file__).parent / "scripts" / "rate_limits.lua").read_text()
 
 
 def parse_reads(text):
-    """RATE_LIMIT_READS_PER_ADDRESS: DEFAULT_READS when unset or empty, None
+    """RATE_LIMIT_READS_PER_ADDRESS: its default when unset or empty, None
     (off) for 0."""
-    if text is None or str(text).strip() == "":
-        text = DEFAULT_READS
-    if str(text).strip() == "0":
-        return None
-    return parse_rate("read", READS_CONFIG_KEY, text)
+    return Settings({"RATE_LIMIT_READS_PER_ADDRESS": text}, GATEWAY).rate_limit_reads_per_address
 
 
 @functools.lru_cache(maxsize=ADDRESS_CACHE)
@@ -201,6 +126,15 @@ class RateLimits:
         self.submit = submit  # submit(check) -> (position, used, ttl_ms)
         self.max_voters = max_voters
         self.reads = None if reads is None else ReadWindows(reads)
+
+    @property
+    def votes_limited(self):
+        """A limit on votes (held in Redis) is set."""
+        return self.per_address is not None or self.per_voter is not None
+
+    @property
+    def enabled(self):
+        return self.votes_limited or self.reads is not None
 
     def check(self, environ, votes):
         limits = []  # (Rate, identity, cost)
@@ -280,22 +214,16 @@ class RateLimiter(DependencyProvider):
     allowance."""
 
     def setup(self):
-        config = self.container.config
-        per_address = parse_rate("address", PER_ADDRESS_CONFIG_KEY,
-                                 config.get(PER_ADDRESS_CONFIG_KEY))
-        per_voter = parse_rate("voter", PER_VOTER_CONFIG_KEY,
-                               config.get(PER_VOTER_CONFIG_KEY))
-        max_voters = number(config, MAX_VOTERS_CONFIG_KEY, DEFAULT_MAX_VOTERS,
-                            1, 1000, integer=True)
-        reads = parse_reads(config.get(READS_CONFIG_KEY))
-        trusted = parse_networks(config.get(TRUSTED_PROXIES_CONFIG_KEY))
+        settings = settings_of(self.container)
         self.client = None
         self.group = None
-        self.limits = RateLimits(per_address, per_voter, trusted, self._submit,
-                                 max_voters, reads)
-        if per_address is None and per_voter is None:
+        self.limits = RateLimits(
+            settings.rate_limit_per_address, settings.rate_limit_per_voter,
+            settings.trusted_proxies, self._submit, settings.rate_limit_max_voters,
+            settings.rate_limit_reads_per_address)
+        if not self.limits.votes_limited:
             return
-        self.uri = config["REDIS_URIS"][REDIS_KEY]
+        self.uri = settings.redis_uri
         self.paused_until = 0.0
         self.answered_until = 0.0  # a PING was answered: Redis is up
         self.probing = None  # the Event of the PING in flight

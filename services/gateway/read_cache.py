@@ -23,15 +23,10 @@ import time
 
 import eventlet
 
-from services.settings import number
+from services.settings import Settings
 
 _log = logging.getLogger(__name__)
 
-TTL_CONFIG_KEY = "READ_CACHE_TTL"
-SIZE_CONFIG_KEY = "READ_CACHE_SIZE"
-DEFAULT_TTL = 1.0
-MAX_TTL = 1.0
-DEFAULT_SIZE = 20_000  # about 0.5 KB each: 10 MB at most
 REFRESH_BATCH = 500  # posts read again in one get_counts_many call
 # of the TTL: an entry this old, when read, is read again (at 0.75, a post
 # read every 0.67 s missed every other read)
@@ -53,10 +48,13 @@ class CountsCache:
         self.hits = self.misses = 0
 
     @classmethod
+    def from_settings(cls, settings):
+        # READ_CACHE_SIZE: about 0.5 KB each
+        return cls(settings.read_cache_ttl, settings.read_cache_size)
+
+    @classmethod
     def from_config(cls, config):
-        ttl = number(config, TTL_CONFIG_KEY, DEFAULT_TTL, 0, MAX_TTL)
-        size = number(config, SIZE_CONFIG_KEY, DEFAULT_SIZE, 1, 10_000_000, integer=True)
-        return cls(ttl, size)
+        return cls.from_settings(Settings(config))
 
     @property
     def enabled(self):

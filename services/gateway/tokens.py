@@ -26,9 +26,8 @@ from services.gateway.exceptions import (
 )
 from services.platform.operator import bearer_token
 from services.rules import ID_PATTERN
+from services.settings import Settings, settings_of
 
-DEFAULT_AUDIENCE = "votes"
-ASYMMETRIC = ("RS256", "ES256")
 MAX_VERIFIED = 10_000  # tokens whose claims are kept, about 3 MB at most
 _POST_ID = re.compile(ID_PATTERN)
 
@@ -137,37 +136,31 @@ class Unchecked:
         pass
 
 
-def from_config(config):
-    secret = config.get("VOTER_TOKEN_SECRET") or None
-    public_key = config.get("VOTER_TOKEN_PUBLIC_KEY") or None
+def from_settings(settings):
+    secret, public_key = settings.voter_token_secret, settings.voter_token_public_key
     if secret and public_key:
         raise ConfigurationError(
             "set VOTER_TOKEN_SECRET or VOTER_TOKEN_PUBLIC_KEY, not both")
     if not (secret or public_key):
         return Unchecked()
-    audience = config.get("VOTER_TOKEN_AUDIENCE") or DEFAULT_AUDIENCE
-    policy = str(config.get("VOTER_TOKEN_ANONYMOUS") or "allow").lower()
-    if policy not in ("allow", "deny"):
-        raise ConfigurationError(
-            "VOTER_TOKEN_ANONYMOUS must be allow or deny (got {!r})".format(policy))
     if secret:
-        algorithm = "HS256"
-        key = str(secret)
+        algorithm, key = "HS256", secret
     else:
-        algorithm = config.get("VOTER_TOKEN_ALGORITHM") or "RS256"
-        if algorithm not in ASYMMETRIC:
-            raise ConfigurationError(
-                "VOTER_TOKEN_ALGORITHM must be one of {} (got {!r})".format(
-                    ", ".join(ASYMMETRIC), algorithm))
-        key = str(public_key).replace("\\n", "\n")
-    return VoterTokens(key, algorithm, audience, policy == "allow")
+        algorithm = settings.voter_token_algorithm
+        key = public_key.replace("\\n", "\n")
+    return VoterTokens(key, algorithm, settings.voter_token_audience,
+                       settings.voter_token_anonymous == "allow")
+
+
+def from_config(config):
+    return from_settings(Settings(config))
 
 
 class VoterTokenChecker(DependencyProvider):
     """Injects the configured VoterTokens (or Unchecked when off)."""
 
     def setup(self):
-        self.checker = from_config(self.container.config)
+        self.checker = from_settings(settings_of(self.container))
 
     def get_dependency(self, worker_ctx):
         return self.checker

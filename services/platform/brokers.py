@@ -32,6 +32,8 @@ import eventlet
 from nameko.exceptions import ConfigurationError
 from prometheus_client import Counter
 
+from services import settings
+
 _log = logging.getLogger(__name__)
 
 QUEUE_TYPE_CONFIG_KEY = "AMQP_QUEUE_TYPE"
@@ -49,11 +51,7 @@ class QueueTypeMismatch(ConfigurationError):
 
 def queue_type(config):
     """The configured queue type; ConfigurationError if unknown."""
-    value = config.get(QUEUE_TYPE_CONFIG_KEY) or CLASSIC
-    if value not in QUEUE_TYPES:
-        raise ConfigurationError("{} must be one of {} (got {!r})".format(
-            QUEUE_TYPE_CONFIG_KEY, ", ".join(QUEUE_TYPES), value))
-    return value
+    return settings.read(config, QUEUE_TYPE_CONFIG_KEY)
 
 
 def queue_arguments(config):

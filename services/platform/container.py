@@ -19,7 +19,7 @@ from nameko.log_helpers import make_timing_logger
 from nameko.utils.concurrency import SpawningSet
 
 from services import __version__
-from services.settings import number
+from services.settings import settings_of
 
 _log = logging.getLogger(__name__)
 _log_time = make_timing_logger(_log)
@@ -27,19 +27,16 @@ _worker_log = containers._log  # "nameko.containers": the filter and tests expec
 HOOKS = ("worker_setup", "worker_result", "worker_teardown")
 
 STOP_DEADLINE = 8.0  # seconds; SIGTERM must end a service within 10
-GC_CONFIG_KEY = "GC_GEN0_THRESHOLD"
-DEFAULT_GC_GEN0 = 20_000
 GC_OLDER = (50, 100)  # Python's are 10 and 10
 
 
-def tune_gc(config):
+def tune_gc(gen0):
     """Python collects its youngest objects every 700 allocations, and all
     of them every 100 such collections: at a few thousand requests a
     second, hundreds of collections a second, and full ones of 30-40 ms
     in the gateway, which made its p99. GC_GEN0_THRESHOLD (0: Python's
     defaults) sets the first threshold, and the older ones go to 50 and
     100. Process-wide, like the collector."""
-    gen0 = number(config, GC_CONFIG_KEY, DEFAULT_GC_GEN0, 0, 10_000_000, integer=True)
     if gen0:
         gc.set_threshold(gen0, *GC_OLDER)
 
@@ -74,7 +71,9 @@ class DeadlineContainer(ServiceContainer):
         self._hooked_providers = None
 
     def start(self):
-        tune_gc(self.config)
+        # every setting checked (and credentials read from their files)
+        # before any extension reads one
+        tune_gc(settings_of(self).gc_gen0_threshold)
         _log.debug("starting %s", self)
         self.started = True
         with _log_time("started %s", self):

@@ -21,25 +21,18 @@ answers 405 as any undeclared method. When on:
 CORS_ALLOW_CREDENTIALS (cookies are of no use to this API; tokens go in
 ``Authorization``, which needs no credentials mode).
 """
-import re
+from services.settings import Settings
 
-from nameko.exceptions import ConfigurationError
-
-from services.settings import flag
-
-ORIGINS_CONFIG_KEY = "CORS_ORIGINS"
-CREDENTIALS_CONFIG_KEY = "CORS_ALLOW_CREDENTIALS"
-MAX_AGE_CONFIG_KEY = "CORS_MAX_AGE"
 DEFAULT_MAX_AGE = 600
 ALLOW_METHODS = "GET, POST, PUT"  # PUT: the operator's /posts/<postId>
 ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
 EXPOSE_HEADERS = ("Retry-After, RateLimit-Limit, RateLimit-Remaining, "
                   "RateLimit-Reset, RateLimit-Policy")
-_ORIGIN = re.compile(r"^https?://[^/\s]+$")
 
 
 class Cors:
-    """The policy of one server; ``origins`` empty: off."""
+    """The policy of one server; ``origins`` empty: off (``enabled``
+    False: no header is added, OPTIONS is an undeclared method)."""
 
     def __init__(self, origins=(), credentials=False, max_age=DEFAULT_MAX_AGE):
         self.origins = frozenset(origins)
@@ -47,30 +40,20 @@ class Cors:
         self.max_age = str(max_age)
 
     @classmethod
+    def from_settings(cls, settings):
+        return cls(settings.cors_origins, settings.cors_allow_credentials,
+                   settings.cors_max_age)
+
+    @classmethod
     def from_config(cls, config):
-        raw = config.get(ORIGINS_CONFIG_KEY) or ""
-        items = raw if isinstance(raw, list) else re.split(r"[,\s]+", str(raw))
-        origins = [item.strip().rstrip("/") for item in items if item.strip()]
-        for origin in origins:
-            if not _ORIGIN.match(origin):
-                raise ConfigurationError(
-                    "{}: {!r} is not an origin (scheme://host[:port])".format(
-                        ORIGINS_CONFIG_KEY, origin))
-        max_age = config.get(MAX_AGE_CONFIG_KEY)
-        if max_age is None:
-            max_age = DEFAULT_MAX_AGE
-        if type(max_age) is not int or not 0 <= max_age <= 86400:
-            raise ConfigurationError(
-                "{} must be an integer from 0 to 86400 (got {!r})".format(
-                    MAX_AGE_CONFIG_KEY, max_age))
-        return cls(origins, flag(config, CREDENTIALS_CONFIG_KEY), max_age)
+        return cls.from_settings(Settings(config))
 
     @property
-    def on(self):
+    def enabled(self):
         return bool(self.origins)
 
     def is_preflight(self, environ):
-        return (self.on and environ.get("REQUEST_METHOD") == "OPTIONS"
+        return (self.enabled and environ.get("REQUEST_METHOD") == "OPTIONS"
                 and "HTTP_ORIGIN" in environ)
 
     def allowed(self, environ):
@@ -94,7 +77,7 @@ class Cors:
 
     def decorate(self, environ, response):
         """Add the CORS headers of an answer that is not a preflight."""
-        if not self.on:
+        if not self.enabled:
             return response
         response.vary.add("Origin")
         origin = self.allowed(environ)

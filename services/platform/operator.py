@@ -16,6 +16,8 @@ import hmac
 
 from nameko.extensions import DependencyProvider
 
+from services.settings import settings_of
+
 ADDRESS_CONFIG_KEY = "OPERATOR_ADDRESS"
 TOKEN_CONFIG_KEY = "OPERATOR_TOKEN"
 
@@ -87,16 +89,17 @@ class OperatorAccess:
             raise OperatorTokenRequired("this needs the operator's bearer token")
 
 
-def from_config(config):
-    return OperatorAccess(bool(config.get(ADDRESS_CONFIG_KEY)),
-                          str(config.get(TOKEN_CONFIG_KEY) or "") or None)
+def from_settings(settings):
+    # the votes service has no operator address: its reads stay where they are
+    address = settings.operator_address if "OPERATOR_ADDRESS" in settings else None
+    return OperatorAccess(bool(address), settings.operator_token)
 
 
 class OperatorGate(DependencyProvider):
     """Injects the configured OperatorAccess."""
 
     def setup(self):
-        self.access = from_config(self.container.config)
+        self.access = from_settings(settings_of(self.container))
 
     def get_dependency(self, worker_ctx):
         return self.access

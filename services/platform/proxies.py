@@ -5,30 +5,16 @@ log, the rate limits): a header any client can write names no one.
 """
 import functools
 import ipaddress
-import re
 
-from nameko.exceptions import ConfigurationError
+from services.settings import kinds
 
-TRUSTED_PROXIES_CONFIG_KEY = "TRUSTED_PROXIES"
 ADDRESS_CACHE = 4096  # parsed client addresses kept
 
 
 def parse_networks(text):
     """TRUSTED_PROXIES: addresses or CIDR blocks, separated by commas or
-    spaces (or a YAML list)."""
-    if not text:
-        return ()
-    items = text if isinstance(text, list) else re.split(r"[,\s]+", str(text))
-    try:
-        return tuple(ipaddress.ip_network(str(item).strip(), strict=False)
-                     for item in items if str(item).strip())
-    except ValueError as exc:
-        raise ConfigurationError("TRUSTED_PROXIES: {}".format(exc)) from None
-
-
-def trusted_proxies(config):
-    """The TRUSTED_PROXIES of a service config, checked."""
-    return parse_networks(config.get(TRUSTED_PROXIES_CONFIG_KEY))
+    spaces (or a YAML list); the Settings hold it parsed."""
+    return kinds.networks("TRUSTED_PROXIES", text, ())
 
 
 @functools.lru_cache(maxsize=ADDRESS_CACHE)  # ipaddress parses slowly; clients repeat

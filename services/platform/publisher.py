@@ -14,14 +14,13 @@ from functools import partial
 import eventlet
 from kombu import Queue
 from kombu.exceptions import ChannelError
-from nameko.constants import DEFAULT_MAX_WORKERS, MAX_WORKERS_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 from nameko.standalone.events import get_event_exchange
 
 from services.platform import brokers, correlation
 from services.platform.amqp_layer import Link
 from services.platform.batching import Expired, GroupCommit
-from services.settings import number
+from services.settings import settings_of
 
 _log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ class ConfirmedPublisher(DependencyProvider):
     """Injects ``publish(item)``: returns once the item is in the broker
     (one confirmed, persistent, mandatory message per group of items, to
     the events exchange of ``source_service`` with ``routing_key``), or
-    raises ``unavailable`` within the ``timeout_config_key`` seconds.
+    raises ``unavailable`` within the ``timeout_setting`` seconds.
 
     ``queue`` (name) is declared, bound to that routing key, of the type
     AMQP_QUEUE_TYPE names, on every connect, so that nothing is dropped
@@ -46,8 +45,7 @@ class ConfirmedPublisher(DependencyProvider):
     source_service = None
     routing_key = None
     queue = None
-    timeout_config_key = "PUBLISH_TIMEOUT"
-    default_timeout = 5.0
+    timeout_setting = "publish_timeout"  # the Settings attribute of the deadline
     max_group_weight = 1000
     weigh = staticmethod(len)
     links = 2  # round trips in flight at once
@@ -77,10 +75,7 @@ class ConfirmedPublisher(DependencyProvider):
 
     def setup(self):
         config = self.container.config
-        self.timeout = number(config, self.timeout_config_key,
-                              self.default_timeout, 0.1, 60)
-        number(config, MAX_WORKERS_CONFIG_KEY, DEFAULT_MAX_WORKERS, 1, 10_000,
-               integer=True)
+        self.timeout = getattr(settings_of(self.container), self.timeout_setting)
         self.exchange = get_event_exchange(self.source_service, config)
         declare = [self.exchange]
         if self.queue is not None:

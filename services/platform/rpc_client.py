@@ -16,33 +16,27 @@ import uuid
 
 import eventlet
 from kombu import Queue
-from nameko.constants import (
-    AMQP_URI_CONFIG_KEY,
-    DEFAULT_HEARTBEAT,
-    HEARTBEAT_CONFIG_KEY,
-)
 from nameko.extensions import DependencyProvider
 from nameko.rpc import get_rpc_exchange
 
 from services.platform.amqp_layer import ConsumeLoop, Link
 from services.platform.batching import Expired, GroupCommit
 from services.platform.publisher import QUEUED_SHARE
-from services.settings import number
+from services.settings import settings_of
 
 _log = logging.getLogger(__name__)
 
 
 class RpcClient(DependencyProvider):
     """Calls the RPC methods of ``target_service``; every call raises
-    ``unavailable`` after the ``timeout_config_key`` seconds, or when the
+    ``unavailable`` after the ``timeout_setting`` seconds, or when the
     method raised. With ``group_method`` set, ``call_grouped(item)`` joins
     concurrent callers into one call of that method with the list of their
     items (it must return one result per item, in order). A subclass sets
     the class attributes and adds the verbs its service uses."""
 
     target_service = None
-    timeout_config_key = "READ_TIMEOUT"
-    default_timeout = 2.0
+    timeout_setting = "read_timeout"  # the Settings attribute of the deadline
     group_method = None
     max_group = 500
     readers = 2  # grouped calls in flight at once
@@ -50,11 +44,10 @@ class RpcClient(DependencyProvider):
 
     def setup(self):
         config = self.container.config
-        self.amqp_uri = config[AMQP_URI_CONFIG_KEY]
-        self.heartbeat = number(config, HEARTBEAT_CONFIG_KEY, DEFAULT_HEARTBEAT,
-                                0, 3600)
-        self.timeout = number(config, self.timeout_config_key,
-                              self.default_timeout, 0.1, 60)
+        settings = settings_of(self.container)
+        self.amqp_uri = settings.amqp_uri
+        self.heartbeat = settings.amqp_heartbeat
+        self.timeout = getattr(settings, self.timeout_setting)
         self.exchange = get_rpc_exchange(config)
         self.reply_queue_name = "rpc.reply-{}-{}".format(
             self.container.service_name, uuid.uuid4())

@@ -34,6 +34,7 @@ from services.platform.http.protocol import (
     STREAMING_ENVIRON_KEY,
 )
 from services.platform.http.server import EdgeWebServer
+from services.settings import settings_of
 
 _log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ class JsonWebServer(EdgeWebServer):
 
     def setup(self):
         super().setup()
-        self.cors = Cors.from_config(self.container.config)
+        self.cors = Cors.from_settings(settings_of(self.container))
 
     def get_wsgi_app(self):
         return JsonWsgiApp(self)
@@ -338,11 +339,11 @@ class OptionalJsonServer(JsonWebServer):
 
     @property
     def configured(self):
-        return bool(self.container.config.get(self.address_config_key))
+        return bool(settings_of(self.container)[self.address_config_key])
 
     @property
     def bind_addr(self):  # read by inspect too, while unset
-        address = self.container.config.get(self.address_config_key)
+        address = settings_of(self.container)[self.address_config_key]
         return parse_address(address) if address else None
 
     def setup(self):
@@ -391,12 +392,10 @@ class MetricsServer(EdgeWebServer):
     a service's work matters more than being watched."""
 
     address_config_key = "METRICS_ADDRESS"
-    default_address = "0.0.0.0:9100"
 
     @property
     def bind_addr(self):
-        return parse_address(self.container.config.get(
-            self.address_config_key, self.default_address))
+        return parse_address(settings_of(self.container)[self.address_config_key])
 
     def start(self):
         try:

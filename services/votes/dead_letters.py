@@ -60,13 +60,11 @@ from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, LOGIN_MET
 from services import contracts
 from services.platform import amqp_layer, brokers, correlation, dead_lettering
 from services.platform.amqp_layer import Link
-from services.settings import number, read_config
+from services.settings import Settings, read_config
+from services.settings.table import TOOLS
 from services.votes.store import (
     DEFAULT_MARK_TTL,
-    MARK_TTL_CONFIG_KEY,
-    REDIS_KEY,
     connect,
-    read_buckets,
     storage_of,
 )
 
@@ -321,15 +319,14 @@ def main(argv=None):
                         help="replay messages of applied or unknown status too")
     args = parser.parse_args(argv)
     config = read_config(args.config)
+    settings = Settings(config, TOOLS)
     queue = brokers.typed(DEAD_LETTER_QUEUE, config)
     with amqp_layer.connect(config, connect_timeout=CONNECT_TIMEOUT) as connection:
         if args.action == "show":
             count = show(connection, queue=queue)
             print("{} dead-lettered message(s)".format(count), file=sys.stderr)
             return 0
-        mark_ttl = number(config, MARK_TTL_CONFIG_KEY, DEFAULT_MARK_TTL, 1,
-                          integer=True)
-        uri = (config.get("REDIS_URIS") or {}).get(REDIS_KEY)
+        mark_ttl, uri = settings.applied_mark_ttl, settings.redis_uri
         store = None
         if uri:
             try:
@@ -338,7 +335,7 @@ def main(argv=None):
                 store = redis.Redis.from_url(uri, socket_connect_timeout=5)
         try:
             replayed, kept = replay(connection, store, mark_ttl, args.force,
-                                    buckets=read_buckets(config), queue=queue)
+                                    buckets=settings.vote_buckets, queue=queue)
         finally:
             if store is not None:
                 store.close()

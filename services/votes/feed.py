@@ -28,13 +28,11 @@ from nameko.extensions import DependencyProvider
 
 from services import contracts
 from services.platform.amqp_layer import Link
-from services.settings import number
+from services.settings import settings_of
 from services.votes.store import storage_of
 
 _log = logging.getLogger(__name__)
 
-FLUSH_INTERVAL_CONFIG_KEY = "COUNTS_FLUSH_INTERVAL"
-DEFAULT_FLUSH_INTERVAL = 0.25
 TOP_SIZE = contracts.MAX_TOP  # the largest top=N a page may follow
 PUBLISH_TIMEOUT = 2.0    # seconds a publish may take before it is dropped
 RECONNECT_PAUSE = 1.0    # after a failed publish, none tried for this long
@@ -124,8 +122,7 @@ class CountsFeed(DependencyProvider):
         self._running = False
 
     def setup(self):
-        self.interval = number(self.container.config, FLUSH_INTERVAL_CONFIG_KEY,
-                               DEFAULT_FLUSH_INTERVAL, 0.01, 60)
+        self.interval = settings_of(self.container).counts_flush_interval
         publish = self._publish
         if publish is None:
             self.link, publish = announcer(self.container.config)

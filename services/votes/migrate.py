@@ -38,8 +38,9 @@ import redis
 
 from services import contracts
 from services.platform import redis_nodes
-from services.settings import read_config
-from services.votes.store import REDIS_KEY, connect, read_buckets, rebuild_command
+from services.settings import Settings, read_config
+from services.settings.table import TOOLS
+from services.votes.store import connect, rebuild_command
 
 BATCH = 500  # keys per SCAN and per write pipeline
 DONE = "done"
@@ -198,20 +199,20 @@ def main(argv=None, out=sys.stdout):
                         help="only rebuild every post's rankings from its counts "
                         "(once, after upgrading data written before rankings)")
     args = parser.parse_args(argv)
-    config = read_config(args.config)
-    uri = config["REDIS_URIS"][REDIS_KEY]
+    settings = Settings(read_config(args.config), TOOLS)
+    uri = settings.redis_uri
     options = dict(socket_connect_timeout=5, socket_timeout=30)
     target = connect(uri, **options)
     if args.rankings:
         try:
-            rebuild_rankings(target, read_buckets(config), out)
+            rebuild_rankings(target, settings.vote_buckets, out)
         finally:
             target.close()
         return 0
     source_uri = args.source or uri
     source = redis.Redis.from_url(source_uri, decode_responses=True, **options)
     try:
-        Migration(source, target, read_buckets(config),
+        Migration(source, target, settings.vote_buckets,
                   same=source_uri == uri, out=out).run(again=args.again)
     finally:
         source.close()

@@ -19,7 +19,7 @@ class Publisher(ConfirmedPublisher):
     source_service = "src"
     routing_key = "thing_done"
     queue = "evt-src-thing_done--dst.handle"
-    timeout_config_key = "PUBLISH_TIMEOUT"
+    timeout_setting = "publish_timeout"
     max_group_weight = 10
     unavailable = Unavailable
     what = "the thing"

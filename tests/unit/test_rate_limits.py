@@ -17,7 +17,6 @@ from services.gateway.rate_limits import (
     ReadWindows,
     address_identity,
     client_address,
-    parse_networks,
     parse_rate,
     parse_reads,
     top_read_cost,
@@ -25,6 +24,7 @@ from services.gateway.rate_limits import (
 from services.gateway.schemas import Vote
 from services.platform.batching import Expired
 from services.platform.cors import Cors
+from services.platform.proxies import parse_networks
 
 PROXIES = parse_networks("10.0.0.0/8, 192.168.1.1")
 

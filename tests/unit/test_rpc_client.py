@@ -16,7 +16,7 @@ class Unavailable(Exception):
 
 class Client(RpcClient):
     target_service = "tally"
-    timeout_config_key = "READ_TIMEOUT"
+    timeout_setting = "read_timeout"
     group_method = "get_many"
     max_group = 3
     unavailable = Unavailable

@@ -26,7 +26,7 @@ from services.platform.http.protocol import (
     EdgeProtocol,
     connections_cut,
 )
-from services.platform.proxies import trusted_proxies
+from services.settings import settings_of
 
 _log = logging.getLogger(__name__)
 
@@ -90,11 +90,12 @@ class EdgeWebServer(WebServer):
         self.trusted_proxies = ()
 
     def setup(self):
-        self.limits = Limits.from_config(self.container.config)
-        self.trusted_proxies = trusted_proxies(self.container.config)
+        settings = settings_of(self.container)
+        self.limits = Limits.from_settings(settings)
+        self.trusted_proxies = settings.trusted_proxies
         self._slots = Semaphore(self.limits.max_connections)
         self.large_bodies = Semaphore(self.limits.max_large_bodies)
-        for attribute in (*(limit[1] for limit in LIMITS), "max_streams"):
+        for attribute in LIMITS:
             limit_values.labels(self.label, attribute).set(
                 getattr(self.limits, attribute))
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)

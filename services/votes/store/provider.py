@@ -8,8 +8,9 @@ from services.platform import redis_nodes
 from services.platform.batching import GroupCommit
 from services.platform.brokers import redact
 from services.platform.container import REDIS, done_waiting, waiting_for
+from services.settings import settings_of
 from services.votes.exceptions import StoreUnavailable
-from services.votes.store.config import REDIS_KEY, REDIS_OPTIONS, read_limits
+from services.votes.store.config import REDIS_KEY, REDIS_OPTIONS, limits_from
 from services.votes.store.verbs import APPLY_FLUSHERS, APPLY_GROUP_VOTES, VoteStorage
 
 REDIS_RETRY_INTERVAL = 1.0  # seconds between attempts to reach Redis at start
@@ -59,7 +60,7 @@ class VoteStore(Redis):
 
     def setup(self):
         super().setup()
-        self.limits = read_limits(self.container.config)
+        self.limits = limits_from(settings_of(self.container))
         self.address = redact(self.redis_uri)
         self.client = self.storage = None
         other = getattr(self.container, CONTAINER_ATTRIBUTE, None)

@@ -1,0 +1,9 @@
+-- ARGV[1]: [[[key index, limit, window ms, cost], ...], ...]: checks, each
+-- all-or-nothing over its limits, read in order up to the first that
+-- refuses; ARGV[2], ARGV[3]: the share of a limit's
+-- headroom leased with an accepted check (of a limit already used in its
+-- window), and the most leased. Returns per
+-- check: the position of the limit that refused it (0: accepted), that
+-- limit's count, and the milliseconds left in its window; then, per limit,
+-- the votes leased to the caller and the milliseconds its window has left
+-- (0 for the limits after the one that refused).
