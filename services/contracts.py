@@ -7,6 +7,8 @@ The gateway never imports the votes service's code; both import this.
 import functools
 import zlib
 
+from kombu import Exchange
+
 # the vote_cast event: published by the gateway, handled by the votes service
 GATEWAY_SERVICE = "gateway"
 VOTES_SERVICE = "votes"
@@ -173,6 +175,10 @@ MIGRATED_KEY = KEY_PREFIX + "migrated"  # where a migration has got to
 # persistent, not mandatory); every gateway process reads every one
 COUNTS_CHANGED = "counts_changed"
 VOTES_EVENTS_EXCHANGE = "{}.events".format(VOTES_SERVICE)  # nameko's rule
+# as nameko declares it (nameko.events: a durable topic exchange), for the
+# counts feed's publisher and the gateway's live counts consumer
+VOTES_EVENTS = Exchange(VOTES_EVENTS_EXCHANGE, type="topic", durable=True,
+                        auto_delete=False)
 LIVE_COUNTS_CONSUMER = "live_counts"
 
 

@@ -30,19 +30,20 @@ import uuid
 
 import eventlet
 from eventlet.event import Event
-from kombu import Exchange, Queue
+from kombu import Queue
 from nameko.extensions import DependencyProvider
 
 from services import contracts
 from services.gateway.read_cache import CountsCache
+from services.gateway.schemas import MAX_STREAM_POSTS
 from services.platform.amqp_layer import ConsumeLoop
 from services.platform.web import sse_event
 from services.settings import settings_of
 
 _log = logging.getLogger(__name__)
 
-MAX_POSTS = 100        # posts one subscriber may follow
-MAX_TOP = 100          # the largest top N
+MAX_POSTS = MAX_STREAM_POSTS  # posts one subscriber may follow
+MAX_TOP = contracts.MAX_TOP    # the largest top N
 QUEUE_MAX_LENGTH = 10000   # announcements the broker keeps for a slow process
 
 COUNTS = "counts"
@@ -56,8 +57,7 @@ class Update(collections.namedtuple("Update", "id event data")):
         """The event as bytes, encoded once for all its streams."""
         return sse_event(self.event, self.data, self.id)
 
-EXCHANGE = Exchange(contracts.VOTES_EVENTS_EXCHANGE, type="topic",
-                    durable=True, auto_delete=False)
+EXCHANGE = contracts.VOTES_EVENTS
 
 
 def event_ids():

@@ -18,12 +18,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from services import rankings
+from services import contracts, rankings
 from services.gateway.exceptions import ValidationError as InvalidRequest
 from services.rules import IDEMPOTENCY_KEY_PATTERN, Identifier, Score
 
 MAX_BATCH = 1000
-MAX_TOP = 100
+MAX_TOP = contracts.MAX_TOP
 
 
 ID_RULE = "must be 1-64 characters of A-Z a-z 0-9 _ -"

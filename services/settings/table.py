@@ -56,7 +56,10 @@ SETTINGS = (
     setting("VOTE_BUCKETS", kinds.integer(1, contracts.MAX_BUCKETS), contracts.DEFAULT_BUCKETS,
             (VOTES, TOOLS)),
     setting("APPLIED_MARK_TTL", kinds.integer(1, YEAR), 86400, (VOTES, TOOLS)),
-    setting("IDEMPOTENCY_TTL", kinds.integer(1, YEAR), contracts.DEFAULT_IDEMPOTENCY_TTL),
+    # the gateway's Idempotency-Key memory lives as long as the votes
+    # service's claims: one setting for both (contracts)
+    setting(contracts.IDEMPOTENCY_TTL_CONFIG_KEY, kinds.integer(1, YEAR),
+            contracts.DEFAULT_IDEMPOTENCY_TTL),
     setting("MAX_CLOCK_SKEW", kinds.real(0, 3600), 2, [VOTES]),
     setting("RETRACTION_TTL", kinds.integer(1, YEAR), 3600, [VOTES]),
     setting("REDIS_MIN_REPLICAS", kinds.optional_integer(0, 16), None, [VOTES]),

@@ -23,7 +23,6 @@ import logging
 import time
 
 import eventlet
-from kombu import Exchange
 from nameko.extensions import DependencyProvider
 
 from services import contracts
@@ -37,10 +36,7 @@ TOP_SIZE = contracts.MAX_TOP  # the largest top=N a page may follow
 PUBLISH_TIMEOUT = 2.0    # seconds a publish may take before it is dropped
 RECONNECT_PAUSE = 1.0    # after a failed publish, none tried for this long
 
-# nameko's events exchange of the votes service (nameko.events: a durable
-# topic exchange named "<service>.events")
-EXCHANGE = Exchange(contracts.VOTES_EVENTS_EXCHANGE, type="topic",
-                    durable=True, auto_delete=False)
+EXCHANGE = contracts.VOTES_EVENTS  # nameko's events exchange of the votes service
 
 
 class Coalescer:

@@ -2,6 +2,7 @@
 compiles in the real Redis, each is called with the keys and arguments it
 reads, none is left in a .py file; and the store is reached by the
 container's other extensions through its provider, not by a search."""
+import json
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import redis
 from nameko.testing.utils import get_extension
 
 from services import rankings
+from services.gateway import rate_limits
 from services.votes import dead_letters
 from services.votes.feed import CountsFeed
 from services.votes.schemas import parse_event
@@ -85,9 +87,31 @@ def test_the_rankings_constants_go_as_arguments(redis_client):
     assert redis_client.exists(*keys[1:]) == 0
 
 
-def test_no_lua_in_the_votes_service_python():
-    for path in (SERVICES / "votes").rglob("*.py"):
-        assert "redis.call(" not in path.read_text(), path
+def test_no_lua_in_any_service_python():
+    """Every script is a .lua file, read once: none in a Python string."""
+    lua = re.compile(r"redis\.call\(|redis\.pcall\(|\bcjson\.|\blocal\s+\w+\s*=|\bKEYS\[|\bARGV\[")
+    for path in SERVICES.rglob("*.py"):
+        assert not lua.search(path.read_text()), path
+
+
+def test_the_rate_limit_script_compiles_in_redis_and_is_read_from_its_file(redis_client):
+    path = SERVICES / "gateway" / "scripts" / "rate_limits.lua"
+    assert rate_limits.CHECK_SCRIPT == path.read_text()
+    assert redis_client.script_load(rate_limits.CHECK_SCRIPT) == scripts.sha(
+        rate_limits.CHECK_SCRIPT)
+
+
+def test_the_rate_limit_script_reads_the_arguments_the_limiter_gives(redis_client):
+    """Two limits of one check: ARGV[1] the checks, ARGV[2] and ARGV[3] the
+    lease share and most; the first call counts both."""
+    keys = ["rl:test:a", "rl:test:b"]
+    redis_client.delete(*keys)
+    check = json.dumps([[[1, 5, 60000, 2], [2, 5, 60000, 2]]])
+    out = redis_client.eval(rate_limits.CHECK_SCRIPT, 2, *keys, check,
+                            rate_limits.LEASE_SHARE, rate_limits.MAX_LEASE)
+    assert out[:3] == [0, 0, 0]
+    assert [redis_client.get(key) for key in keys] == ["2", "2"]
+    redis_client.delete(*keys)
 
 
 def test_the_feed_and_the_dead_letter_headers_reach_the_store_through_it(
