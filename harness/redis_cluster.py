@@ -30,23 +30,23 @@ def node_client(port, **options):
                        socket_timeout=5, **options)
 
 
-def answers(port):
+def answers(port, **options):
     try:
-        with node_client(port) as client:
+        with node_client(port, **options) as client:
             return client.ping()
     except redis.RedisError:
         return False
 
 
-def start_servers(ports, processes):
+def start_servers(ports, processes, **options):
     """Start the redis-server ``processes``; wait until each answers on
-    its port."""
+    its port (``options``: the client's, TLS or a password)."""
     for process in processes:
         process.start()
     for port, process in zip(ports, processes, strict=True):
         def up(port=port, process=process):
             assert process.alive, "redis-server exited:\n" + process.tail()
-            return answers(port)
+            return answers(port, **options)
         wait_until(up, START_TIMEOUT, "redis-server :{}".format(port), interval=0.05)
 
 
@@ -59,22 +59,49 @@ def free_ports_in(ports, count):
 
 class RedisClusterServers:
     """``ports``: the six ports (free ones by default). ``nodes[i]`` is
-    node i's Process; ``uri`` names the first node (any node will do)."""
+    node i's Process; ``uri`` names the first node (any node will do).
+    ``tls`` (harness.tls.TestCA): every node on TLS only, clients, the
+    cluster bus and replication, the URI ``rediss://`` with the CA in its
+    ``ssl_ca_certs``; ``password``: every node's (and its masters')."""
 
-    def __init__(self, folder, ports=None, masters=3, replicas=1):
+    def __init__(self, folder, ports=None, masters=3, replicas=1, tls=None,
+                 password=None):
         self.folder = folder / "redis-cluster"
         self.folder.mkdir(exist_ok=True)
         count = masters * (1 + replicas)
         self.ports = list(ports) if ports else [free_port() for _ in range(count)]
         self.replicas = replicas
-        self.nodes = [self._node(port) for port in self.ports]
+        self.tls = tls
+        self.password = password
+        self.client_options = {}  # of every client of a node
+        self.cli_options = []
         self.uri = "redis://127.0.0.1:{}/0".format(self.ports[0])
+        if tls is not None:
+            self.client_options.update(ssl=True, ssl_ca_certs=str(tls.ca))
+            self.cli_options += ["--tls", "--cacert", str(tls.ca)]
+            self.uri = "rediss://127.0.0.1:{}/0?ssl_ca_certs={}".format(
+                self.ports[0], tls.ca)
+        if password is not None:
+            self.client_options["password"] = password
+            self.cli_options += ["--no-auth-warning", "-a", password]
+            self.uri = self.uri.replace("://", "://:{}@".format(password), 1)
+        self.nodes = [self._node(port) for port in self.ports]
 
     def _node(self, port):
         folder = self.folder / str(port)
         folder.mkdir(exist_ok=True)
+        listen = ["--port", str(port)]
+        if self.tls is not None:
+            listen = ["--port", "0", "--tls-port", str(port),
+                      "--tls-cluster", "yes", "--tls-replication", "yes",
+                      "--tls-cert-file", str(self.tls.server_cert),
+                      "--tls-key-file", str(self.tls.server_key),
+                      "--tls-ca-cert-file", str(self.tls.ca),
+                      "--tls-auth-clients", "no"]
+        if self.password is not None:
+            listen += ["--requirepass", self.password, "--masterauth", self.password]
         return Process("redis-{}".format(port), [
-            "redis-server", "--bind", "127.0.0.1", "--port", str(port),
+            "redis-server", "--bind", "127.0.0.1", *listen,
             "--cluster-enabled", "yes",
             "--cluster-config-file", str(folder / "nodes.conf"),
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
@@ -83,15 +110,16 @@ class RedisClusterServers:
         ], folder / "redis.log")
 
     def node_client(self, port, **options):
-        return node_client(port, **options)
+        return node_client(port, **dict(self.client_options, **options))
 
     def client(self, **options):
         """A RedisCluster client (any node's address will do)."""
         return RedisCluster(host="127.0.0.1", port=self.ports[0],
-                            decode_responses=True, socket_timeout=5, **options)
+                            decode_responses=True, socket_timeout=5,
+                            **dict(self.client_options, **options))
 
     def start(self):
-        start_servers(self.ports, self.nodes)
+        start_servers(self.ports, self.nodes, **self.client_options)
         self.cli("--cluster", "create",
                  *["127.0.0.1:{}".format(port) for port in self.ports],
                  "--cluster-replicas", str(self.replicas), "--cluster-yes")
@@ -100,7 +128,8 @@ class RedisClusterServers:
 
     def cli(self, *args, timeout=300):
         """redis-cli with ``args``; its output (raises if it fails)."""
-        done = subprocess.run(["redis-cli", *args], capture_output=True, text=True,
+        done = subprocess.run(["redis-cli", *self.cli_options, *args],
+                              capture_output=True, text=True,
                               timeout=timeout)
         assert done.returncode == 0, "redis-cli {} failed:\n{}{}".format(
             " ".join(args[:2]), done.stdout[-3000:], done.stderr[-3000:])
@@ -168,7 +197,7 @@ class RedisClusterServers:
         (a failed-over master as a replica of its successor)."""
         node = self.nodes[self.ports.index(port)]
         node.start()
-        wait_until(lambda: answers(port), START_TIMEOUT,
+        wait_until(lambda: answers(port, **self.client_options), START_TIMEOUT,
                    "redis-server :{} again".format(port), interval=0.05)
 
     def slots_of(self, port):

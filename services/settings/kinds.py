@@ -72,6 +72,17 @@ def unchecked(key, raw, default):
     return default if raw is None or raw == "" else raw
 
 
+def ssl_options(key, raw, default):
+    """nameko's AMQP_SSL: unset, true/false, or a mapping of ssl options."""
+    if raw is None or raw == "":
+        return default
+    if isinstance(raw, (bool, dict)):
+        return raw
+    raise ConfigurationError(
+        "{} must be true, false or a mapping of ssl options "
+        "({{ca_certs: ..., certfile: ..., keyfile: ...}}) (got {!r})".format(key, raw))
+
+
 def boolean(key, raw, default):
     return _flag(key, raw, default)
 

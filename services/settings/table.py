@@ -47,6 +47,8 @@ SETTINGS = (
     setting("AMQP_URI", _uri, "amqp://guest:guest@localhost:5672/", BOTH + (TOOLS,), True),
     setting("AMQP_QUEUE_TYPE", kinds.choice("classic", "quorum", phrase="one of classic, quorum"),
             "classic", BOTH + (TOOLS,)),
+    # TLS to RabbitMQ: nameko's own setting, read by every connection
+    setting("AMQP_SSL", kinds.ssl_options, None, BOTH + (TOOLS,)),
     setting("AMQP_HEARTBEAT", kinds.real(0, 3600), 10, path=["HEARTBEAT"]),
     setting("REDIS_URI", _uri, "redis://localhost:6379/0", BOTH + (TOOLS,), True,
             path=["REDIS_URIS", contracts.VOTES_REDIS]),

@@ -20,11 +20,13 @@ import yaml
 
 from harness.process import ROOT, START_TIMEOUT, wait_until
 from harness.rabbit_node import RabbitNode
+from harness.redis_cluster import RedisClusterServers, free_ports_in
 from harness.redis_server import RedisServer
 from harness.tls import TestCA
 from services import contracts
 from services.platform import amqp_layer
 from services.votes.dead_letters import DEAD_LETTER_QUEUE
+from tests.conftest import CLUSTER_PORTS
 from tests.fault.harness import Cluster
 from tests.integration.test_stream import Stream
 
@@ -62,6 +64,18 @@ class TlsCluster(Cluster):
             return ready, consumers
         except Exception:
             return 0, 0
+
+    def close(self, show_logs=False):
+        nodes = getattr(self.redis_server, "nodes", None)
+        if nodes is None:
+            return super().close(show_logs)
+        for process in self.processes:  # on a Redis Cluster: its nodes' logs
+            process.kill()
+        self.redis.close()
+        if show_logs:
+            for process in self.processes + nodes:
+                print("\n----- {} ({}) last lines -----\n{}".format(
+                    process.label, process.log_path, process.tail()))
 
 
 @pytest.fixture
@@ -184,3 +198,51 @@ def test_request_ids_answered_made_and_replaced(tls_cluster):
     kept = requests.get(cluster.base_url + "/health",
                         headers={"X-Request-Id": longest}, timeout=10)
     assert kept.headers["X-Request-Id"] == longest
+
+
+@pytest.fixture
+def tls_redis_cluster(request, tmp_path, test_ca, tls_broker):
+    servers = RedisClusterServers(tmp_path, free_ports_in(CLUSTER_PORTS, 6),
+                                  tls=test_ca, password=PASSWORD)
+    try:
+        servers.start()
+        servers.wait_replicated()
+    except BaseException:
+        servers.stop()
+        raise
+    cluster = TlsCluster(tmp_path, tls_broker.uri(), "/", servers, broker=tls_broker,
+                         amqp_ssl=test_ca.amqp_ssl())
+    yield cluster
+    report = getattr(request.node, "report_call", None)
+    cluster.close(show_logs=report is None or report.failed)
+    servers.stop()
+
+
+def test_votes_counted_on_a_redis_cluster_over_tls_with_a_password(tls_redis_cluster):
+    """Every node TLS only (clients, bus, replication) with a password; the
+    votes service finds the cluster from one rediss:// URI and writes to
+    every master (WAIT on its replica) over TLS."""
+    cluster = tls_redis_cluster
+    servers = cluster.redis_server
+    assert cluster.redis_server.uri.startswith("rediss://:{}@".format(PASSWORD))
+    for port in servers.ports[:1]:
+        with pytest.raises(redis.ConnectionError):
+            redis.Redis(port=port, socket_timeout=3).ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port, ssl=True, ssl_ca_certs=str(servers.tls.ca),
+                        socket_timeout=3).ping()
+    cluster.start_votes()
+    cluster.start_gateway()
+    # posts whose keys fall on different masters
+    posts = ["tls-c{}".format(index) for index in range(12)]
+    for post in posts:
+        for score in (1, 1, -1):
+            answer = requests.post(cluster.base_url + "/vote", json={
+                "postId": post, "score": score}, timeout=10)
+            assert answer.status_code == 202, answer.text
+    wait_until(lambda: {post: counts for post, counts in cluster.counted().items()
+                        if post in posts} == {
+                            post: {"upvote": 2, "downvote": 1} for post in posts},
+               DRAIN_TIMEOUT, "the votes counted on the cluster")
+    assert cluster.read_through_gateway(posts[0]) == (200, {
+        "postId": posts[0], "upvote": 2, "downvote": 1, "score": 1})
