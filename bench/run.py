@@ -14,6 +14,7 @@ from bench.machine import code_version, machine_info, versions
 from bench.phases import (
     bare,
     batch,
+    capacity,
     checks,
     drain,
     latency,
@@ -61,6 +62,8 @@ PROFILES = {
         "rounds": 3,            # runs of single votes, reads, latency (medians)
         "targets_cpu": True,    # drains against the votes service of targets.BASELINE
         "quiet_drains": True,   # each store drain waits for an idle machine
+        "capacity": True,       # the capacity phase on a private RabbitMQ node
+        "capacity_votes": 100_000,  # each half of each capacity drain
     },
     "quick": {
         "window": 1.0,
@@ -90,6 +93,7 @@ PROFILES = {
         "rounds": 1,
         "targets_cpu": False,
         "quiet_drains": False,  # (make test runs it beside busy tests)
+        "capacity": False,      # only the gateway's cost, on the run's broker
     },
 }
 
@@ -109,6 +113,7 @@ PHASES = (
     ("trust", trust.run),
     ("rankings", rankings.run),
     ("targets", lambda bench: bench.p["targets_cpu"] and targets.run(bench)),
+    ("capacity", capacity.run),
 )
 # phases that use a figure of another
 NEEDS = {"drain": "single", "latency": "single"}
@@ -216,7 +221,8 @@ def main(argv=None):
         checks.redis_stalls(bench)
         ok = checks.correctness(bench)
         text = render(info, soft, bench.rows, bench.notes,
-                      time.perf_counter() - started, mode, targets.table(bench))
+                      time.perf_counter() - started, mode,
+                      targets.table(bench) + capacity.table(bench))
         print()
         print(text)
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

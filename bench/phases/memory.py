@@ -19,6 +19,7 @@ def run(bench):
         bench.accepted["memory posts"] = accepted
         bench.settle("memory posts", posts, accepted)
         per_post = Footprint(store).since(before) / n
+        bench.figures["post_bytes"] = per_post
         bench.row("Redis memory per post", "{} B".format(fmt(per_post)), "",
                   "{} new posts via POST /votes x1000; MEMORY STATS "
                   "delta, hash tables by key".format(fmt(n)),
@@ -34,6 +35,7 @@ def run(bench):
         bench.accepted["memory voters"] = accepted
         bench.settle("memory voters", posts, bench.accepted["memory posts"] + accepted)
         per_vote = Footprint(store).since(before) / m
+        bench.figures["voter_vote_bytes"] = per_vote
         bench.row("Redis memory per voter vote", "{} B".format(fmt(per_vote)), "",
                   "{} votes with voterId via POST /votes x1000; MEMORY "
                   "STATS delta, hash tables by key".format(fmt(m)),

@@ -20,13 +20,12 @@ import yaml
 
 from harness.process import ROOT, START_TIMEOUT, wait_until
 from harness.rabbit_node import RabbitNode
-from harness.redis_cluster import RedisClusterServers, free_ports_in
 from harness.redis_server import RedisServer
 from harness.tls import TestCA
 from services import contracts
 from services.platform import amqp_layer
 from services.votes.dead_letters import DEAD_LETTER_QUEUE
-from tests.conftest import CLUSTER_PORTS
+from tests.conftest import start_redis_cluster
 from tests.fault.harness import Cluster
 from tests.integration.test_stream import Stream
 
@@ -78,15 +77,21 @@ class TlsCluster(Cluster):
                     process.label, process.log_path, process.tail()))
 
 
-@pytest.fixture
-def tls_cluster(request, tmp_path, test_ca, tls_broker):
-    server = RedisServer(tmp_path, tls=test_ca, password=PASSWORD)
-    server.start()
-    cluster = TlsCluster(tmp_path, tls_broker.uri(), "/", server, broker=tls_broker,
+def services_on(request, tmp_path, test_ca, tls_broker, servers):
+    """The services of one test over the TLS broker and ``servers``, their
+    logs shown if it failed."""
+    cluster = TlsCluster(tmp_path, tls_broker.uri(), "/", servers, broker=tls_broker,
                          amqp_ssl=test_ca.amqp_ssl())
     yield cluster
     report = getattr(request.node, "report_call", None)
     cluster.close(show_logs=report is None or report.failed)
+
+
+@pytest.fixture
+def tls_cluster(request, tmp_path, test_ca, tls_broker):
+    server = RedisServer(tmp_path, tls=test_ca, password=PASSWORD)
+    server.start()
+    yield from services_on(request, tmp_path, test_ca, tls_broker, server)
     server.kill()
 
 
@@ -202,19 +207,8 @@ def test_request_ids_answered_made_and_replaced(tls_cluster):
 
 @pytest.fixture
 def tls_redis_cluster(request, tmp_path, test_ca, tls_broker):
-    servers = RedisClusterServers(tmp_path, free_ports_in(CLUSTER_PORTS, 6),
-                                  tls=test_ca, password=PASSWORD)
-    try:
-        servers.start()
-        servers.wait_replicated()
-    except BaseException:
-        servers.stop()
-        raise
-    cluster = TlsCluster(tmp_path, tls_broker.uri(), "/", servers, broker=tls_broker,
-                         amqp_ssl=test_ca.amqp_ssl())
-    yield cluster
-    report = getattr(request.node, "report_call", None)
-    cluster.close(show_logs=report is None or report.failed)
+    servers = start_redis_cluster(tmp_path, tls=test_ca, password=PASSWORD)
+    yield from services_on(request, tmp_path, test_ca, tls_broker, servers)
     servers.stop()
 
 
