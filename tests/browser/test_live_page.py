@@ -5,6 +5,7 @@ SAVE_SCREENSHOT=1 writes the screenshots to docs/ (live.png and
 live-desktop.png at desktop width, live-phone.png at phone width; commit
 them when the page changes); otherwise they go to the test's tmp_path.
 """
+import itertools
 import os
 import re
 import time
@@ -27,6 +28,14 @@ DESKTOP = {"width": 1000, "height": 900}
 CSP_WATCH = ("window.cspViolations = []; document.addEventListener("
              "'securitypolicyviolation', function (e) {"
              " window.cspViolations.push(e.violatedDirective); });")
+
+
+# when the polite live region's text changed (ms since the page started)
+ANNOUNCEMENTS = (
+    "window.announced = []; document.addEventListener('DOMContentLoaded', function () {"
+    " new MutationObserver(function () { window.announced.push(performance.now()); })"
+    ".observe(document.getElementById('announce'),"
+    " {childList: true, characterData: true, subtree: true}); });")
 
 
 def vote(cluster, post_id, score, voter_id=None):
@@ -65,10 +74,13 @@ def test_live_page(cluster, browser, tmp_path):
     page = browser.new_page(viewport=PHONE)
     # the page's Content-Security-Policy must let the page do all it does
     page.add_init_script(CSP_WATCH)
+    page.add_init_script(ANNOUNCEMENTS)
     response = page.goto(cluster.base_url + "/")
     assert response.status == 200
     assert response.headers["content-type"].startswith("text/html")
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+    assert (response.headers["x-frame-options"], response.headers["referrer-policy"],
+            response.headers["x-content-type-options"]) == ("DENY", "no-referrer", "nosniff")
     status = page.locator("#status")
     expect(status).to_have_attribute("data-state", "live", timeout=10000)
     expect(row(page, "alpha").locator(".upvote")).to_have_text("3")
@@ -157,6 +169,18 @@ def test_live_page(cluster, browser, tmp_path):
     expect(page.locator('#followed li[data-post="no-such-post"] .missing')).to_have_text(
         "There is no post no-such-post yet: nobody has voted on it. "
         "It shows here once someone does.")
+
+    # spoken politely, as summaries at most every 5 s, never per event
+    announce = page.locator("#announce")
+    expect(announce).to_have_attribute("aria-live", "polite")
+    page.wait_for_function("() => window.announced.length > 0", timeout=7000)
+    expect(announce).not_to_be_empty()
+    times = page.evaluate("window.announced")
+    assert all(b - a >= 4900 for a, b in itertools.pairwise(times)), times
+    assert page.locator(".counts[aria-live], li [aria-live]").count() == 0
+    # still no wider than a phone, charts and messages included
+    assert page.evaluate(
+        "document.documentElement.scrollWidth <= window.innerWidth")
 
     assert page.evaluate("window.cspViolations") == []
     save = os.environ.get("SAVE_SCREENSHOT") == "1"
