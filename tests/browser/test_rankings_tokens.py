@@ -2,6 +2,7 @@
 and voter tokens, in a real Chromium against real `nameko run` processes
 with voter tokens required (VOTER_TOKEN_ANONYMOUS=deny) and an operator
 token for PUT /posts/<id>."""
+import itertools
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -120,6 +121,13 @@ def test_rankings_keyboard_and_axe(cluster, browser):
             votes.vote("sure", -1)
     expect_order(page, ["sure", "split", "many", "fresh"])
     expect(page.locator('#top li[data-post="sure"] .downvote')).to_have_text("5")
+
+    # however fast the tabs and the votes came: a ranking read a second apart, at least
+    # (the browser's own times of the reads, in ms)
+    reads = page.evaluate("performance.getEntriesByType('resource')"
+                          ".filter(e => e.name.includes('/posts/top?')).map(e => e.startTime)")
+    assert len(reads) >= 5
+    assert all(b - a >= 990 for a, b in itertools.pairwise(reads)), reads
 
     # no token: the arrows are off, saying why, and nothing is sent
     note = page.locator("#vote-note")
