@@ -268,6 +268,7 @@ class LiveCounts(DependencyProvider):
         settings = settings_of(self.container)
         self.cache = CountsCache.from_settings(settings)
         self.amqp_uri = settings.amqp_uri
+        self.broker = self.container.config  # with its TLS settings (amqp_layer)
         self.heartbeat = settings.amqp_heartbeat
         self.queue = Queue(
             contracts.counts_changed_queue(self.identifier), exchange=EXCHANGE,
@@ -282,7 +283,7 @@ class LiveCounts(DependencyProvider):
         """The consumer of the announcements, watched for stalls
         (amqp_layer.ConsumeLoop)."""
         return ConsumeLoop(
-            self.container.config, self.queue, self._on_message, heartbeat=self.heartbeat,
+            self.broker, self.queue, self._on_message, heartbeat=self.heartbeat,
             label="evt-votes-counts_changed--gateway.live_counts",
             what="live counts consumer", on_consuming=self._consuming)
 

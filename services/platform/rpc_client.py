@@ -46,6 +46,7 @@ class RpcClient(DependencyProvider):
         config = self.container.config
         settings = settings_of(self.container)
         self.amqp_uri = settings.amqp_uri
+        self.broker = config  # its AMQP_URI and TLS settings (amqp_layer.connection)
         self.heartbeat = settings.amqp_heartbeat
         self.timeout = getattr(settings, self.timeout_setting)
         self.exchange = get_rpc_exchange(config)
@@ -67,7 +68,7 @@ class RpcClient(DependencyProvider):
             routing_key=self.reply_queue_name, exclusive=True, auto_delete=True,
         )
         return ConsumeLoop(
-            self.container.config, queue, self._on_reply, heartbeat=self.heartbeat,
+            self.broker, queue, self._on_reply, heartbeat=self.heartbeat,
             label="rpc.reply-{}".format(self.container.service_name),
             what="reply consumer", watch=lambda: bool(self.replies),
             container=self.container, who="rpc replies")

@@ -175,7 +175,7 @@ def replies(request):
     def make(ready, waiting=1, quiet_for=STALL_AFTER):
         client = Replies()
         client.container = SimpleNamespace(service_name="gateway")
-        client.amqp_uri, client.heartbeat, client.exchange = "memory://", 0, None
+        client.broker, client.heartbeat, client.exchange = "memory://", 0, None
         client.reply_queue_name = "rpc.reply-gateway-1"
         client.replies = {str(n): eventlet.event.Event() for n in range(waiting)}
         loop = client.reply_loop()
@@ -217,7 +217,7 @@ def test_a_delivery_restarts_the_reply_listener_quiet_time(replies):
 
 def test_live_counts_ask_after_stall_after_without_an_announcement(request):
     live = LiveCounts()
-    live.amqp_uri, live.heartbeat = "memory://", 0
+    live.broker, live.heartbeat = "memory://", 0
     live.queue = SimpleNamespace(name="evt-votes-counts_changed--gateway.live_counts-1")
     loop = live.feed_loop()
     quiet_channel, ready = FakeChannel(ready=0), FakeChannel(ready=4)
