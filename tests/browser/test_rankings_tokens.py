@@ -67,6 +67,7 @@ def expect_order(page, expected, timeout=READ_BOUND):
 
 def serious_violations(page):
     """axe-core's serious and critical findings on the page as it is."""
+    assert AXE.exists(), "no axe-core: run `make browser` (scripts/browser.py runs npm ci)"
     # evaluated through the DevTools protocol, which the page's CSP does
     # not govern (an inline <script> of it would be refused)
     page.evaluate(AXE.read_text())
