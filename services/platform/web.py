@@ -26,6 +26,7 @@ from nameko.web.server import WsgiApp, parse_address
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
+from services import settings
 from services.platform import correlation
 from services.platform.cors import Cors
 from services.platform.http.protocol import (
@@ -343,7 +344,8 @@ class OptionalJsonServer(JsonWebServer):
 
     @property
     def bind_addr(self):  # read by inspect too, while unset
-        address = settings_of(self.container)[self.address_config_key]
+        # one setting alone: nameko reads this while it binds, before the start
+        address = settings.read(self.container.config, self.address_config_key)
         return parse_address(address) if address else None
 
     def setup(self):
@@ -395,7 +397,8 @@ class MetricsServer(EdgeWebServer):
 
     @property
     def bind_addr(self):
-        return parse_address(settings_of(self.container)[self.address_config_key])
+        # one setting alone: nameko reads this while it binds, before the start
+        return parse_address(settings.read(self.container.config, self.address_config_key))
 
     def start(self):
         try:
