@@ -25,9 +25,10 @@ from services.settings import Settings
 
 DEFAULT_MAX_AGE = 600
 ALLOW_METHODS = "GET, POST, PUT"  # PUT: the operator's /posts/<postId>
-ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
+ALLOW_HEADERS = ("Authorization, Content-Type, Idempotency-Key, Last-Event-ID, "
+                 "X-Request-Id")
 EXPOSE_HEADERS = ("Retry-After, RateLimit-Limit, RateLimit-Remaining, "
-                  "RateLimit-Reset, RateLimit-Policy")
+                  "RateLimit-Reset, RateLimit-Policy, X-Request-Id")
 
 
 class Cors:

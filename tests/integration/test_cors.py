@@ -15,7 +15,7 @@ PREFLIGHT_ANSWER = {
     "Access-Control-Allow-Origin": FORUM,
     "Access-Control-Allow-Methods": "GET, POST, PUT",
     "Access-Control-Allow-Headers":
-        "Authorization, Content-Type, Idempotency-Key, Last-Event-ID",
+        "Authorization, Content-Type, Idempotency-Key, Last-Event-ID, X-Request-Id",
     "Access-Control-Max-Age": "600",
 }
 CORS_HEADERS = ("Access-Control-Allow-Origin", "Access-Control-Allow-Methods",
@@ -49,7 +49,7 @@ def test_preflight_and_request_from_an_allowed_origin(gateway, web_session):
     assert cors_headers(response) == {
         "Access-Control-Allow-Origin": FORUM,
         "Access-Control-Expose-Headers": "Retry-After, RateLimit-Limit, "
-        "RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy",
+        "RateLimit-Remaining, RateLimit-Reset, RateLimit-Policy, X-Request-Id",
     }
     assert response.headers["Vary"] == "Origin"
     # errors carry them too, so that a page can read them
