@@ -485,6 +485,14 @@ def table(bench):
                      _n(mem.get("key_bytes"), 0),
                      *(_n(None if not cap.get("rss", {}).get(n) else cap["rss"][n] / 1024, 0)
                        for n in ("gateway", "votes", "rabbitmq"))))
+    per_event = drains.get("classic", {}).get("marks")
+    mark_bytes = (mem.get("marks") or (0, None))[1]
+    if per_event and mark_bytes:
+        lines.append("exactly-once marks: {:.1f} an event of {} votes over 1,000 posts (one "
+                     "per bucket it touched), ~{} B each, kept APPLIED_MARK_TTL = {:,} s: "
+                     "{:.1f} GB per 1,000 events/s".format(
+                         per_event, EVENT_VOTES, mark_bytes, cap["mark_ttl"],
+                         1000 * per_event * mark_bytes * cap["mark_ttl"] / 1e9))
     lines += _sizing(cap, model)
     lines += _checks(cap)
     return lines
