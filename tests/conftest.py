@@ -104,11 +104,11 @@ def redis_client(redis_uri):
     client.close()
 
 
-def start_redis_cluster(folder, **options):
-    """A private Redis Cluster (harness.redis_cluster), three masters with
-    a replica each, every replica in sync; ``options``: RedisClusterServers'
-    (tls, password)."""
-    servers = RedisClusterServers(folder, free_ports_in(CLUSTER_PORTS, 6), **options)
+def start_redis_cluster(folder, ports=CLUSTER_PORTS, **options):
+    """A private Redis Cluster (harness.redis_cluster) on free ports of
+    ``ports``, three masters with a replica each, every replica in sync;
+    ``options``: RedisClusterServers' (tls, password)."""
+    servers = RedisClusterServers(folder, free_ports_in(ports, 6), **options)
     try:
         servers.start()
         servers.wait_replicated()

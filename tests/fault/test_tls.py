@@ -31,6 +31,9 @@ from tests.integration.test_stream import Stream
 
 PASSWORD = "tls-test-secret"
 DRAIN_TIMEOUT = 30
+# not CLUSTER_PORTS: make test's other runs start Redis Clusters there, at
+# the same time as this one
+TLS_CLUSTER_PORTS = range(7200, 7300)
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +210,8 @@ def test_request_ids_answered_made_and_replaced(tls_cluster):
 
 @pytest.fixture
 def tls_redis_cluster(request, tmp_path, test_ca, tls_broker):
-    servers = start_redis_cluster(tmp_path, tls=test_ca, password=PASSWORD)
+    servers = start_redis_cluster(tmp_path, TLS_CLUSTER_PORTS, tls=test_ca,
+                                  password=PASSWORD)
     yield from services_on(request, tmp_path, test_ca, tls_broker, servers)
     servers.stop()
 
