@@ -7,6 +7,7 @@ feed the live stream over them; a malformed event is dead-lettered and
 from the gateway's log to the votes service's log and the dead letters."""
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,8 @@ TLS_CLUSTER_PORTS = range(7200, 7300)
 def test_ca():
     # under /tmp: pytest's tmp_path is closed to the rabbitmq user
     folder = Path(tempfile.mkdtemp(prefix="votes-ca-"))
-    return TestCA(folder / "ca").make()
+    yield TestCA(folder / "ca").make()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
