@@ -26,6 +26,7 @@ from harness.tls import TestCA
 from services import contracts
 from services.platform import amqp_layer
 from services.votes.dead_letters import DEAD_LETTER_QUEUE
+from services.votes.store import connect as store_connect
 from tests.conftest import start_redis_cluster
 from tests.fault.harness import Cluster
 from tests.integration.test_stream import Stream
@@ -246,3 +247,24 @@ def test_votes_counted_on_a_redis_cluster_over_tls_with_a_password(tls_redis_clu
                DRAIN_TIMEOUT, "the votes counted on the cluster")
     assert cluster.read_through_gateway(posts[0]) == (200, {
         "postId": posts[0], "upvote": 2, "downvote": 1, "score": 1})
+
+
+def test_an_acl_user_over_tls_is_how_the_store_and_tools_connect(tmp_path, test_ca):
+    """An ACL user (the default user off) over TLS: the client every part
+    makes (services.votes.store.connect, through redis_nodes) logs in
+    with the user and password of the rediss:// URI; the same URI without
+    the user is refused."""
+    server = RedisServer(tmp_path, tls=test_ca, username="votes", password=PASSWORD)
+    server.start()
+    try:
+        assert server.uri.startswith("rediss://votes:{}@".format(PASSWORD))
+        client = store_connect(server.uri)
+        try:
+            assert client.acl_whoami() == "votes"
+            assert client.connection_pool.connection_class is redis.SSLConnection
+        finally:
+            client.close()
+        with pytest.raises(redis.AuthenticationError):
+            store_connect(server.uri.replace("//votes:", "//:", 1)).ping()
+    finally:
+        server.kill()
