@@ -20,7 +20,7 @@ cores, and the machines under this project change speed between days and
 within one. So compare ratios measured in one run (`votes/bare`,
 `reads/bare`, `x` of a baseline commit), not figures across runs. The
 table of targets at the end takes the median of the rounds of each figure.
-After it, the capacity tables: CPU seconds per 100k votes of each
+After it, in a run that had the `capacity` phase, the capacity tables: CPU seconds per 100k votes of each
 component, the cores and memory each needs at 10k, 100k and 1M votes/s
 (from this machine's costs: scale them to yours), where a single queue or
 a single Redis stops scaling, and the model checked against two processes
