@@ -2,10 +2,16 @@
 secrets convention), as `nameko run` processes: the config the processes
 get names an unreachable RabbitMQ and Redis and no operator token, and only
 the files hold the right ones; no plain variable is set."""
+import json
+import subprocess
+import sys
+
+import kombu
 import pytest
 import requests
 
-from harness.process import START_TIMEOUT, VOTES, wait_until
+from harness.process import ROOT, START_TIMEOUT, VOTES, free_port, wait_until, write_config
+from services.votes.dead_letters import DEAD_LETTER_QUEUE
 from tests.fault import conftest as fault
 from tests.fault.harness import Cluster
 
@@ -89,3 +95,24 @@ def test_a_bad_credential_file_stops_the_service_at_start(
     # nameko run prints a ConfigurationError so (and exits with 0)
     assert "Error: " + message.format(path=path) in log
     assert cluster.amqp_uri not in log  # the secret is never printed
+
+
+def test_the_dead_letter_tool_takes_its_credentials_from_files(cluster, monkeypatch, tmp_path):
+    """`dead_letters show` on a config naming no reachable broker: the
+    file's URI reaches the test's vhost, where one message waits."""
+    secret_files(monkeypatch, tmp_path, {"AMQP_URI": cluster.amqp_uri,
+                                         "REDIS_URI": cluster.redis_server.uri})
+    with kombu.Connection(cluster.amqp_uri) as connection:
+        queue = DEAD_LETTER_QUEUE(connection.default_channel)
+        queue.declare()
+        kombu.Producer(connection.default_channel).publish(
+            {"id": "dead-1"}, exchange=queue.exchange, routing_key=queue.routing_key,
+            serializer="json", headers={"x-dead-letter-reason": "invalid payload"})
+    config = write_config(tmp_path / "tool.yml", NOWHERE["AMQP_URI"],
+                          NOWHERE["REDIS_URIS"]["votes"], free_port())
+    shown = subprocess.run(
+        [sys.executable, "-m", "services.votes.dead_letters", "show", "--config", str(config)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (shown.returncode, shown.stderr.splitlines()[-1]) == (
+        0, "1 dead-lettered message(s)"), shown.stderr
+    assert json.loads(shown.stdout)["body"] == '{"id": "dead-1"}'
