@@ -13,9 +13,8 @@ VOTE_BY_GET: whether GET /vote casts a vote. A GET can be triggered by any
 page a voter visits (an image, a link), with no CORS check; on by default,
 for the curl examples, and a deployment turns it off.
 """
-from nameko.extensions import DependencyProvider
 
-from services.settings import Settings, settings_of
+from services.settings import FromSettings, Settings
 
 DEFAULT_CREATED_AT_WINDOW = 300
 
@@ -40,11 +39,6 @@ def from_config(config):
     return from_settings(Settings(config))
 
 
-class VotePolicyProvider(DependencyProvider):
+def VotePolicyProvider():
     """Injects the configured VotePolicy."""
-
-    def setup(self):
-        self.policy = from_settings(settings_of(self.container))
-
-    def get_dependency(self, worker_ctx):
-        return self.policy
+    return FromSettings(from_settings)

@@ -14,7 +14,6 @@ import time
 
 import jwt
 from nameko.exceptions import ConfigurationError
-from nameko.extensions import DependencyProvider
 
 from services.gateway.exceptions import (
     VoterTokenExpired,
@@ -26,7 +25,7 @@ from services.gateway.exceptions import (
 )
 from services.platform.operator import bearer_token
 from services.rules import ID_PATTERN
-from services.settings import Settings, settings_of
+from services.settings import FromSettings, Settings
 
 MAX_VERIFIED = 10_000  # tokens whose claims are kept, about 3 MB at most
 _POST_ID = re.compile(ID_PATTERN)
@@ -156,11 +155,6 @@ def from_config(config):
     return from_settings(Settings(config))
 
 
-class VoterTokenChecker(DependencyProvider):
+def VoterTokenChecker():
     """Injects the configured VoterTokens (or Unchecked when off)."""
-
-    def setup(self):
-        self.checker = from_settings(settings_of(self.container))
-
-    def get_dependency(self, worker_ctx):
-        return self.checker
+    return FromSettings(from_settings)

@@ -14,9 +14,7 @@ operator's; with OPERATOR_ADDRESS set they move there, as the reads do.
 """
 import hmac
 
-from nameko.extensions import DependencyProvider
-
-from services.settings import settings_of
+from services.settings import FromSettings
 
 ADDRESS_CONFIG_KEY = "OPERATOR_ADDRESS"
 TOKEN_CONFIG_KEY = "OPERATOR_TOKEN"
@@ -95,11 +93,6 @@ def from_settings(settings):
     return OperatorAccess(bool(address), settings.operator_token)
 
 
-class OperatorGate(DependencyProvider):
+def OperatorGate():
     """Injects the configured OperatorAccess."""
-
-    def setup(self):
-        self.access = from_settings(settings_of(self.container))
-
-    def get_dependency(self, worker_ctx):
-        return self.access
+    return FromSettings(from_settings)

@@ -23,6 +23,7 @@ import os
 import yaml
 from nameko.cli.main import setup_yaml_parser
 from nameko.exceptions import ConfigurationError
+from nameko.extensions import DependencyProvider
 
 from services.settings.kinds import flag, number  # noqa: F401 (the tools' parsers)
 from services.settings.table import BY_NAME, BY_VARIABLE, SETTINGS
@@ -161,3 +162,17 @@ def read_config(path):
     setup_yaml_parser()
     with open(path) as handle:
         return apply_secret_files(yaml.safe_load(handle))
+
+
+class FromSettings(DependencyProvider):
+    """Injects ``build(settings)`` of the container's settings, made once at
+    setup: the voter tokens checker, the vote policy, the operator gate."""
+
+    def __init__(self, build):
+        self.build = build
+
+    def setup(self):
+        self.value = self.build(settings_of(self.container))
+
+    def get_dependency(self, worker_ctx):
+        return self.value
