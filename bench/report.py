@@ -20,11 +20,11 @@ cores, and the machines under this project change speed between days and
 within one. So compare ratios measured in one run (`votes/bare`,
 `reads/bare`, `x` of a baseline commit), not figures across runs. The
 table of targets at the end takes the median of the rounds of each figure.
-After it, in a run that had the `capacity` phase, the capacity tables: CPU seconds per 100k votes of each
-component, the cores and memory each needs at 10k, 100k and 1M votes/s
-(from this machine's costs: scale them to yours), where a single queue or
-a single Redis stops scaling, and the model checked against two processes
-of a kind.
+After it, in a run that had the `capacity` phase, the capacity tables: CPU
+seconds per 100k votes of each component, the cores and memory each needs
+at 10k, 100k and 1M votes/s (from this machine's costs: scale them to
+yours), where a single queue or a single Redis stops scaling, and the
+model checked against two processes of a kind.
 
 To measure your own machine: `make bench` (about 15 minutes; it starts its
 own services, vhost and redis-servers, and removes them at the end). It
