@@ -2,7 +2,7 @@
 (MEMORY STATS deltas, see Footprint), and the peak RSS of each service."""
 from bench import client
 from bench.context import fmt
-from services import contracts
+from services import contracts, rankings
 
 
 def run(bench):
@@ -23,7 +23,20 @@ def run(bench):
         bench.row("Redis memory per post", "{} B".format(fmt(per_post)), "",
                   "{} new posts via POST /votes x1000; MEMORY STATS "
                   "delta, hash tables by key".format(fmt(n)),
-                  "post hash + bucket leaderboard member + its share of exactly-once marks")
+                  "post hash (counts, createdAt) + a member in each of the bucket's "
+                  "4 rankings + its share of exactly-once marks")
+        where = post_breakdown(store, posts)
+        bench.figures["post_parts"] = where
+        bench.row("  of which the post's hash", "{} B".format(fmt(where["hash"])), "",
+                  "MEMORY USAGE of {} post keys (key, object, table entry)".format(
+                      fmt(where["sampled"])))
+        bench.row("  of which its rankings", "{} B".format(fmt(sum(where["ranks"].values()))),
+                  "", "MEMORY USAGE SAMPLES 0 of a bucket's sorted sets / members",
+                  "{}; {}: over zset-max-listpack-entries ({}) members a bucket "
+                  "(~16 B a member at or below it)".format(
+                      ", ".join("{} {} B".format(sort, fmt(value))
+                                for sort, value in where["ranks"].items()),
+                      where["encoding"], where["listpack_limit"]))
 
         m = bench.p["memory_voter_votes"]
         targets = posts[:bench.p["memory_voter_posts"]]
@@ -93,6 +106,25 @@ def run(bench):
                 contracts.APPLIED_KEY_PATTERN, mark_bytes))
     finally:
         store.close()
+
+
+def post_breakdown(store, posts, sampled=200):
+    """Where a post's bytes go: its hash (mean MEMORY USAGE of ``sampled``
+    of them) and, per ranking, the bytes of a member of the first post's
+    bucket (the sorted set's MEMORY USAGE over its members)."""
+    with store.pipeline(transaction=False) as pipe:
+        for post in posts[:sampled]:
+            pipe.memory_usage(contracts.post_key(post))
+        hashes = pipe.execute()
+    bucket = contracts.bucket_of(posts[0])
+    ranks = {}
+    for sort in rankings.SORTS:
+        key = contracts.rank_key(bucket, sort)
+        ranks[sort] = store.memory_usage(key, samples=0) / store.zcard(key)
+    return {"hash": sum(hashes) / len(hashes), "sampled": len(hashes), "ranks": ranks,
+            "encoding": store.object("encoding", contracts.top_key(bucket)),
+            "listpack_limit": store.config_get("zset-max-listpack-entries")[
+                "zset-max-listpack-entries"]}
 
 
 class Footprint:

@@ -27,8 +27,10 @@ overwriting them, so votes applied meanwhile to the new keys would be lost.
 * Progress goes to stdout, a line per batch.
 
 ``--rankings`` does only this: every post's rankings (best, controversial,
-hot) rebuilt from its counts, once, for data written before rankings. It
-can run while the services run.
+hot) rebuilt from its counts, once, for data written before rankings, and
+each post's creation time moved into its hash from its bucket's
+``votes:{bN}:created``, where 1.0.0 kept it. It can run while the
+services run.
 """
 import argparse
 import sys
@@ -172,7 +174,8 @@ def _chunks(items, size=BATCH):
 def rebuild_rankings(target, buckets, out=sys.stdout):
     """Every post's rankings rebuilt from its counts (REBUILD_SCRIPT), for
     data written before rankings existed; a post without a creation time
-    gets the time of this run. Idempotent, and safe while votes arrive: each
+    in its hash gets the one its bucket's creation times hold (1.0.0), else
+    the time of this run. Idempotent, and safe while votes arrive: each
     post is rebuilt in one atomic step from the counts it has then."""
     count = 0
     for _, node in redis_nodes.node_clients(target):

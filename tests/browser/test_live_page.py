@@ -51,8 +51,8 @@ def vote(cluster, post_id, score, voter_id=None):
 def wait_counted(cluster, post_id, upvote, downvote=0, timeout=10):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        counts = cluster.redis.hgetall(contracts.post_key(post_id))
-        if counts == {"upvote": str(upvote), "downvote": str(downvote)}:
+        counts = cluster.redis.hmget(contracts.post_key(post_id), "upvote", "downvote")
+        if counts == [str(upvote), str(downvote)]:
             return
         time.sleep(0.05)
     raise AssertionError("{} not counted: {}".format(post_id, counts))

@@ -15,7 +15,7 @@ from tests.fault.conftest import (  # noqa: F401 (fixture and hook)
     private_redis,
     pytest_runtest_makereport,
 )
-from tests.fault.harness import Cluster
+from tests.fault.harness import COUNT_FIELDS, Cluster
 
 FIRST_PORT = 5691  # AMQP ports 5691-5693, distribution ports 25691-25693
 
@@ -35,9 +35,11 @@ class ServicesOnCluster(Cluster):
         keys = list(self.redis.scan_iter(contracts.POST_KEY_PATTERN, count=1000))
         pipeline = self.redis.pipeline(transaction=False)
         for key in keys:
-            pipeline.hgetall(key)
+            pipeline.hmget(key, COUNT_FIELDS)
         return {contracts.post_id_of(key): collections.Counter({
-                    name: int(value) for name, value in fields.items() if int(value)})
+                    name: int(value)
+                    for name, value in zip(COUNT_FIELDS, fields, strict=True)
+                    if value and int(value)})
                 for key, fields in zip(keys, pipeline.execute(), strict=True)}
 
     def queue_messages(self, name):

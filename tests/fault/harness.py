@@ -47,6 +47,7 @@ RECOVERY_TIMEOUT = 10   # service answers again after a server came back
 # stalls publishes (a disk alarm) uses up, and the answer's way back to
 # this busy client (the gateway logs about 5.007 s, the client 5.02-5.04)
 REFUSAL_BOUND = 5.3
+COUNT_FIELDS = ("upvote", "downvote")  # of a post's hash (it has createdAt too)
 SIGTERM_BOUND = 10      # a process exits within this of SIGTERM
 HANG_BOUND = 5.5        # no answer at all takes longer than this
 REQUEST_TIMEOUT = 15    # client side: a hang shows as a slow error, not a stuck test
@@ -245,10 +246,9 @@ class Cluster:
         """postId -> Counter(upvote=, downvote=) of every post in Redis."""
         counts = {}
         for key in self.redis.scan_iter(contracts.POST_KEY_PATTERN, count=1000):
-            fields = self.redis.hgetall(key)
+            fields = zip(COUNT_FIELDS, self.redis.hmget(key, COUNT_FIELDS), strict=True)
             counts[contracts.post_id_of(key)] = collections.Counter({
-                name: int(value) for name, value in fields.items()
-                if int(value)})
+                name: int(value) for name, value in fields if value and int(value)})
         return counts
 
     def read_through_gateway(self, post_id):

@@ -141,7 +141,7 @@ def test_applied_event_is_not_replayed_after_its_mark_would_have_expired(
     # the service found the mark when it dead-lettered the event, and kept it
     assert redis_client.ttl(mark) == -1
     assert redis_client.hgetall(contracts.post_key("dl1")) == {
-        "upvote": "1", "downvote": "0"}
+        "upvote": "1", "downvote": "0", "createdAt": "1700000000"}
     with Connection(amqp_uri) as connection:
         message = connection.channel().basic_get(DEAD_LETTER_QUEUE.name,
                                                  no_ack=True)
@@ -173,7 +173,7 @@ def test_applied_event_is_not_replayed_after_its_mark_would_have_expired(
     assert (replayed, kept) == (1, 0)
     assert lines[0].startswith("forced message {}".format(event["id"]))
     assert redis_client.hgetall(contracts.post_key("dl1")) == {
-        "upvote": "1", "downvote": "0"}
+        "upvote": "1", "downvote": "0", "createdAt": "1700000000"}
     assert wait_for_depth(amqp_uri, DEAD_LETTER_QUEUE.name, 0) == 0
 
 

@@ -90,7 +90,7 @@ def counted(web_session, post, up):
 
 
 def created_at(redis_client, post):
-    return redis_client.hget(contracts.created_key(contracts.bucket_of(post)), post)
+    return redis_client.hget(contracts.post_key(post), "createdAt")
 
 
 def test_put_post_is_refused_while_no_operator_token_is_set(

@@ -135,15 +135,24 @@ def test_stored_values_and_ties(storage, redis_client):
                                           counts("h", 3, 1)]
 
 
+def created_of(redis_client, post):
+    """A post's creation time as stored: a field of its hash."""
+    return redis_client.hget(contracts.post_key(post), "createdAt")
+
+
 def test_created_at_is_set_once_and_put_moves_hot(storage, redis_client):
     apply(storage, {"postId": "p", "score": 1, "createdAt": 1_700_000_000})
     apply(storage, {"postId": "p", "score": 1, "createdAt": 1_800_000_000})
-    created_of = {p: contracts.created_key(contracts.bucket_of(p)) for p in "pqrs"}
-    assert redis_client.hget(created_of["p"], "p") == "1700000000"
+    # the layout, pinned: the time is a field of the post's own hash, and
+    # nothing is kept per bucket for it
+    assert redis_client.hgetall("votes:{b1}:post:p") == {
+        "upvote": "2", "downvote": "0", "createdAt": "1700000000"}
+    assert redis_client.exists("votes:{b1}:created") == 0
     hot_key = contracts.rank_key(contracts.bucket_of("p"), "hot")
     assert redis_client.zscore(hot_key, "p") == stored_key("hot", 2, 0, 1_700_000_000)
     storage.set_created_at("p", 1_600_000_000)
-    assert redis_client.hget(created_of["p"], "p") == "1600000000"
+    assert redis_client.hgetall("votes:{b1}:post:p") == {
+        "upvote": "2", "downvote": "0", "createdAt": "1600000000"}
     assert redis_client.zscore(hot_key, "p") == stored_key("hot", 2, 0, 1_600_000_000)
     # a post with no votes: no time, no counts, no rank, no key at all (a
     # made-up id would leave one for good); its first vote sets its time
@@ -152,15 +161,15 @@ def test_created_at_is_set_once_and_put_moves_hot(storage, redis_client):
     assert set(redis_client.keys("*")) == keys
     assert storage.counts_many([("q", None)]) == [None]
     apply(storage, {"postId": "q", "score": -1, "createdAt": 1_690_000_000})
-    assert redis_client.hget(created_of["q"], "q") == "1690000000"
+    assert created_of(redis_client, "q") == "1690000000"
     # without createdAt: the time of the first vote that counts
     before = int(time.time())
     apply(storage, {"postId": "r", "score": 1, "voterId": "v", "ts": time.time_ns() // 1000})
-    assert before <= int(redis_client.hget(created_of["r"], "r")) <= time.time()
+    assert before <= int(created_of(redis_client, "r")) <= time.time()
     # retracting nothing creates no post, and records no time
     apply(storage, {"postId": "s", "score": 0, "voterId": "v", "createdAt": 5})
     assert redis_client.exists(contracts.post_key("s")) == 0
-    assert redis_client.hget(created_of["s"], "s") is None
+    assert redis_client.exists("votes:{b11}:created") == 0
 
 
 def test_a_creation_time_from_the_future_is_taken_as_now(storage, redis_client):
@@ -170,13 +179,11 @@ def test_a_creation_time_from_the_future_is_taken_as_now(storage, redis_client):
     before = int(time.time())
     apply(storage, {"postId": "f", "score": 1, "createdAt": far,
                     "ts": time.time_ns() // 1000})
-    created_key = contracts.created_key(contracts.bucket_of("f"))
-    assert before <= int(redis_client.hget(created_key, "f")) <= time.time()
+    assert before <= int(created_of(redis_client, "f")) <= time.time()
     apply(storage, {"postId": "g", "score": 1}, {"postId": "h", "score": 1})
     before = int(time.time())
     assert before <= storage.set_created_at("g", far) <= time.time()
-    assert before <= int(redis_client.hget(
-        contracts.created_key(contracts.bucket_of("g")), "g")) <= time.time()
+    assert before <= int(created_of(redis_client, "g")) <= time.time()
     # a time within the skew is kept as given
     soon = int(time.time())
     assert storage.set_created_at("h", soon) == soon
@@ -383,8 +390,7 @@ def test_rankings_rebuilt_for_data_from_before_them(storage, redis_client, redis
     for _ in range(2):  # a second run changes nothing
         assert migrate.main(["--config", str(config_path), "--rankings"], out=out) == 0
     assert out.getvalue().splitlines()[-1] == "rankings: done, 5 posts"
-    created = {p: int(redis_client.hget(contracts.created_key(contracts.bucket_of(p)), p))
-               for p in plan}
+    created = {p: int(created_of(redis_client, p)) for p in plan}
     assert created["d"] == 1_600_000_000
     assert all(before <= created[p] <= time.time() for p in "abce")
     for sort in SORTS:
@@ -599,7 +605,7 @@ def test_a_clients_created_at_cannot_bury_a_post(services, web_session, redis_cl
     after = int(time.time())
 
     def stored(post):
-        return int(redis_client.hget(contracts.created_key(contracts.bucket_of(post)), post))
+        return int(created_of(redis_client, post))
 
     def accepted(post):  # the vote's accept time, in the voter's entry
         entry = redis_client.hget(contracts.post_keys(contracts.bucket_of(post), post)[1], "v")
@@ -615,3 +621,76 @@ def test_a_clients_created_at_cannot_bury_a_post(services, web_session, redis_cl
     walked = [p for page in http_walk(web_session, "hot", 10) for p in page]
     assert walked == expected_order("hot", tally, created)
     assert (walked[0], walked[-1]) == ("now", "old")
+
+
+def legacy_post(redis_client, post, up, down, created):
+    """A post as 1.0.0 wrote it: counts in its hash, its creation time in
+    its bucket's creation-times hash, ranked."""
+    bucket = contracts.bucket_of(post)
+    redis_client.hset(contracts.post_key(post), mapping={"upvote": up, "downvote": down})
+    redis_client.hset(contracts.created_key(bucket), post, created)
+    for sort in SORTS:
+        redis_client.zadd(contracts.rank_key(bucket, sort),
+                          {post: stored_key(sort, up, down, created)})
+
+
+def test_creation_times_written_before_they_moved_into_the_post(storage, redis_client,
+                                                                redis_uri, tmp_path):
+    """1.0.0 kept creation times in one hash per bucket, votes:{bN}:created:
+    they are read from there while a post has none of its own, and moved
+    into its hash by its next vote, by PUT, or by migrate --rankings."""
+    plan = {"x": (3, 1, 1_600_000_000), "y": (1, 0, 1_700_000_000),
+            "z": (0, 2, 1_650_000_000), "p": (5, 5, 1_500_000_000)}
+    for post, (up, down, created) in plan.items():
+        legacy_post(redis_client, post, up, down, created)
+    tally = {p: plan[p][:2] for p in plan}
+    created = {p: plan[p][2] for p in plan}
+    # read as they are: hot agrees with the counts and the old times
+    assert storage_walk(storage, "hot", 2) == expected_order("hot", tally, created)
+    # a vote keeps the old time and moves it
+    apply(storage, {"postId": "x", "score": 1, "createdAt": 1_800_000_000})
+    tally["x"] = (4, 1)
+    assert redis_client.hgetall("votes:{b3}:post:x") == {
+        "upvote": "4", "downvote": "1", "createdAt": "1600000000"}
+    assert redis_client.exists("votes:{b3}:created") == 0
+    assert redis_client.zscore("votes:{b3}:rank:hot", "x") == stored_key(
+        "hot", 4, 1, 1_600_000_000)
+    # PUT sets the new time, and the old one goes
+    assert storage.set_created_at("y", 1_750_000_000) == 1_750_000_000
+    created["y"] = 1_750_000_000
+    assert redis_client.hgetall("votes:{b5}:post:y") == {
+        "upvote": "1", "downvote": "0", "createdAt": "1750000000"}
+    assert redis_client.exists("votes:{b5}:created") == 0
+    assert storage_walk(storage, "hot", 2) == expected_order("hot", tally, created)
+    # migrate --rankings moves the rest
+    config_path = tmp_path / "config.yml"
+    config_path.write_text(yaml.safe_dump({"REDIS_URIS": {"votes": redis_uri}}))
+    assert migrate.main(["--config", str(config_path), "--rankings"], out=io.StringIO()) == 0
+    assert redis_client.hgetall("votes:{b15}:post:z") == {
+        "upvote": "0", "downvote": "2", "createdAt": "1650000000"}
+    assert redis_client.hgetall("votes:{b1}:post:p") == {
+        "upvote": "5", "downvote": "5", "createdAt": "1500000000"}
+    assert redis_client.keys("votes:*:created") == []
+    for sort in SORTS:
+        assert storage_walk(storage, sort, 2) == expected_order(sort, tally, created), sort
+
+
+def test_a_creation_times_key_of_another_type_fails_the_call_before_any_write(
+        storage, redis_client):
+    """An old post's creation time is looked for while the call reads: a
+    bucket's creation-times key holding something else stops it there,
+    with nothing written (x29 is new, in the same bucket as x)."""
+    redis_client.hset("votes:{b3}:post:x", mapping={"upvote": 1, "downvote": 0})
+    redis_client.set("votes:{b3}:created", "something else")
+    votes = [schemas.parse_vote(make_vote(postId=post)) for post in ("x29", "x")]
+    for _ in range(2):
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            storage.apply("e1", votes)
+        assert redis_client.exists("votes:{b3}:applied:e1") == 0
+        assert redis_client.exists("votes:{b3}:post:x29") == 0
+        assert redis_client.hgetall("votes:{b3}:post:x") == {"upvote": "1", "downvote": "0"}
+    redis_client.delete("votes:{b3}:created")
+    assert tuple(storage.apply("e1", votes)) == (2, 0, 0)
+    assert tuple(storage.apply("e1", votes)) == (0, 0, 0)
+    assert storage.counts_many([("x29", None), ("x", None)]) == [
+        counts("x29", 1, 0), counts("x", 2, 0)]

@@ -103,7 +103,7 @@ def test_many_votes_to_one_post_make_one_announcement(
     final = {"postId": "hot", "upvote": 20, "downvote": 1, "score": 19}
     assert body["posts"] == [final]
     assert redis_client.hgetall(contracts.post_key("hot")) == {
-        "upvote": "20", "downvote": "1"}
+        "upvote": "20", "downvote": "1", "createdAt": "1700000000"}
     assert final in body["top"] and body["top"][0] == final
     assert message.properties.get("delivery_mode") == 1  # not persistent
 

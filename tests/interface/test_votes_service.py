@@ -82,8 +82,9 @@ def test_event_creates_and_updates_a_post(votes, dispatch, rpc, redis_client):
 
     assert rpc.get_counts("348") == {
         "postId": "348", "upvote": 2, "downvote": 1, "score": 1}
-    assert redis_client.hgetall(contracts.post_key("348")) == {
-        "upvote": "2", "downvote": "1"}
+    # created by its first vote, with that vote's createdAt
+    assert redis_client.hgetall("votes:{b2}:post:348") == {
+        "upvote": "2", "downvote": "1", "createdAt": "1700000000"}
     assert redis_client.zscore(TOP_348, "348") == -1
 
 
@@ -347,7 +348,8 @@ def test_events_that_wait_are_applied_in_batches_each_once(container_factory, co
     for post in range(7):
         assert redis_client.hgetall(contracts.post_key("b{}".format(post))) == {
             "upvote": str(up[post]),
-            "downvote": str(sum(1 for k in range(3000) if k % 7 == post) - up[post])}
+            "downvote": str(sum(1 for k in range(3000) if k % 7 == post) - up[post]),
+            "createdAt": "1700000000"}
 
 
 def test_redelivered_rpc_vote_counts_once(votes, rpc, config):

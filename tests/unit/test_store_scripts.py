@@ -79,7 +79,9 @@ def test_the_rankings_constants_go_as_arguments(redis_client):
     assert redis_client.execute_command(*scripts.REBUILD.eval(keys, "p", created)) == 1
     for sort, key in zip(rankings.SORTS, keys[1:5], strict=True):
         assert redis_client.zscore(key, "p") == rankings.stored(sort, 7, 2, created), sort
-    assert redis_client.hget(keys[5], "p") == str(created)
+    assert redis_client.hgetall(keys[0]) == {
+        "upvote": "7", "downvote": "2", "createdAt": str(created)}
+    assert redis_client.exists(keys[5]) == 0
     redis_client.delete(*keys[1:])
     without = scripts.REBUILD.eval(keys, "p", created)[:-len(scripts.RANKING_ARGS)]
     with pytest.raises(redis.ResponseError, match="rankings: bad arguments"):

@@ -7,6 +7,10 @@ import functools
 
 from services import contracts, rankings
 
+# a post's hash: its counts and its creation time (seconds since the epoch);
+# posts counted before the time moved here have it in contracts.created_key
+POST_FIELDS = ("upvote", "downvote", "createdAt")
+
 
 @functools.lru_cache(maxsize=contracts.MAX_BUCKETS)
 def ranking_keys(bucket):

@@ -318,12 +318,11 @@ class VoteStorage:
                 ranked = ranked[:limit]
                 with self.client.pipeline(transaction=False) as pipe:
                     for _, post_id in ranked:
-                        bucket = contracts.bucket_of(post_id, self.buckets)
-                        pipe.hmget(layout.post_key(bucket, post_id), "upvote", "downvote")
-                        pipe.hget(contracts.created_key(bucket), post_id)
-                    replies = pipe.execute()
-                found = [(up, down, created) for (up, down), created
-                         in zip(replies[0::2], replies[1::2], strict=True)]
+                        pipe.hmget(layout.post_key(contracts.bucket_of(post_id, self.buckets),
+                                                   post_id), *layout.POST_FIELDS)
+                    found = pipe.execute()
+                if sort == rankings.HOT:
+                    found = self._created_of_old_posts(ranked, found)
                 if all(_agrees(sort, score, up, down, created)
                        for (score, _), (up, down, created) in zip(ranked, found, strict=True)):
                     break
@@ -334,6 +333,24 @@ class VoteStorage:
                   for (_, post_id), (up, down, _) in zip(ranked, found, strict=True)]
         cursor = rankings.encode_cursor(sort, *ranked[-1]) if more else None
         return counts, cursor
+
+    def _created_of_old_posts(self, ranked, found):
+        """``found`` with the creation times of posts counted before they
+        moved into each post's hash, from their bucket's creation times."""
+        old = [i for i, (up, down, created) in enumerate(found)
+               if created is None and not (up is None and down is None)]
+        if not old:
+            return found
+        with self.client.pipeline(transaction=False) as pipe:
+            for i in old:
+                post_id = ranked[i][1]
+                pipe.hget(contracts.created_key(contracts.bucket_of(post_id, self.buckets)),
+                          post_id)
+            times = pipe.execute()
+        found = list(found)
+        for i, created in zip(old, times, strict=True):
+            found[i] = found[i][:2] + [created]
+        return found
 
     def set_created_at(self, post_id, created_at):
         """Set a post's creation time and its hot rank; returns the time

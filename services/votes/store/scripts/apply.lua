@@ -73,8 +73,12 @@ local new_marks, old_marks, marked = {}, {}, {}
 local once_values, new_once = {}, {}
 local expiring, expiring_keys = {}, {}
 -- count changes per post: id -> {up, down, post key, creation time,
--- stored up, stored down}
+-- stored up, stored down, whether the creation time is to be written}
 local deltas, posts = {}, {}
+-- the creation times found in a bucket's creation-times hash (data written
+-- before they moved into each post's hash), to be removed from it:
+-- key -> ids, in order
+local moved, moved_keys = {}, {}
 local results = {}
 -- the posts whose counts changed, per bucket (by the index of its top key);
 -- a post id is in one bucket only
@@ -188,16 +192,33 @@ for _, part in ipairs(parts) do
             if created < 0 then
               created = math.floor(math.min(tonumber(vote[4]), now) / 1000000)
             end
-            -- the counts now, read before any write: a key holding what
-            -- this script never writes stops the call here (HMGET refuses
-            -- another type), with nothing written
-            local stored = redis.call('HMGET', KEYS[base], 'upvote', 'downvote')
+            -- the counts and creation time now, read before any write: a
+            -- key holding what this script never writes stops the call here
+            -- (HMGET refuses another type), with nothing written
+            local stored = redis.call('HMGET', KEYS[base], 'upvote', 'downvote', 'createdAt')
             local stored_up, stored_down = count_of(stored[1]), count_of(stored[2])
             if not (stored_up and stored_down) then
               return redis.error_reply(
                 'ERR apply: ' .. KEYS[base] .. ' holds a count that is no integer')
             end
-            deltas[post_id] = {up, down, KEYS[base], created, stored_up, stored_down}
+            local known = tonumber(stored[3])
+            if not known and (stored[1] or stored[2]) then
+              -- a post counted before creation times moved into its hash:
+              -- its time is in the bucket's creation times, moved from there
+              local times = KEYS[part[2] + 4]  -- after the four rankings
+              local old = redis.call('HGET', times, post_id)
+              known = tonumber(old)
+              if old then
+                if not moved[times] then
+                  moved[times] = {}
+                  moved_keys[#moved_keys + 1] = times
+                end
+                moved[times][#moved[times] + 1] = post_id
+              end
+            end
+            if known then created = known end
+            deltas[post_id] = {up, down, KEYS[base], created, stored_up, stored_down,
+                               tonumber(stored[3]) == nil}
             posts[#posts + 1] = post_id
             bucket_changed[#bucket_changed + 1] = post_id
           end
@@ -210,10 +231,10 @@ for _, part in ipairs(parts) do
   results[#results + 1] = conflicts
 end
 -- the writes; the marks first, so that if memory is short (the first write
--- of a script is refused then) nothing is written. Every key written up to
--- the counts was read above, so none of them can fail on its type; only a
--- ranking or creation-times key of another type fails after the counts:
--- they stay exact (a retry finds the marks), those posts' ranks stale.
+-- of a script is refused then) nothing is written. Every key written was
+-- read above, so none of them can fail on its type, but the rankings: one
+-- of another type fails after the counts, which stay exact (a retry finds
+-- the marks), those posts' ranks stale.
 -- unpack() has a bounded stack; 1,000 arguments, an even number, never
 -- split a field from its value
 local function call_chunked(command, key, args)
@@ -243,13 +264,18 @@ local counts = {}
 for _, post_id in ipairs(posts) do
   local delta = deltas[post_id]
   local up, down = delta[5] + delta[1], delta[6] + delta[2]
-  redis.call('HSET', delta[3], 'upvote', up, 'downvote', down)
+  if delta[7] then
+    redis.call('HSET', delta[3], 'upvote', up, 'downvote', down,
+               'createdAt', string.format('%.0f', delta[4]))
+  else
+    redis.call('HSET', delta[3], 'upvote', up, 'downvote', down)
+  end
   counts[post_id] = {up, down, delta[4]}
 end
+for _, times in ipairs(moved_keys) do call_chunked('HDEL', times, moved[times]) end
 for _, top in ipairs(buckets) do
   if #changed[top] > 0 then
-    rank_posts({KEYS[top], KEYS[top + 1], KEYS[top + 2], KEYS[top + 3]},
-               KEYS[top + 4], changed[top], counts)
+    rank_posts({KEYS[top], KEYS[top + 1], KEYS[top + 2], KEYS[top + 3]}, changed[top], counts)
   end
 end
 return results

@@ -43,24 +43,15 @@ local function hot(up, down, created)
   return sign * order + (created - HOT_EPOCH) / HOT_SECONDS
 end
 -- Rank posts whose counts changed: ranks, the keys of the rankings in the
--- order of rankings.SORTS; created_key, the bucket's creation times; ids,
--- the posts; counts[id] = {upvote, downvote, the creation time to record
--- if the post has none}. One HMGET, HSET and ZADD per ranking for all of
--- them: a call from Lua costs more than the work of most commands.
-local function rank_posts(ranks, created_key, ids, counts)
+-- order of rankings.SORTS; ids, the posts; counts[id] = {upvote, downvote,
+-- creation time}. One ZADD per ranking for all of them: a call from Lua
+-- costs more than the work of most commands.
+local function rank_posts(ranks, ids, counts)
   for first = 1, #ids, 500 do  -- unpack() has a bounded stack
-    local chunk = {}
-    for i = first, math.min(#ids, first + 499) do chunk[#chunk + 1] = ids[i] end
-    local known = redis.call('HMGET', created_key, unpack(chunk))
-    local new, top, b, c, h = {}, {}, {}, {}, {}
-    for i, id in ipairs(chunk) do
-      local u, d = counts[id][1], counts[id][2]
-      local created = tonumber(known[i])
-      if not created then
-        created = counts[id][3]
-        new[#new + 1] = id
-        new[#new + 1] = string.format('%.0f', created)
-      end
+    local top, b, c, h = {}, {}, {}, {}
+    for i = first, math.min(#ids, first + 499) do
+      local id = ids[i]
+      local u, d, created = counts[id][1], counts[id][2], counts[id][3]
       top[#top + 1] = d - u
       top[#top + 1] = id
       b[#b + 1] = key(best(u, d), BEST_SCALE)
@@ -70,7 +61,6 @@ local function rank_posts(ranks, created_key, ids, counts)
       h[#h + 1] = key(hot(u, d, created), HOT_SCALE)
       h[#h + 1] = id
     end
-    if #new > 0 then redis.call('HSET', created_key, unpack(new)) end
     redis.call('ZADD', ranks[1], unpack(top))
     redis.call('ZADD', ranks[2], unpack(b))
     redis.call('ZADD', ranks[3], unpack(c))
