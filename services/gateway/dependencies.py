@@ -22,7 +22,8 @@ class VotePublisher(ConfirmedPublisher):
     """Injects ``cast(votes)``: returns once the votes are in RabbitMQ (one
     confirmed, persistent, mandatory ``vote_cast`` event per group, in the
     votes queue even before the votes service has ever run), or raises
-    BrokerUnavailable within PUBLISH_TIMEOUT seconds."""
+    BrokerUnavailable in time for the 503 to be out within PUBLISH_TIMEOUT
+    seconds of the request's arrival."""
 
     source_service = contracts.GATEWAY_SERVICE
     routing_key = contracts.VOTE_CAST

@@ -55,13 +55,20 @@ class GroupCommit:
         self.deadline = deadline
         self.queue = LightQueue()
 
-    def submit(self, item):
+    def submit(self, item, timeout=None):
+        """The item's result, once its group is flushed; ``timeout`` (the
+        seconds its caller has left, if less than ``deadline``) bounds
+        the wait too: with none left the item is not queued at all."""
+        limit = self.deadline if timeout is None else (
+            timeout if self.deadline is None else min(timeout, self.deadline))
+        if limit is not None and limit <= 0:
+            raise Expired()
         pending = _Pending(item, self.weigh(item))
         self.queue.put(pending)
-        if self.deadline is None:
+        if limit is None:
             return pending.event.wait()
         try:
-            with eventlet.Timeout(self.deadline):
+            with eventlet.Timeout(limit):
                 return pending.event.wait()
         except eventlet.Timeout:
             pending.abandoned = True  # not sent yet: it never will be

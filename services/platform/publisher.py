@@ -27,13 +27,19 @@ _log = logging.getLogger(__name__)
 # a caller waits in the group queue at most this share of the deadline, and
 # the round trip takes at most the rest
 QUEUED_SHARE = 0.4
+# the deadline runs from the worker's start (the request's arrival), and
+# this share of it (at most ANSWER_RESERVE_MAX seconds) is left for the
+# answer's way out, so that a 503 is out within the deadline
+ANSWER_RESERVE_SHARE = 0.05
+ANSWER_RESERVE_MAX = 0.25
 
 
 class ConfirmedPublisher(DependencyProvider):
     """Injects ``publish(item)``: returns once the item is in the broker
     (one confirmed, persistent, mandatory message per group of items, to
     the events exchange of ``source_service`` with ``routing_key``), or
-    raises ``unavailable`` within the ``timeout_setting`` seconds.
+    raises ``unavailable`` early enough that the worker can answer within
+    the ``timeout_setting`` seconds of its start.
 
     ``queue`` (name) is declared, bound to that routing key, of the type
     AMQP_QUEUE_TYPE names, on every connect, so that nothing is dropped
@@ -88,11 +94,13 @@ class ConfirmedPublisher(DependencyProvider):
                  queue_type=brokers.queue_type(config))
             for _ in range(self.links)
         ]
-        self.publish_time = self.timeout * (1 - QUEUED_SHARE)
+        self.answer_within = self.timeout - min(
+            ANSWER_RESERVE_MAX, self.timeout * ANSWER_RESERVE_SHARE)
+        self.publish_time = self.answer_within * (1 - QUEUED_SHARE)
         self.group = GroupCommit(
             self._publish, max_weight=self.max_group_weight,
-            max_wait=self.timeout * QUEUED_SHARE, weigh=self.weigh,
-            deadline=self.timeout,
+            max_wait=self.answer_within * QUEUED_SHARE, weigh=self.weigh,
+            deadline=self.answer_within,
         )
 
     def start(self):
@@ -124,11 +132,12 @@ class ConfirmedPublisher(DependencyProvider):
     kill = stop
 
     def get_dependency(self, worker_ctx):
-        return self.publish
+        # called as the worker starts: the request has arrived
+        return partial(self.publish, ends=time.monotonic() + self.answer_within)
 
-    def publish(self, item):
+    def publish(self, item, ends=None):
         try:
-            self.group.submit(item)
+            self.group.submit(item, None if ends is None else ends - time.monotonic())
         except Expired:
             raise self.unavailable(
                 "RabbitMQ did not take {} in time".format(self.what)) from None

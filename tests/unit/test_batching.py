@@ -1,4 +1,6 @@
 """Group commit, with a fake flush (no broker)."""
+import time
+
 import eventlet
 import pytest
 
@@ -123,23 +125,47 @@ def test_many_flushers_and_carries_answer_every_caller(flushed):
     assert all(sum(map(len, g)) <= 10 for g in flushed)
 
 
-def test_deadline_bounds_a_submit_whose_flush_hangs():
-    release = eventlet.event.Event()
-    calls = []
+class HangingFlush:
+    """A flush that records its items and hangs until released."""
 
-    def hanging_flush(items):
-        calls.append(list(items))
-        release.wait()
+    def __init__(self):
+        self.release = eventlet.event.Event()
+        self.calls = []
+
+    def __call__(self, items):
+        self.calls.append(list(items))
+        self.release.wait()
         return ["sent"] * len(items)
 
-    group = GroupCommit(hanging_flush, max_weight=1, max_wait=5.0, deadline=0.2)
+    def done(self, runner):
+        self.release.send()
+        eventlet.sleep(0.05)
+        runner.kill()
+        return self.calls
+
+
+def test_deadline_bounds_a_submit_whose_flush_hangs():
+    flush = HangingFlush()
+    group = GroupCommit(flush, max_weight=1, max_wait=5.0, deadline=0.2)
     runner = eventlet.spawn(group.run)
     # both Expired (""): 0 in flight when the deadline passes, 1 still queued
     assert outcomes(group, range(2), Expired) == ["", ""]
-    release.send()
-    eventlet.sleep(0.05)
-    runner.kill()
-    assert calls == [[0]]  # the abandoned item was never sent
+    assert flush.done(runner) == [[0]]  # the abandoned item was never sent
+
+
+def test_a_callers_own_timeout_bounds_its_submit_too():
+    flush = HangingFlush()
+    group = GroupCommit(flush, max_weight=1, max_wait=5.0, deadline=5.0)
+    runner = eventlet.spawn(group.run)
+    started = time.monotonic()
+    with pytest.raises(Expired):
+        group.submit("a", timeout=0.1)
+    assert 0.1 <= time.monotonic() - started < 0.5
+    # no time left: refused at once, never queued
+    with pytest.raises(Expired):
+        group.submit("b", timeout=0)
+    assert group.queue.qsize() == 0
+    assert flush.done(runner) == [["a"]]
 
 
 def test_each_flusher_sends_its_groups_and_its_carry_on_its_own_flush():

@@ -89,9 +89,42 @@ def publisher(mock_container):
 
 def test_the_deadline_is_split_queued_then_published(publisher):
     assert publisher.timeout == 0.5
-    assert publisher.group.max_wait == pytest.approx(0.2)   # 40% queued
-    assert publisher.publish_time == pytest.approx(0.3)     # 60% publishing
-    assert publisher.group.deadline == 0.5                  # the whole bound
+    # 5% of it is kept for the answer's way out: 0.475 s for the rest
+    assert publisher.answer_within == pytest.approx(0.475)
+    assert publisher.group.max_wait == pytest.approx(0.19)   # 40% queued
+    assert publisher.publish_time == pytest.approx(0.285)    # 60% publishing
+    assert publisher.group.deadline == pytest.approx(0.475)  # the whole bound
+
+
+def test_the_reserve_for_the_answer_is_at_most_a_quarter_second(mock_container):
+    mock_container.config.update({"AMQP_URI": "memory://", "PUBLISH_TIMEOUT": 30})
+    provider = Publisher().bind(mock_container, "publish")
+    provider.setup()
+    assert provider.answer_within == pytest.approx(29.75)
+
+
+def test_the_deadline_runs_from_the_workers_start(publisher):
+    """A worker that spent time before it publishes (a rate limit, say)
+    has only the rest: the refusal comes within PUBLISH_TIMEOUT of the
+    worker's start, less the reserve, however late the publish began."""
+    link = FakeLink(outcomes=[10])  # a broker that never confirms
+    runner = eventlet.spawn(publisher.group.run,
+                            lambda groups: publisher._publish(link, groups))
+    started = time.monotonic()
+    publish = publisher.get_dependency(worker_ctx=None)
+    eventlet.sleep(0.3)
+    with pytest.raises(Unavailable, match="^RabbitMQ did not take the thing in time$"):
+        publish(["a"])
+    assert 0.47 <= time.monotonic() - started < 0.5
+    # a worker whose time is already up publishes nothing
+    late = publisher.get_dependency(worker_ctx=None)
+    eventlet.sleep(0.5)
+    calls = len(link.calls)
+    with pytest.raises(Unavailable):
+        late(["b"])
+    eventlet.sleep(0.01)
+    runner.kill()
+    assert len(link.calls) == calls
 
 
 def test_a_publish_is_persistent_mandatory_and_confirmed(publisher):
@@ -102,7 +135,7 @@ def test_a_publish_is_persistent_mandatory_and_confirmed(publisher):
     assert kwargs["exchange"].name == "src.events"
     assert (kwargs["routing_key"], kwargs["delivery_mode"], kwargs["mandatory"],
             kwargs["retry"]) == ("thing_done", 2, True, False)
-    assert 0 < kwargs["confirm_timeout"] <= 0.3
+    assert 0 < kwargs["confirm_timeout"] <= 0.285
 
 
 def test_the_queue_is_declared_with_the_exchange(publisher):
@@ -156,7 +189,7 @@ def test_a_confirm_that_never_comes_fails_within_the_publish_share(publisher):
     started = time.monotonic()
     with pytest.raises(Unavailable):
         publisher._publish(link, [["a"]])
-    assert 0.25 <= time.monotonic() - started < 0.45  # 60% of 0.5 s, not all of it
+    assert 0.25 <= time.monotonic() - started < 0.45  # 60% of 0.475 s, not all of it
     assert link.resets == 1
 
 
@@ -190,7 +223,7 @@ def test_a_caller_that_waited_past_its_share_is_refused_unsent(publisher):
     eventlet.sleep(0.01)
     with pytest.raises(Unavailable, match="^RabbitMQ did not take the thing in time$"):
         with eventlet.Timeout(2):
-            publisher.publish(["b"])  # waits 0.27 s in the queue, over 0.2 s
+            publisher.publish(["b"])  # waits 0.27 s in the queue, over 0.19 s
     first.wait()
     runner.kill()
     assert [body["items"] for body, _ in link.calls] == [["a"]]
