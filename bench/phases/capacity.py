@@ -296,7 +296,7 @@ class Capacity:
             self._counted(store, client, halves[0], total, label)
             pids = dict({"rabbitmq": self.node.pid}, **_redis_pids(store))
             pids.update({"votes{}".format(i): p.pid for i, p in enumerate(votes)})
-            marks = _marks(client) if store.kind == "single" else None
+            marks = _marks(client)
             meter = CpuMeter(pids)
             store_drain._publish(uri, events[1])
             self._counted(store, client, halves[1], total, label)
@@ -313,7 +313,7 @@ class Capacity:
                     "masters": masters if store.kind == "cluster" else None,
                     "other": cpu["other"], "publish_event": publish,
                     "events": len(events[1]), "cpu": cpu,
-                    "marks": None if marks is None else (_marks(client) - marks) / len(events[1])}
+                    "marks": (_marks(client) - marks) / len(events[1])}
         finally:
             for process in votes:
                 process.kill()
@@ -359,7 +359,8 @@ def _merge(cost, name, parts):
 
 
 def _marks(client):
-    """The exactly-once marks in Redis (one per event and bucket it touched)."""
+    """The exactly-once marks in Redis (one per event on one server, one per
+    event and bucket it touched on a cluster)."""
     return sum(1 for _ in client.scan_iter(match=contracts.APPLIED_KEY_PATTERN, count=1000))
 
 
@@ -485,14 +486,16 @@ def table(bench):
                      _n(mem.get("key_bytes"), 0),
                      *(_n(None if not cap.get("rss", {}).get(n) else cap["rss"][n] / 1024, 0)
                        for n in ("gateway", "votes", "rabbitmq"))))
-    per_event = drains.get("classic", {}).get("marks")
     mark_bytes = (mem.get("marks") or (0, None))[1]
-    if per_event and mark_bytes:
-        lines.append("exactly-once marks: {:.1f} an event of {} votes over 1,000 posts (one "
-                     "per bucket it touched), ~{} B each, kept APPLIED_MARK_TTL = {:,} s: "
-                     "{:.1f} GB per 1,000 events/s".format(
-                         per_event, EVENT_VOTES, mark_bytes, cap["mark_ttl"],
-                         1000 * per_event * mark_bytes * cap["mark_ttl"] / 1e9))
+    for label, what in (("classic", "one Redis (one per event)"),
+                        ("cluster", "a Redis Cluster (one per bucket it touched)")):
+        per_event = drains.get(label, {}).get("marks")
+        if per_event and mark_bytes:
+            lines.append("exactly-once marks on {}: {:.1f} an event of {} votes over 1,000 "
+                         "posts, ~{} B each, kept APPLIED_MARK_TTL = {:,} s: {:.1f} GB per "
+                         "1,000 events/s".format(
+                             what, per_event, EVENT_VOTES, mark_bytes, cap["mark_ttl"],
+                             1000 * per_event * mark_bytes * cap["mark_ttl"] / 1e9))
     lines += _sizing(cap, model)
     lines += _checks(cap)
     return lines
@@ -546,7 +549,7 @@ def _sizing(cap, model):
                 _n(_cores(rate, m["votes"])), _n(_cores(rate, m["redis"])),
                 "n/a" if masters is None else masters,
                 "n/a" if queue_cap is None else max(1, math.ceil(rate / queue_cap)),
-                _memory(rate, voters, cap, m)))
+                _memory(rate, voters, cap, m, cluster=bool(masters and masters > 1))))
     lines += _limits(model)
     return lines
 
@@ -557,7 +560,9 @@ def _queue_ceiling(per_vote):
     return None if not per_vote else 1 / per_vote
 
 
-def _memory(rate, voters, cap, m):
+def _memory(rate, voters, cap, m, cluster=False):
+    """The memory of a row; its marks as on a Redis Cluster when the row
+    needs more than one master."""
     mem, rss = cap.get("memory", {}), cap.get("rss", {})
     parts = []
     for name in ("gateway", "votes"):
@@ -565,7 +570,7 @@ def _memory(rate, voters, cap, m):
         if cores is not None and rss.get(name):
             parts.append("{} {:.1f} GB".format(name, math.ceil(cores) * rss[name] / 1024 ** 2))
     mark_bytes = (mem.get("marks") or (0, None))[1]
-    per_event = cap.get("drains", {}).get("classic", {}).get("marks")
+    per_event = cap.get("drains", {}).get("cluster" if cluster else "classic", {}).get("marks")
     if mark_bytes and per_event:  # kept APPLIED_MARK_TTL
         parts.append("Redis marks {:.1f} GB".format(
             rate / EVENT_VOTES * per_event * cap["mark_ttl"] * mark_bytes / 1e9))

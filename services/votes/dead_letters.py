@@ -172,7 +172,8 @@ def show(connection, out=sys.stdout, queue=DEAD_LETTER_QUEUE):
 
 
 def _marks(message, event_id, buckets):
-    """The exactly-once mark keys of the event's parts, in bucket order
+    """The keys the event's exactly-once marks may have (one per bucket of
+    its posts: any of them says it was applied), in bucket order
     (the mark of bucket 0 alone if its body has no votes to place)."""
     try:
         body = json.loads(_text(message.body))

@@ -98,20 +98,33 @@ class VoteStorage:
                 for (key_id, fp), old in zip(firsts.items(), prior, strict=True)}
 
     def _command(self, parts):
-        """The apply script's command for parts [(event_id, bucket, votes),
-        ...]: every key named once in KEYS, the votes as one JSON argument
-        (far cheaper to pack than a few arguments each)."""
+        """The apply script's command for parts [(event_id, bucket, votes,
+        mark_buckets), ...]: every key named once in KEYS, the votes as one
+        JSON argument (far cheaper to pack than a few arguments each). A
+        part's mark is in the first of ``mark_buckets`` (None: its own
+        bucket), and the marks of the others are looked for too."""
         keys = []
+        mark_slots = {}  # a mark's key -> its index in KEYS
         once_slots = {}  # an Idempotency-Key's key -> its index in KEYS
         tops = {}   # bucket -> the index of its top key
         packed_parts = []
         # a post's voters and retracted keys only if a voter votes on it
         # (redis-py packs every key: about 2 us each)
-        voted = {vote.postId for _, _, votes in parts for vote in votes if vote.voterId}
+        voted = {vote.postId for _, _, votes, _ in parts for vote in votes if vote.voterId}
         bases = {}
-        for event_id, bucket, votes in parts:
-            mark = len(keys) + 1
-            keys.append(contracts.applied_key(bucket, event_id))
+
+        def mark_slot(mark_bucket, event_id):
+            key = contracts.applied_key(mark_bucket, event_id)
+            slot = mark_slots.get(key)
+            if slot is None:
+                keys.append(key)
+                slot = mark_slots[key] = len(keys)
+            return slot
+
+        for event_id, bucket, votes, mark_buckets in parts:
+            mark_buckets = mark_buckets or (bucket,)
+            mark = mark_slot(mark_buckets[0], event_id)
+            others = [mark_slot(other, event_id) for other in mark_buckets[1:]]
             top = tops.get(bucket)
             if top is None:
                 top = tops[bucket] = len(keys) + 1
@@ -133,7 +146,7 @@ class VoteStorage:
                 packed.append([vote.postId, vote.score, vote.voterId or "",
                                str(vote.ts), vote.voteId, slot, vote.fp or "", base,
                                -1 if vote.createdAt is None else vote.createdAt])
-            packed_parts.append([mark, top, packed])
+            packed_parts.append([mark, top, packed, others])
         limits = self.limits
         args = scripts.APPLY.evalsha(
             keys, limits.mark_ttl, orjson.dumps(packed_parts),
@@ -152,9 +165,11 @@ class VoteStorage:
         replays of their key or as conflicts with it (all 0 when the event
         had been applied before).
 
-        The event is split by bucket; each part is applied with a mark of
-        its own, so that a retry after a failure part way applies only the
-        parts still missing. It returns only when every part is applied
+        The event is split by bucket. On a cluster each part is applied
+        with a mark of its own, so that a retry after a failure part way
+        applies only the parts still missing; on one server one call
+        applies every part, with one mark for the event (in the lowest
+        bucket of its posts). It returns only when every part is applied
         (and, with REDIS_MIN_REPLICAS, on that many replicas); else it
         raises. With a ``group`` (the service's), concurrent workers'
         events share script calls (apply_many)."""
@@ -203,13 +218,20 @@ class VoteStorage:
             by_bucket = collections.defaultdict(list)  # bucket -> [(event, part)]
             for number, (event_id, votes) in enumerate(events):
                 parts = collections.defaultdict(list)
+                every = set()  # the buckets of all its votes, conflicts too
                 for vote in votes:
+                    bucket = contracts.bucket_of(vote.postId, self.buckets)
+                    every.add(bucket)
                     if vote.key is not None and claims[vote.key] != (vote.fp or ""):
                         conflicts[number] += 1
                         continue
-                    parts[contracts.bucket_of(vote.postId, self.buckets)].append(vote)
+                    parts[bucket].append(vote)
+                # on one server, one mark per event, from its votes alone (not
+                # from which were conflicts: claims expire), and found in any
+                # bucket of them: an older version wrote one per part
+                mark_buckets = None if self.writes.cluster else sorted(every)
                 for bucket, part in parts.items():
-                    by_bucket[bucket].append((number, (event_id, bucket, part)))
+                    by_bucket[bucket].append((number, (event_id, bucket, part, mark_buckets)))
             if self.writes.cluster:  # a script may touch one slot only
                 calls = [by_bucket[bucket] for bucket in sorted(by_bucket)]
             else:  # one server: one call (none when every vote was a conflict)

@@ -1,12 +1,17 @@
 -- One atomic step for the parts of one or more events (a part: an event's
--- votes in one bucket), each with its own mark. A redelivered part finds
--- its mark and changes nothing (but rewrites the mark, so that a WAIT after
--- it covers the write that set it); a vote sent with an Idempotency-Key
+-- votes in one bucket). On a cluster each part has a mark of its own; on
+-- one server, where every part of an event is in the same call, an event
+-- has one mark (in the lowest bucket of its posts), and a mark of any of
+-- its other buckets, as an older version wrote them, counts as its mark
+-- too. A redelivered part finds its mark and changes nothing (but rewrites
+-- the mark, so that a WAIT after it covers the write that set it); a vote
+-- sent with an Idempotency-Key
 -- counts once per key, in whichever event it comes. Per voter the vote with
 -- the latest (ts, voteId) wins, whatever order events arrive in.
 -- ARGV: the marks' TTL, the parts, the keys' TTL, the clock skew allowed
 -- (microseconds), the retractions' TTL (then the rankings' constants).
--- ARGV[2]: [[mark index, top index, votes], ...], the other rankings and
+-- ARGV[2]: [[mark index, top index, votes, [index of another mark of the
+-- event, ...]], ...], the other rankings and
 -- the bucket's creation times right after top (in the order of
 -- rankings.SORTS), each vote naming its keys by index. On a cluster a call
 -- carries the parts of one bucket, on one server every part of a group of
@@ -69,7 +74,10 @@ local function hset(key, field, value)  -- value false: deleted
     changed[#changed + 1] = field
   end
 end
-local new_marks, old_marks, marked = {}, {}, {}
+-- marked: an event's state in this call by its mark, "new" (applied in
+-- this call) or "replay"; taken: the parts applied (by mark and bucket),
+-- so that an event twice in one call counts once
+local new_marks, old_marks, marked, taken = {}, {}, {}, {}
 local once_values, new_once = {}, {}
 local expiring, expiring_keys = {}, {}
 -- count changes per post: id -> {up, down, post key, creation time,
@@ -92,16 +100,27 @@ for _, part in ipairs(parts) do
     changed[part[2]] = bucket_changed
     buckets[#buckets + 1] = part[2]
   end
-  if marked[mark] then
-    -- the same event twice in one call: the second is a replay
-  elseif redis.call('EXISTS', mark) == 1 then
-    -- a replay rewrites its mark, so that a WAIT after it covers the
-    -- write that set it
-    marked[mark] = true
-    old_marks[#old_marks + 1] = mark
-  else
-    marked[mark] = true
-    new_marks[#new_marks + 1] = mark
+  local state = marked[mark]
+  if not state then
+    local found = redis.call('EXISTS', mark) == 1 and mark
+    for _, other in ipairs(part[4]) do
+      if found then break end
+      if redis.call('EXISTS', KEYS[other]) == 1 then found = KEYS[other] end
+    end
+    if found then
+      -- a replay rewrites its mark, so that a WAIT after it covers the
+      -- write that set it
+      state = 'replay'
+      old_marks[#old_marks + 1] = found
+    else
+      state = 'new'
+      new_marks[#new_marks + 1] = mark
+    end
+    marked[mark] = state
+  end
+  local part_key = part[1] .. ':' .. part[2]
+  if state == 'new' and not taken[part_key] then
+    taken[part_key] = true
     local once, seen = {}, {}
     for _, vote in ipairs(part[3]) do
       local post_id, score, voter, vote_id = vote[1], vote[2], vote[3], vote[5]
