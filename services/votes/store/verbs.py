@@ -104,7 +104,7 @@ class VoteStorage:
         part's mark is in the first of ``mark_buckets`` (None: its own
         bucket), and the marks of the others are looked for too."""
         keys = []
-        mark_slots = {}  # a mark's key -> its index in KEYS
+        marks = {}  # (event id, bucket of its mark) -> the mark's index in KEYS
         once_slots = {}  # an Idempotency-Key's key -> its index in KEYS
         tops = {}   # bucket -> the index of its top key
         packed_parts = []
@@ -112,19 +112,16 @@ class VoteStorage:
         # (redis-py packs every key: about 2 us each)
         voted = {vote.postId for _, _, votes, _ in parts for vote in votes if vote.voterId}
         bases = {}
-
-        def mark_slot(mark_bucket, event_id):
-            key = contracts.applied_key(mark_bucket, event_id)
-            slot = mark_slots.get(key)
-            if slot is None:
-                keys.append(key)
-                slot = mark_slots[key] = len(keys)
-            return slot
-
         for event_id, bucket, votes, mark_buckets in parts:
             mark_buckets = mark_buckets or (bucket,)
-            mark = mark_slot(mark_buckets[0], event_id)
-            others = [mark_slot(other, event_id) for other in mark_buckets[1:]]
+            mark = marks.get((event_id, mark_buckets[0]))
+            others = []
+            if mark is None:
+                # the script looks for an event's marks at its first part
+                # (and remembers what it found), so they go with that alone
+                keys += [contracts.applied_key(b, event_id) for b in mark_buckets]
+                mark = marks[event_id, mark_buckets[0]] = len(keys) - len(mark_buckets) + 1
+                others = list(range(mark + 1, len(keys) + 1))
             top = tops.get(bucket)
             if top is None:
                 top = tops[bucket] = len(keys) + 1
