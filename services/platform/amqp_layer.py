@@ -111,7 +111,6 @@ class Link:
                  pause_after_failure=False, on_return=None):
         self.lock = Semaphore()
         self.target = config_or_uri  # what connection() is given
-        self.amqp_uri = uri_of(config_or_uri)
         self.declare = declare
         self.confirms = confirms
         self.queue_type = queue_type

@@ -2,7 +2,6 @@
 cluster (booted once for the session: about half a minute), and the
 services of one test on a vhost of their own there, through a failover
 URI naming every node, with quorum queues."""
-import collections
 import os
 import uuid
 
@@ -15,7 +14,7 @@ from tests.fault.conftest import (  # noqa: F401 (fixture and hook)
     private_redis,
     pytest_runtest_makereport,
 )
-from tests.fault.harness import COUNT_FIELDS, Cluster
+from tests.fault.harness import COUNT_FIELDS, Cluster, post_counts
 
 FIRST_PORT = 5691  # AMQP ports 5691-5693, distribution ports 25691-25693
 
@@ -36,10 +35,7 @@ class ServicesOnCluster(Cluster):
         pipeline = self.redis.pipeline(transaction=False)
         for key in keys:
             pipeline.hmget(key, COUNT_FIELDS)
-        return {contracts.post_id_of(key): collections.Counter({
-                    name: int(value)
-                    for name, value in zip(COUNT_FIELDS, fields, strict=True)
-                    if value and int(value)})
+        return {contracts.post_id_of(key): post_counts(fields)
                 for key, fields in zip(keys, pipeline.execute(), strict=True)}
 
     def queue_messages(self, name):

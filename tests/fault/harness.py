@@ -246,9 +246,8 @@ class Cluster:
         """postId -> Counter(upvote=, downvote=) of every post in Redis."""
         counts = {}
         for key in self.redis.scan_iter(contracts.POST_KEY_PATTERN, count=1000):
-            fields = zip(COUNT_FIELDS, self.redis.hmget(key, COUNT_FIELDS), strict=True)
-            counts[contracts.post_id_of(key)] = collections.Counter({
-                name: int(value) for name, value in fields if value and int(value)})
+            counts[contracts.post_id_of(key)] = post_counts(
+                self.redis.hmget(key, COUNT_FIELDS))
         return counts
 
     def read_through_gateway(self, post_id):
@@ -515,6 +514,14 @@ def verify(label, cluster, load, problems=(), in_doubt=(), refusals=False,
         failures += after()
     assert not failures, line + "\n" + "\n".join(failures)
     return counted
+
+
+def post_counts(values):
+    """Counter(upvote=, downvote=) of a post's HMGET of COUNT_FIELDS (a
+    count of 0 left out)."""
+    return collections.Counter({name: int(value)
+                                for name, value in zip(COUNT_FIELDS, values, strict=True)
+                                if value and int(value)})
 
 
 def _answer_problems(load, refusals):

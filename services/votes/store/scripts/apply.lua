@@ -220,7 +220,8 @@ for _, part in ipairs(parts) do
               return redis.error_reply(
                 'ERR apply: ' .. KEYS[base] .. ' holds a count that is no integer')
             end
-            local known = tonumber(stored[3])
+            local own = tonumber(stored[3])
+            local known = own
             if not known and (stored[1] or stored[2]) then
               -- a post counted before creation times moved into its hash:
               -- its time is in the bucket's creation times, moved from there
@@ -237,7 +238,7 @@ for _, part in ipairs(parts) do
             end
             if known then created = known end
             deltas[post_id] = {up, down, KEYS[base], created, stored_up, stored_down,
-                               tonumber(stored[3]) == nil}
+                               own == nil}
             posts[#posts + 1] = post_id
             bucket_changed[#bucket_changed + 1] = post_id
           end
